@@ -1,0 +1,3 @@
+from tradebus.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Message bus: events, subjects, codec, the Bus protocol and its in-process and NATS implementations."""

@@ -1,0 +1,275 @@
+"""Every event tradebus publishes or stores: frozen, tagged msgspec Structs forming one union.
+
+Rules that keep stored events readable forever:
+- each class has an explicit, stable ``tag`` (the ``type`` field on the wire); renaming a class is free,
+  changing a tag is a breaking change;
+- fields are only ever added, and only with defaults;
+- the envelope (``id``, ``ts_event``, ``ts_init``, ``system``, ``run``, ``cause``) is on every event.
+
+Times are integer nanoseconds since the Unix epoch (UTC). ``ts_event`` is market/venue time (a bar's
+close, a fill's execution time); ``ts_init`` is when tradebus created the event (simulated time in a
+replay, wall time live). Quantities and prices are floats here; the live adapter turns them into the
+venue's decimal strings at the edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+import msgspec
+
+Side = Literal["buy", "sell"]
+OrderType = Literal["market", "limit", "stop", "stop_limit"]
+TimeInForce = Literal["gtc", "ioc", "fok", "post_only"]
+Liquidity = Literal["maker", "taker"]
+Direction = Literal["long", "short", "flat"]
+Regime = Literal["trend_up", "trend_down", "chop", "crash", "unknown"]
+RiskLevel = Literal["active", "reducing", "halted"]
+LifecycleStatus = Literal[
+    "candidate", "hygiene", "test", "demo", "live_test", "production", "retired", "rejected"
+]
+RunMode = Literal["replay", "demo", "live", "sweep", "validate"]
+RunStatus = Literal["ok", "failed", "interrupted"]
+Scalar = Union[str, int, float, bool, None]
+
+
+class Event(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag_field="type",
+    forbid_unknown_fields=True,
+):
+    """The envelope every event carries."""
+
+    id: str
+    ts_event: int
+    ts_init: int
+    system: str = ""
+    run: str = ""
+    cause: str = ""
+
+
+# --- market data -------------------------------------------------------------------------------
+
+
+class BarClosed(Event, frozen=True, kw_only=True, tag="bar"):
+    """A closed candle. ``ts_event`` is the close time; ``open_time`` the open time (ns)."""
+
+    venue: str
+    market: str
+    symbol: str
+    timeframe: str
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    turnover: float = 0.0
+
+
+class Snapshot(Event, frozen=True, kw_only=True, tag="snapshot"):
+    """A closed bar plus every feature known at its close.
+
+    ``features`` are computed on the bar's own timeframe; ``htf`` maps a higher timeframe ("1h") to the
+    features of the last *closed* bar of that timeframe, so nothing from a still-open bar leaks in.
+    """
+
+    bar: BarClosed
+    features: dict[str, float] = {}
+    htf: dict[str, dict[str, float]] = {}
+
+
+class Forecast(Event, frozen=True, kw_only=True, tag="forecast"):
+    """A model's view of the next ``horizon_bars`` bars."""
+
+    model_id: str
+    model_version: str
+    symbol: str
+    timeframe: str
+    horizon_bars: int
+    expected_return: float
+    expected_vol: float
+    regime: Regime = "unknown"
+    confidence: float = 0.0
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+class Signal(Event, frozen=True, kw_only=True, tag="signal"):
+    """A strategy's wish: hold ``direction`` in ``symbol`` with ``strength`` in [0, 1]."""
+
+    strategy: str
+    symbol: str
+    timeframe: str
+    direction: Direction
+    strength: float = 1.0
+    stop_price: float | None = None
+    take_profit: float | None = None
+    reason: str = ""
+
+
+# --- order lifecycle ---------------------------------------------------------------------------
+
+
+class OrderIntent(Event, frozen=True, kw_only=True, tag="order.intent"):
+    """An order the risk manager approved; ``order_id`` derives from the causing event's id."""
+
+    order_id: str
+    venue: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    qty: float
+    price: float | None = None
+    trigger_price: float | None = None
+    time_in_force: TimeInForce = "gtc"
+    reduce_only: bool = False
+    post_only: bool = False
+    label: str = ""
+
+
+class OrderSubmitted(Event, frozen=True, kw_only=True, tag="order.submitted"):
+    """The order left tradebus for the venue; the outcome is not known yet."""
+
+    order_id: str
+    venue: str
+
+
+class OrderAccepted(Event, frozen=True, kw_only=True, tag="order.accepted"):
+    """The venue acknowledged the order and gave it its own id."""
+
+    order_id: str
+    venue_order_id: str
+
+
+class OrderRejected(Event, frozen=True, kw_only=True, tag="order.rejected"):
+    """The order was refused, by tradebus's risk manager or by the venue (``code`` is the venue's)."""
+
+    order_id: str
+    reason: str
+    code: str = ""
+
+
+class OrderCancelled(Event, frozen=True, kw_only=True, tag="order.cancelled"):
+    """The order's unfilled remainder is cancelled."""
+
+    order_id: str
+    reason: str = ""
+
+
+class OrderExpired(Event, frozen=True, kw_only=True, tag="order.expired"):
+    """The order lapsed under its time in force."""
+
+    order_id: str
+
+
+class Fill(Event, frozen=True, kw_only=True, tag="fill"):
+    """An execution. ``exec_id`` is the venue's and is unique: fills are deduplicated by it."""
+
+    order_id: str
+    venue_order_id: str = ""
+    exec_id: str
+    symbol: str
+    side: Side
+    price: float
+    qty: float
+    fee: float
+    fee_currency: str = "USDT"
+    liquidity: Liquidity
+    leaves_qty: float = 0.0
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+class PositionChanged(Event, frozen=True, kw_only=True, tag="position"):
+    """The position after a change; ``qty`` is signed (negative = short)."""
+
+    symbol: str
+    qty: float
+    avg_price: float
+    realized_pnl: float = 0.0
+    unrealized_pnl: float = 0.0
+    mark_price: float = 0.0
+
+
+class AccountState(Event, frozen=True, kw_only=True, tag="account"):
+    """Balances in the settlement currency."""
+
+    currency: str = "USDT"
+    balance: float
+    equity: float
+    margin_used: float = 0.0
+    available: float = 0.0
+
+
+class Promotion(Event, frozen=True, kw_only=True, tag="promotion"):
+    """A system moved between lifecycle stages by a named rule, with the evidence the rule read."""
+
+    from_status: LifecycleStatus
+    to_status: LifecycleStatus
+    rule: str
+    evidence: dict[str, Scalar] = {}
+
+
+class RiskStateChanged(Event, frozen=True, kw_only=True, tag="risk"):
+    """Risk state for one system, or for everything when ``scope`` is "global"."""
+
+    scope: Literal["system", "global"] = "system"
+    state: RiskLevel
+    previous: RiskLevel
+    reason: str
+
+
+class RunStarted(Event, frozen=True, kw_only=True, tag="run.started"):
+    """A replay, daemon or sweep began; ``manifest`` records what it ran on (config hash, data, code)."""
+
+    mode: RunMode
+    manifest: dict[str, Any] = {}
+
+
+class RunFinished(Event, frozen=True, kw_only=True, tag="run.finished"):
+    """A run ended; ``summary`` holds its headline figures."""
+
+    status: RunStatus
+    summary: dict[str, Any] = {}
+
+
+class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
+    """A long-running component is alive."""
+
+    component: str
+    seq: int = 0
+
+
+AnyEvent = Union[
+    BarClosed,
+    Snapshot,
+    Forecast,
+    Signal,
+    OrderIntent,
+    OrderSubmitted,
+    OrderAccepted,
+    OrderRejected,
+    OrderCancelled,
+    OrderExpired,
+    Fill,
+    PositionChanged,
+    AccountState,
+    Promotion,
+    RiskStateChanged,
+    RunStarted,
+    RunFinished,
+    Heartbeat,
+]
+
+EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+TAGS: dict[str, type[Event]] = {cls.__struct_config__.tag: cls for cls in EVENT_TYPES}
+
+
+def tag_of(event: Event) -> str:
+    """Return the stable wire tag of an event."""
+    return event.__struct_config__.tag  # type: ignore[return-value]

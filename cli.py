@@ -1,0 +1,272 @@
+"""The ``tradebus`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tradebus import __version__, settings
+from tradebus.log import configure_logging
+
+app = typer.Typer(help="tradebus: event-sourced trading system and strategy factory.", no_args_is_help=True)
+store_app = typer.Typer(help="Inspect, verify, export and query the event store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+StoreOpt = typer.Option(None, "--store", help="Event store file (default: $TRADEBUS_HOME/store/events.sqlite).")
+NatsUrlOpt = typer.Option(None, "--nats-url", envvar="TRADEBUS_NATS_URL", help="NATS server URL.")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _root(
+    log_format: str = typer.Option(None, "--log-format", help="console or json (default $TRADEBUS_LOG_FORMAT)."),
+    log_level: str = typer.Option(None, "--log-level", help="debug, info, warning, error."),
+) -> None:
+    configure_logging(log_format, log_level)
+
+
+@app.command()
+def version() -> None:
+    """Print the tradebus version."""
+    out.print(__version__)
+
+
+# --- nats ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def nats(
+    store_dir: Optional[Path] = typer.Option(None, "--dir", help="Server folder (default $TRADEBUS_HOME/nats)."),
+    port: int = typer.Option(-1, "--port", help="Client port (-1: a free one)."),
+) -> None:
+    """Run the embedded nats-server in the foreground (for multi-process setups)."""
+    from tradebus.bus.natsserver import NatsServerError, start_server
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        server = await start_server(store_dir or settings.nats_dir(), port=port, announce=True)
+        try:
+            out.print(f"nats-server ready at [bold]{server.url}[/] (pid {server.pid}, log {server.log_path})")
+            out.print(f"export TRADEBUS_NATS_URL={server.url}")
+            watch = asyncio.create_task(asyncio.to_thread(server.process.wait))
+            waiter = asyncio.create_task(stop.wait())
+            await asyncio.wait({watch, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                _fail(f"nats-server exited with code {server.process.returncode}; see {server.log_path}")
+            watch.cancel()
+        finally:
+            server.stop()
+            out.print("nats-server stopped")
+
+    try:
+        asyncio.run(run())
+    except NatsServerError as exc:
+        _fail(str(exc))
+
+
+# --- tail ----------------------------------------------------------------------------------------
+
+
+@app.command()
+def tail(
+    pattern: str = typer.Argument("tb.>", help="Subject pattern, e.g. 'ord.>' or 'md.bar.bybit.BTCUSDT.*'."),
+    system: Optional[str] = typer.Option(None, "--system", help="Only this system's events."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON event per line."),
+    nats_url: Optional[str] = NatsUrlOpt,
+    count: int = typer.Option(0, "--count", help="Exit after this many events (0: run until Ctrl-C)."),
+) -> None:
+    """Follow events live from NATS, one line each."""
+    from tradebus import console as fmt
+    from tradebus.bus import codec, subjects
+    from tradebus.bus.connect import require_nats_url
+    from tradebus.bus.natsserver import NatsServerError
+    from tradebus.bus.nats import NatsBus
+
+    try:
+        pat = subjects.qualify(subjects.system_pattern(system) if system and pattern == "tb.>" else pattern)
+        url = require_nats_url(nats_url)
+    except (ValueError, NatsServerError) as exc:
+        _fail(str(exc))
+
+    async def run() -> None:
+        bus = await NatsBus.connect(url, name="tradebus-tail")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            sub = await bus.subscribe(pat)
+            err.print(f"tailing {pat} on {url}", style="dim")
+            seen = 0
+            reader = asyncio.ensure_future(sub.next())
+            stopper = asyncio.ensure_future(stop.wait())
+            while True:
+                done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    reader.cancel()
+                    break
+                event = reader.result()
+                reader = asyncio.ensure_future(sub.next())
+                if system and event.system != system:
+                    continue
+                if as_json:
+                    sys.stdout.write(codec.to_json(event).decode() + "\n")
+                    sys.stdout.flush()
+                else:
+                    out.print(fmt.line(event), style=fmt.style_for(event), markup=False)
+                seen += 1
+                if count and seen >= count:
+                    reader.cancel()
+                    break
+        finally:
+            await bus.close()
+
+    asyncio.run(run())
+
+
+# --- store ---------------------------------------------------------------------------------------
+
+
+def _open_reader(store: Optional[Path]):
+    from tradebus.eventstore.store import EventStore, StoreError
+
+    path = store or settings.default_store_path()
+    try:
+        return EventStore.open_reader(path)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
+@store_app.command("info")
+def store_info(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Summarise the store (safe while a writer runs)."""
+    from tradebus import console as fmt
+
+    with _open_reader(store) as st:
+        info = st.info()
+    if as_json:
+        out.print_json(json.dumps(info.__dict__))
+        return
+    table = Table(title=f"event store {info.path}", show_header=False)
+    table.add_row("events", f"{info.count:,}")
+    table.add_row("seq", f"{info.first_seq:,} .. {info.last_seq:,}")
+    table.add_row("size", f"{info.size_bytes / 1e6:.1f} MB (+ {info.wal_bytes / 1e6:.1f} MB WAL)")
+    if info.first_ts_init is not None:
+        table.add_row("written", f"{fmt.fmt_ns(info.first_ts_init)} .. {fmt.fmt_ns(info.last_ts_init)}")
+    table.add_row("writer", f"pid {info.writer_pid}" if info.writer_pid else "none running")
+    table.add_row("by type", ", ".join(f"{k} {v:,}" for k, v in info.by_type.items()) or "-")
+    table.add_row("by system", ", ".join(f"{k or '-'} {v:,}" for k, v in info.by_system.items()) or "-")
+    out.print(table)
+
+
+@store_app.command("verify")
+def store_verify(store: Optional[Path] = StoreOpt) -> None:
+    """Check every event: integrity, gapless seq, CRCs, decoding. Exit 1 on any problem."""
+    with _open_reader(store) as st:
+        report = st.verify()
+    if report.ok:
+        out.print(f"[green]ok[/]: {report.count:,} events, seq gapless, every CRC and payload valid")
+        return
+    for problem in report.problems[:50]:
+        err.print(f"[red]{problem}[/]")
+    _fail(f"{len(report.problems)} problem(s) in {report.count:,} events")
+
+
+@store_app.command("export")
+def store_export(
+    dest: Path = typer.Argument(..., help="Output file."),
+    fmt_name: str = typer.Option("parquet", "--format", help="parquet, csv or jsonl."),
+    store: Optional[Path] = StoreOpt,
+    system: Optional[str] = typer.Option(None, "--system"),
+    types: Optional[list[str]] = typer.Option(None, "--type", help="Event type tag (repeatable)."),
+) -> None:
+    """Export events to Parquet/CSV/JSONL through DuckDB."""
+    from tradebus.eventstore import analytics
+
+    if fmt_name not in analytics.FORMATS:
+        _fail(f"--format {fmt_name!r}: allowed are {', '.join(analytics.FORMATS)}")
+    with _open_reader(store) as st:
+        n = analytics.export(st, dest, fmt_name, system=system, types=types or None)
+    out.print(f"wrote {n:,} events to {dest}")
+
+
+@store_app.command("query")
+def store_query(sql: str = typer.Argument(..., help="SQL over table `events`."), store: Optional[Path] = StoreOpt) -> None:
+    """Run SQL over the store's events with DuckDB (table `events`, payload as JSON)."""
+    import duckdb
+
+    from tradebus.eventstore import analytics
+
+    with _open_reader(store) as st:
+        try:
+            columns, rows = analytics.query(st, sql)
+        except duckdb.Error as exc:
+            _fail(f"query failed: {exc}")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+    out.print(f"{len(rows)} row(s)", style="dim")
+
+
+# --- rebuild -------------------------------------------------------------------------------------
+
+
+@app.command()
+def rebuild(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Replay the store through the projections; print a summary and the state hash."""
+    from tradebus.eventstore.projections import rebuild as fold
+    from tradebus.eventstore.projections import state_hash
+
+    t0 = time.perf_counter()
+    with _open_reader(store) as st:
+        state = fold(st.read())
+    digest = state_hash(state)
+    elapsed = time.perf_counter() - t0
+    if as_json:
+        out.print_json(json.dumps({"events": state.events, "last_seq": state.last_seq, "state_hash": digest}))
+        return
+    table = Table(title="rebuilt state", show_header=False)
+    table.add_row("events", f"{state.events:,} (through seq {state.last_seq:,}) in {elapsed:.2f}s")
+    for system, book in sorted(state.positions.items()):
+        for symbol, pos in sorted(book.items()):
+            table.add_row(f"position {system or '-'} {symbol}", f"qty {pos.qty:.8g} avg {pos.avg_price:.8g} rPnL {pos.realized_pnl:.2f} fees {pos.fees:.2f}")
+    for system, acct in sorted(state.accounts.items()):
+        table.add_row(f"account {system or '-'}", f"equity {acct.equity:.2f} balance {acct.balance:.2f}")
+    table.add_row("open orders", str(len(state.open_orders)))
+    for system, status in sorted(state.lifecycle.items()):
+        table.add_row(f"lifecycle {system}", status)
+    for scope, level in sorted(state.risk.items()):
+        table.add_row(f"risk {scope}", level)
+    if state.duplicate_fills:
+        table.add_row("duplicate fills ignored", str(state.duplicate_fills))
+    out.print(table)
+    out.print(f"state hash {digest}")
+
+
+def main() -> None:
+    """Entry point of the ``tradebus`` console script."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

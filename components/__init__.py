@@ -1,0 +1,1 @@
+"""The pure core: indicators, strategies, risk, simulated exchange, portfolio. No asyncio, no I/O."""

@@ -1,0 +1,1 @@
+"""System configs and their schema."""

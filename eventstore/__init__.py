@@ -1,0 +1,1 @@
+"""Append-only event store, readers, recorder, projections and rebuild."""

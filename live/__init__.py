@@ -1,0 +1,1 @@
+"""Bybit (pybit) feed and execution, reconciliation, demo/live daemons."""

@@ -1,0 +1,1 @@
+"""Historical sources, replay publisher and clock, backtest runner."""
