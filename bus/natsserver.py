@@ -166,6 +166,78 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def _wait_ready(proc: subprocess.Popen, ports_dir: Path, log_path: Path, ready_timeout: float) -> str:
+    deadline = time.monotonic() + ready_timeout
+    url = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise NatsServerError(
+                f"nats-server exited with code {proc.returncode} at start; log {log_path}:\n{_tail(log_path)}"
+            )
+        url = url or _read_ports(ports_dir, proc.pid)
+        if url and _probe(url):
+            return url
+        time.sleep(0.01)
+    raise NatsServerError(f"nats-server did not become ready in {ready_timeout}s; log {log_path}:\n{_tail(log_path)}")
+
+
+def _launch(store_dir: Path, host: str, port: int, jetstream: bool) -> tuple[subprocess.Popen, Path, Path, int]:
+    store_dir.mkdir(parents=True, exist_ok=True)
+    lock_fd = _lock(store_dir)
+    try:
+        proc, ports_dir, log_path = _spawn(store_dir, host, port, jetstream)
+    except BaseException:
+        os.close(lock_fd)
+        raise
+    return proc, ports_dir, log_path, lock_fd
+
+
+def _abort(proc: subprocess.Popen, ports_dir: Path, lock_fd: int) -> None:
+    shutil.rmtree(ports_dir, ignore_errors=True)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    os.close(lock_fd)
+
+
+def _finish(
+    proc: subprocess.Popen, ports_dir: Path, log_path: Path, lock_fd: int, store_dir: Path, url: str,
+    announce: bool,
+) -> NatsServer:
+    shutil.rmtree(ports_dir, ignore_errors=True)
+    server = NatsServer(url=url, process=proc, store_dir=store_dir, log_path=log_path, lock_fd=lock_fd)
+    atexit.register(server.stop)
+    if announce:
+        server.discovery_path = store_dir / DISCOVERY_FILE
+        tmp = server.discovery_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": url, "pid": proc.pid, "owner_pid": os.getpid()}))
+        os.replace(tmp, server.discovery_path)
+    return server
+
+
+def start_server_sync(
+    store_dir: Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = -1,
+    jetstream: bool = True,
+    ready_timeout: float = 15.0,
+    announce: bool = False,
+) -> NatsServer:
+    """Start nats-server and return once it accepts clients (blocking).
+
+    Call it from the thread that will outlive the server: the kernel's parent-death signal is tied
+    to the thread that forked.
+    """
+    proc, ports_dir, log_path, lock_fd = _launch(store_dir, host, port, jetstream)
+    try:
+        url = _wait_ready(proc, ports_dir, log_path, ready_timeout)
+    except BaseException:
+        _abort(proc, ports_dir, lock_fd)
+        raise
+    return _finish(proc, ports_dir, log_path, lock_fd, store_dir, url, announce)
+
+
 async def start_server(
     store_dir: Path,
     *,
@@ -175,48 +247,14 @@ async def start_server(
     ready_timeout: float = 15.0,
     announce: bool = False,
 ) -> NatsServer:
-    """Start nats-server and return once it accepts clients.
-
-    Call it from the thread that will outlive the server (the event loop's): the kernel's
-    parent-death signal is tied to the thread that forked.
-    """
-    store_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = _lock(store_dir)
+    """Start nats-server from the event loop's thread; wait for readiness without blocking the loop."""
+    proc, ports_dir, log_path, lock_fd = _launch(store_dir, host, port, jetstream)
     try:
-        proc, ports_dir, log_path = _spawn(store_dir, host, port, jetstream)
+        url = await asyncio.to_thread(_wait_ready, proc, ports_dir, log_path, ready_timeout)
     except BaseException:
-        os.close(lock_fd)
+        _abort(proc, ports_dir, lock_fd)
         raise
-    deadline = time.monotonic() + ready_timeout
-    url = None
-    try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise NatsServerError(
-                    f"nats-server exited with code {proc.returncode} at start; log {log_path}:\n{_tail(log_path)}"
-                )
-            url = url or _read_ports(ports_dir, proc.pid)
-            if url and _probe(url):
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise NatsServerError(f"nats-server did not become ready in {ready_timeout}s; log {log_path}:\n{_tail(log_path)}")
-    except BaseException:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(lock_fd)
-        raise
-    finally:
-        shutil.rmtree(ports_dir, ignore_errors=True)
-    server = NatsServer(url=url, process=proc, store_dir=store_dir, log_path=log_path, lock_fd=lock_fd)
-    atexit.register(server.stop)
-    if announce:
-        server.discovery_path = store_dir / DISCOVERY_FILE
-        tmp = server.discovery_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url, "pid": proc.pid, "owner_pid": os.getpid()}))
-        os.replace(tmp, server.discovery_path)
-    return server
+    return _finish(proc, ports_dir, log_path, lock_fd, store_dir, url, announce)
 
 
 def discover(store_dir: Path) -> str | None:
