@@ -47,6 +47,15 @@ def version() -> None:
     out.print(__version__)
 
 
+def _stop_event() -> asyncio.Event:
+    """Return an event set by SIGINT/SIGTERM (graceful shutdown for long-running commands)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 # --- nats ----------------------------------------------------------------------------------------
 
 
@@ -59,10 +68,7 @@ def nats(
     from tradebus.bus.natsserver import NatsServerError, start_server
 
     async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_event()
         server = await start_server(store_dir or settings.nats_dir(), port=port, announce=True)
         try:
             out.print(f"nats-server ready at [bold]{server.url}[/] (pid {server.pid}, log {server.log_path})")
@@ -109,10 +115,7 @@ def tail(
 
     async def run() -> None:
         bus = await NatsBus.connect(url, name="tradebus-tail")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_event()
         try:
             sub = await bus.subscribe(pat)
             err.print(f"tailing {pat} on {url}", style="dim")
@@ -141,6 +144,78 @@ def tail(
             await bus.close()
 
     asyncio.run(run())
+
+
+@app.command()
+def record(
+    store: Optional[Path] = StoreOpt,
+    pattern: str = typer.Option("tb.>", "--pattern", help="Subjects to record."),
+    nats_url: Optional[str] = NatsUrlOpt,
+) -> None:
+    """Record events from NATS into the store until Ctrl-C (the recorder as its own process)."""
+    from tradebus.bus import subjects
+    from tradebus.bus.connect import require_nats_url
+    from tradebus.bus.nats import NatsBus
+    from tradebus.bus.natsserver import NatsServerError
+    from tradebus.eventstore.recorder import Recorder
+    from tradebus.eventstore.store import EventStore, StoreError
+
+    try:
+        url = require_nats_url(nats_url)
+        pat = subjects.qualify(pattern)
+        st = EventStore.open_writer(store or settings.default_store_path())
+    except (ValueError, NatsServerError, StoreError) as exc:
+        _fail(str(exc))
+
+    async def run() -> None:
+        stop = _stop_event()
+        bus = await NatsBus.connect(url, name="tradebus-record")
+        recorder = Recorder(bus, st, pattern=pat)
+        await recorder.start()
+        err.print(f"recording {pat} from {url} into {st.path} (seq {st.last_seq:,})", style="dim")
+        await stop.wait()
+        await bus.close()  # drains in-flight messages into the recorder's queue first
+        await recorder.stop()
+        err.print(f"recorded {recorder.appended:,} events ({recorder.duplicates:,} already stored); last seq {recorder.last_seq:,}")
+
+    try:
+        asyncio.run(run())
+    finally:
+        st.close()
+
+
+@app.command()
+def publish(
+    source: Path = typer.Argument(Path("-"), help="JSON events, one per line (as `tail --json` prints); - for stdin."),
+    nats_url: Optional[str] = NatsUrlOpt,
+) -> None:
+    """Publish JSON events to NATS (replays what `tail --json` captured). Validates every line first."""
+    from tradebus.bus import codec
+    from tradebus.bus.connect import require_nats_url
+    from tradebus.bus.nats import NatsBus
+    from tradebus.bus.natsserver import NatsServerError
+
+    text = sys.stdin.read() if str(source) == "-" else source.read_text()
+    events = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                events.append(codec.from_json(line))
+            except codec.EventDecodeError as exc:
+                _fail(f"{source}:{n}: {exc}; nothing published")
+    try:
+        url = require_nats_url(nats_url)
+    except NatsServerError as exc:
+        _fail(str(exc))
+
+    async def run() -> None:
+        async with await NatsBus.connect(url, name="tradebus-publish") as bus:
+            for event in events:
+                await bus.publish(event)
+            await bus.flush()
+
+    asyncio.run(run())
+    out.print(f"published {len(events):,} events to {url}")
 
 
 # --- store ---------------------------------------------------------------------------------------

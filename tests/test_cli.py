@@ -164,3 +164,51 @@ def test_missing_store_is_a_clear_error(tmp_path):
 
     assert result.returncode == 1
     assert "no event store" in result.stderr
+
+
+def test_walkthrough_nats_record_tail_publish_info_rebuild(tmp_path, make):
+    """The issue's done-means, as a user runs it: five processes around one embedded server."""
+    env = {"TRADEBUS_HOME": str(tmp_path / "home")}
+    events = [make.bar(close=float(i)) for i in range(50)] + one_of_each()
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text("".join(codec.to_json(e).decode() + "\n" for e in events))
+    server = tradebus("nats", env=env)
+    try:
+        LineReader(server.stdout).wait_for("ready at", 20)
+        recorder = tradebus("record", env=env)
+        rec_log = LineReader(recorder.stderr)
+        rec_log.wait_for("recording", 20)
+        tail = tradebus("tail", "--json", "--count", str(len(events)), env=env)
+        LineReader(tail.stderr).wait_for("tailing", 20)
+
+        published = run_tradebus("publish", str(feed), env=env)
+        tailed, _ = tail.communicate(timeout=20)
+        info = {}
+        for _ in range(100):  # the recorder commits asynchronously; poll from this second process
+            info = json.loads(run_tradebus("store", "info", "--json", env=env).stdout)
+            if info["count"] == len(events):
+                break
+
+        recorder.send_signal(2)  # Ctrl-C: drain, commit, exit
+        summary = rec_log.wait_for("recorded", 20)
+        recorder.wait(20)
+    finally:
+        server.terminate()
+        server.wait(15)
+
+    assert published.returncode == 0, published.stderr
+    assert [codec.from_json(line) for line in tailed.splitlines()] == events
+    assert info["count"] == len(events) and info["writer_pid"] == recorder.pid
+    assert recorder.returncode == 0 and f"recorded {len(events)} events" in summary
+    hashes = {run_tradebus("rebuild", "--json", env=env).stdout for _ in range(2)}
+    assert len(hashes) == 1 and json.loads(hashes.pop())["events"] == len(events)
+
+
+def test_publish_refuses_a_file_with_a_bad_line(tmp_path, make, nats_server):
+    feed = tmp_path / "feed.jsonl"
+    feed.write_text(codec.to_json(make.bar()).decode() + "\n" + '{"type": "bar", "id": "x"}\n')
+
+    result = run_tradebus("publish", str(feed), "--nats-url", nats_server.url)
+
+    assert result.returncode == 1
+    assert "feed.jsonl:2" in result.stderr and "nothing published" in result.stderr
