@@ -36,7 +36,7 @@ class LocalBus:
         behind = False
         for sub in targets:
             sub.push(event)
-            if len(sub._queue) >= sub.high_water:
+            if sub.pending >= sub.high_water:
                 behind = True
         if behind:
             # A courtesy yield so a consumer that is merely busy can catch up; one that never reads

@@ -2,11 +2,14 @@
 
 Events travel as the codec's msgpack bytes on the subjects of ``tradebus.bus.subjects``. Each
 subscription feeds the same bounded ``Subscription`` the in-process bus uses, so overflow behaves the
-same: the consumer gets ``SlowConsumerError``. nats-py's own per-subscription pending limit is set to the
-same bound, and its slow-consumer callback fails our subscription too, so no drop is ever silent.
+same: the consumer gets ``SlowConsumerError``. nats-py's own per-subscription pending limit is set from the
+bound (with room for one socket read's burst), and its slow-consumer callback fails our subscription
+too, so no drop is ever silent.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import nats
 import structlog
@@ -19,6 +22,7 @@ from tradebus.bus.base import DEFAULT_MAXSIZE, BusClosedError, BusError, SlowCon
 from tradebus.bus.events import Event
 
 log = structlog.get_logger("tradebus.bus.nats")
+_NATS_PENDING_FLOOR = 8192
 
 
 class NatsBus:
@@ -96,8 +100,14 @@ class NatsBus:
                 log.error("dropped a message that is not a valid event", subject=msg.subject, error=str(exc))
                 return
             sub.push(event)
+            if sub.pending >= sub.high_water:
+                # Let the consumer catch up before taking more from nats-py's queue (same courtesy
+                # yield as the in-process bus); a consumer that never reads still overflows.
+                await asyncio.sleep(0)
 
-        nsub = await nc.subscribe(pattern, cb=on_msg, pending_msgs_limit=maxsize, pending_bytes_limit=0)
+        # nats-py's own queue absorbs one socket read's burst; ours is the bound the consumer sees.
+        limit = max(4 * maxsize, _NATS_PENDING_FLOOR)
+        nsub = await nc.subscribe(pattern, cb=on_msg, pending_msgs_limit=limit, pending_bytes_limit=0)
         self._subs[nsub._id] = (sub, nsub)
         # Make sure the server has registered the interest before anyone publishes.
         await nc.flush()
