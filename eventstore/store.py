@@ -210,8 +210,8 @@ class EventStore:
                     f"{self.path}: sequence has gaps ({count} events but seq runs {lo}..{hi});"
                     " run `tradebus store verify`"
                 )
-            start = max(1, (hi or 0) - TAIL_CHECK_ROWS + 1)
-            for _ in self._iter_rows("seq >= ?", (start,), batch=TAIL_CHECK_ROWS):
+            after = max(0, (hi or 0) - TAIL_CHECK_ROWS)
+            for _ in self._iter_rows("", (), after=after, batch=TAIL_CHECK_ROWS):
                 pass
         except sqlite3.DatabaseError as exc:
             raise StoreCorruptError(f"{self.path}: damaged ({exc}); run `tradebus store verify`") from None
@@ -285,13 +285,17 @@ class EventStore:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def _iter_rows(self, where: str, params: tuple, *, batch: int) -> Iterator[tuple[int, bytes]]:
-        """Yield (seq, payload) in seq order, checking each CRC."""
-        last = 0
+    def _iter_rows(self, where: str, params: tuple, *, after: int = 0, batch: int) -> Iterator[tuple[int, bytes]]:
+        """Yield (seq, payload) with seq > ``after`` in seq order, checking each CRC.
+
+        Pages by keyset on ``seq`` alone, so each page starts where the last ended (an extra lower bound
+        would make SQLite rescan from it on every page).
+        """
+        last = after
         while True:
             cur = self._conn.execute(
-                f"SELECT seq, crc, payload FROM events WHERE {where} AND seq > ? ORDER BY seq LIMIT ?",
-                (*params, last, batch),
+                f"SELECT seq, crc, payload FROM events WHERE seq > ? {where} ORDER BY seq LIMIT ?",
+                (last, *params, batch),
             )
             rows = cur.fetchall()
             if not rows:
@@ -320,8 +324,8 @@ class EventStore:
         batch: int = 20_000,
     ) -> Iterator[tuple[int, bytes]]:
         """Yield (seq, msgpack payload) for events matching every filter given, in seq order."""
-        clauses = ["seq >= ?"]
-        params: list = [from_seq]
+        clauses: list[str] = []
+        params: list = []
         if to_seq is not None:
             clauses.append("seq <= ?")
             params.append(to_seq)
@@ -342,7 +346,8 @@ class EventStore:
             clauses.append("ts_event < ?")
             params.append(ts_to)
         try:
-            yield from self._iter_rows(" AND ".join(clauses), tuple(params), batch=batch)
+            where = "".join(f" AND {c}" for c in clauses)
+            yield from self._iter_rows(where, tuple(params), after=from_seq - 1, batch=batch)
         except sqlite3.DatabaseError as exc:
             raise StoreCorruptError(f"{self.path}: damaged ({exc}); run `tradebus store verify`") from None
 
