@@ -35,27 +35,27 @@ FORMAT = "tradebus-events"
 VERSION = "1"
 TAIL_CHECK_ROWS = 1000
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq      INTEGER PRIMARY KEY,
-    id       TEXT    NOT NULL UNIQUE,
-    type     TEXT    NOT NULL,
-    system   TEXT    NOT NULL,
-    run      TEXT    NOT NULL,
-    ts_event INTEGER NOT NULL,
-    ts_init  INTEGER NOT NULL,
-    crc      INTEGER NOT NULL,
-    payload  BLOB    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_by_system ON events(system, seq);
-CREATE INDEX IF NOT EXISTS events_by_type ON events(type, seq);
-CREATE INDEX IF NOT EXISTS events_by_ts ON events(ts_event);
-CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
-    BEGIN SELECT RAISE(ABORT, 'the event store is append-only: no UPDATE'); END;
-CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
-    BEGIN SELECT RAISE(ABORT, 'the event store is append-only: no DELETE'); END;
-"""
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE events (
+        seq      INTEGER PRIMARY KEY,
+        id       TEXT    NOT NULL UNIQUE,
+        type     TEXT    NOT NULL,
+        system   TEXT    NOT NULL,
+        run      TEXT    NOT NULL,
+        ts_event INTEGER NOT NULL,
+        ts_init  INTEGER NOT NULL,
+        crc      INTEGER NOT NULL,
+        payload  BLOB    NOT NULL
+    )""",
+    "CREATE INDEX events_by_system ON events(system, seq)",
+    "CREATE INDEX events_by_type ON events(type, seq)",
+    "CREATE INDEX events_by_ts ON events(ts_event)",
+    """CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event store is append-only: no UPDATE'); END""",
+    """CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'the event store is append-only: no DELETE'); END""",
+)
 
 _INSERT = (
     "INSERT INTO events (id, type, system, run, ts_event, ts_init, crc, payload)"
@@ -161,27 +161,19 @@ class EventStore:
 
     @classmethod
     def open_writer(cls, path: Path | str, *, check: bool = True) -> "EventStore":
-        """Open (creating if needed) the store for appending; fails if another writer holds it."""
+        """Open (creating if needed) the store for appending; fails if another writer holds it.
+
+        A file that is not an event store is refused before anything is written to it.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         lock_fd = _take_writer_lock(path)
         try:
             conn = _connect(path)
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.executescript(_SCHEMA)
-                _check_meta(conn, path, create=True)
-            except sqlite3.DatabaseError as exc:
-                conn.close()
-                raise StoreCorruptError(f"{path}: not a readable tradebus event store ({exc})") from None
-            store = cls(path, conn, lock_fd)
         except BaseException:
             os.close(lock_fd)
             raise
-        if check:
-            store._check_open()
-        return store
+        return cls._open(path, conn, lock_fd, check)
 
     @classmethod
     def open_reader(cls, path: Path | str, *, check: bool = True) -> "EventStore":
@@ -189,17 +181,39 @@ class EventStore:
         path = Path(path)
         if not path.exists():
             raise StoreError(f"no event store at {path}")
-        conn = _connect(path)
+        return cls._open(path, _connect(path), None, check)
+
+    @classmethod
+    def _open(cls, path: Path, conn: sqlite3.Connection, lock_fd: int | None, check: bool) -> "EventStore":
+        store = None
         try:
-            conn.execute("PRAGMA query_only = ON")
-            _check_meta(conn, path, create=False)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreCorruptError(f"{path}: not a readable tradebus event store ({exc})") from None
-        store = cls(path, conn, None)
-        if check:
-            store._check_open()
-        return store
+            try:
+                if lock_fd is None:
+                    conn.execute("PRAGMA query_only = ON")
+                    _check_meta(conn, path)
+                else:
+                    fresh = not _tables(conn)
+                    if not fresh:
+                        _check_meta(conn, path)
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.execute("PRAGMA synchronous = FULL")
+                    if fresh:
+                        _create(conn)
+            except sqlite3.DatabaseError as exc:
+                raise StoreCorruptError(f"{path}: not a readable tradebus event store ({exc})") from None
+            store = cls(path, conn, lock_fd)
+            if check:
+                store._check_open()
+            return store
+        except BaseException:
+            # Release everything: a failed open must not leave the lock (or a connection) behind.
+            if store is not None:
+                store.close()
+            else:
+                conn.close()
+                if lock_fd is not None:
+                    os.close(lock_fd)
+            raise
 
     def _check_open(self) -> None:
         """Cheap checks at open: the sequence is gapless and the last rows are intact."""
@@ -462,14 +476,28 @@ def _take_writer_lock(path: Path) -> int:
     return fd
 
 
-def _check_meta(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "meta" not in tables or "events" not in tables:
-        raise StoreCorruptError(f"{path}: is a SQLite file but not a tradebus event store")
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    if not meta and create:
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    """Create schema and meta in one transaction: a crash leaves either nothing or a whole store."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA:
+            conn.execute(statement)
         conn.executemany("INSERT INTO meta VALUES (?, ?)", [("format", FORMAT), ("version", VERSION)])
-        return
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _check_meta(conn: sqlite3.Connection, path: Path) -> None:
+    tables = _tables(conn)
+    if not {"meta", "events"} <= tables:
+        raise StoreCorruptError(f"{path}: not a tradebus event store (tables: {', '.join(sorted(tables)) or 'none'})")
+    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("format") != FORMAT:
         raise StoreCorruptError(f"{path}: not a tradebus event store (format {meta.get('format')!r})")
     if meta.get("version") != VERSION:
