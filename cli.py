@@ -22,7 +22,7 @@ store_app = typer.Typer(help="Inspect, verify, export and query the event store.
 app.add_typer(store_app, name="store")
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StoreOpt = typer.Option(None, "--store", help="Event store file (default: $TRADEBUS_HOME/store/events.sqlite).")
 NatsUrlOpt = typer.Option(None, "--nats-url", envvar="TRADEBUS_NATS_URL", help="NATS server URL.")
