@@ -287,14 +287,13 @@ def store_export(
 @store_app.command("query")
 def store_query(sql: str = typer.Argument(..., help="SQL over table `events`."), store: Optional[Path] = StoreOpt) -> None:
     """Run SQL over the store's events with DuckDB (table `events`, payload as JSON)."""
-    import duckdb
-
+    from tradebus import duck
     from tradebus.eventstore import analytics
 
     with _open_reader(store) as st:
         try:
             columns, rows = analytics.query(st, sql)
-        except duckdb.Error as exc:
+        except duck.DuckError as exc:
             _fail(f"query failed: {exc}")
     table = Table(*columns)
     for row in rows:

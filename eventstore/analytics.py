@@ -1,4 +1,4 @@
-"""SQL and Parquet over the event store, through DuckDB (the only eventstore module importing duckdb).
+"""SQL and Parquet over the event store, through DuckDB.
 
 The store is streamed into an in-memory DuckDB table ``events`` in chunks: the envelope as typed
 columns, ``event_time`` as a timestamp, and the whole event as JSON in ``payload`` (query it with
@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-import duckdb
 import numpy as np
 
+from tradebus import duck
 from tradebus.bus import codec
 from tradebus.bus.events import tag_of
 from tradebus.eventstore.store import EventStore
@@ -56,7 +56,7 @@ _EMPTY = (
 )
 
 
-def load(store: EventStore, con: duckdb.DuckDBPyConnection, **filters: Any) -> int:
+def load(store: EventStore, con: duck.Connection, **filters: Any) -> int:
     """Create table ``events`` in ``con`` from the store; return the row count."""
     con.execute(_EMPTY)
     n = 0
@@ -70,7 +70,7 @@ def load(store: EventStore, con: duckdb.DuckDBPyConnection, **filters: Any) -> i
 
 def query(store: EventStore, sql: str) -> tuple[list[str], list[tuple]]:
     """Run ``sql`` against the store's events; return column names and rows."""
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         load(store, con)
         cur = con.execute(sql)
@@ -85,7 +85,7 @@ def export(store: EventStore, out: Path, fmt: str = "parquet", **filters: Any) -
         raise ValueError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    con = duckdb.connect()
+    con = duck.connect()
     try:
         n = load(store, con, **filters)
         options = {"parquet": "FORMAT parquet, COMPRESSION zstd", "csv": "FORMAT csv, HEADER", "jsonl": "FORMAT json"}[fmt]

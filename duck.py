@@ -1,0 +1,35 @@
+"""DuckDB, the research database: the only module that imports ``duckdb``.
+
+Everything else gets connections from here and catches ``DuckError``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+
+DuckError = duckdb.Error
+Connection = duckdb.DuckDBPyConnection
+
+
+def connect(path: Path | str | None = None, *, read_only: bool = False) -> Connection:
+    """Open a DuckDB database file (or an in-memory one when ``path`` is None)."""
+    if path is None:
+        return duckdb.connect()
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise DuckLockedError(
+                f"{path} is open for writing by another process (DuckDB allows one writer and no readers"
+                f" beside it); wait for it to finish: {exc}"
+            ) from None
+        raise
+
+
+class DuckLockedError(RuntimeError):
+    """Another process holds the DuckDB file."""
