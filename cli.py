@@ -19,7 +19,9 @@ from tradebus.log import configure_logging
 
 app = typer.Typer(help="tradebus: event-sourced trading system and strategy factory.", no_args_is_help=True)
 store_app = typer.Typer(help="Inspect, verify, export and query the event store.", no_args_is_help=True)
+data_app = typer.Typer(help="Historical market data: import, fetch, list, check.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
+app.add_typer(data_app, name="data")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -300,6 +302,151 @@ def store_query(sql: str = typer.Argument(..., help="SQL over table `events`."),
         table.add_row(*("" if v is None else str(v) for v in row))
     out.print(table)
     out.print(f"{len(rows)} row(s)", style="dim")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+MarketOpt = typer.Option(None, "--db", help="Market data file (default: $TRADEBUS_HOME/market.duckdb).")
+
+
+def _parse_day(value: str, flag: str) -> int:
+    """Parse YYYY-MM-DD[THH:MM] (UTC) to ns."""
+    import numpy as np
+
+    try:
+        return int(np.datetime64(value, "ns").astype("int64"))
+    except ValueError:
+        _fail(f"{flag} {value!r}: expected a UTC date like 2025-01-31 or 2025-01-31T12:00")
+    raise AssertionError  # unreachable: _fail exits
+
+
+@data_app.command("import")
+def data_import(
+    files: list[Path] = typer.Argument(..., help="Parquet, CSV or Arrow/feather files."),
+    venue: str = typer.Option("bybit", "--venue"),
+    market: str = typer.Option("linear", "--market"),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Default: each file's name (BTCUSDT.parquet -> BTCUSDT)."),
+    timeframe: str = typer.Option("5m", "--timeframe", help="Bar length of the file's rows (ignored for funding)."),
+    kind: str = typer.Option("candles", "--kind", help="candles, mark or funding."),
+    db: Optional[Path] = MarketOpt,
+) -> None:
+    """Import market data files; re-importing the same data changes nothing."""
+    from tradebus.components.timeframes import TimeframeError
+    from tradebus.replay.importer import ImportFormatError, read_file
+    from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
+
+    try:
+        keys = [SeriesKey(venue, market, symbol or f.stem.upper(), timeframe, kind) for f in files]
+        loaded = [(key, f, read_file(f, kind)) for key, f in zip(keys, files)]
+    except (ImportFormatError, MarketDataError, TimeframeError) as exc:
+        _fail(f"{exc}; nothing imported")
+    with MarketData.open(db) as md:
+        for key, path, cols in loaded:
+            try:
+                new = md.write(key, cols)
+            except MarketDataError as exc:
+                _fail(f"{path}: {exc}")
+            out.print(f"{key}: {len(cols['open_time']):,} rows from {path.name}, {new:,} new")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    symbol: str = typer.Option(..., "--symbol"),
+    start: str = typer.Option(..., "--start", help="UTC date, e.g. 2025-01-01."),
+    end: str = typer.Option(..., "--end", help="UTC date (exclusive)."),
+    timeframe: str = typer.Option("5m", "--timeframe"),
+    candles: bool = typer.Option(True, "--candles/--no-candles", help="Fetch trade candles."),
+    mark: bool = typer.Option(False, "--mark", help="Also fetch mark-price candles."),
+    mark_timeframe: str = typer.Option("1h", "--mark-timeframe"),
+    funding: bool = typer.Option(False, "--funding", help="Also fetch funding rates."),
+    venue: str = typer.Option("bybit", "--venue"),
+    market: str = typer.Option("linear", "--market"),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="TRADEBUS_BYBIT_ENDPOINT",
+                                           help="REST base URL (default Bybit mainnet)."),
+    db: Optional[Path] = MarketOpt,
+) -> None:
+    """Fetch from Bybit's public API: paginated, resumable, with a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tradebus.components.timeframes import TimeframeError
+    from tradebus.live.bybit_public import BybitPublic, VenueError
+    from tradebus.replay.fetch import fetch_funding, fetch_klines
+    from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
+
+    if venue != "bybit":
+        _fail(f"--venue {venue!r}: fetching is implemented for bybit only")
+    start_ns, end_ns = _parse_day(start, "--start"), _parse_day(end, "--end")
+    if end_ns <= start_ns:
+        _fail(f"--end {end} must be after --start {start}")
+    try:
+        jobs = ([SeriesKey(venue, market, symbol, timeframe)] if candles else []) + (
+            [SeriesKey(venue, market, symbol, mark_timeframe, "mark")] if mark else []) + (
+            [SeriesKey(venue, market, symbol, "-", "funding")] if funding else [])
+    except (MarketDataError, TimeframeError) as exc:
+        _fail(str(exc))
+    if not jobs:
+        _fail("nothing to fetch: drop --no-candles or add --mark / --funding")
+    client = BybitPublic(endpoint=endpoint)
+    with MarketData.open(db) as md, Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} pages"),
+        TimeRemainingColumn(), console=err, transient=False,
+    ) as bar:
+        for key in jobs:
+            task = bar.add_task(str(key), total=None)
+            update = lambda done, total, t=task: bar.update(t, completed=done, total=total)  # noqa: E731
+            fetcher = fetch_funding if key.kind == "funding" else fetch_klines
+            try:
+                result = fetcher(client, md, key, start_ns, end_ns, update)
+            except VenueError as exc:
+                _fail(f"{key}: {exc}; what was fetched so far is kept, rerun to resume")
+            bar.console.print(f"{key}: {result.new_rows:,} new rows ({result.skipped} of {result.chunks} pages already complete)")
+
+
+@data_app.command("list")
+def data_list(db: Optional[Path] = MarketOpt) -> None:
+    """List stored series with their ranges."""
+    from tradebus import console as fmt
+    from tradebus.replay.marketdata import MarketData, MarketDataError
+
+    try:
+        md = MarketData.open(db, read_only=True)
+    except MarketDataError as exc:
+        _fail(str(exc))
+    table = Table("kind", "venue", "market", "symbol", "timeframe", "rows", "first open", "last open")
+    with md:
+        for c in md.series():
+            table.add_row(c.key.kind, c.key.venue, c.key.market, c.key.symbol, c.key.timeframe, f"{c.rows:,}",
+                          fmt.fmt_ns(c.first)[:16], fmt.fmt_ns(c.last)[:16])
+    out.print(table)
+
+
+@data_app.command("check")
+def data_check(db: Optional[Path] = MarketOpt) -> None:
+    """Check every stored series for gaps, misaligned times and inconsistent OHLC; exit 1 on problems."""
+    from tradebus import console as fmt
+    from tradebus.replay.marketdata import MarketData, MarketDataError
+
+    try:
+        md = MarketData.open(db, read_only=True)
+    except MarketDataError as exc:
+        _fail(str(exc))
+    bad = 0
+    with md:
+        for cov in list(md.series()):
+            report = md.check(cov.key)
+            status = "[green]ok[/]" if report.ok else "[red]problems[/]"
+            out.print(f"{cov.key}: {report.rows:,} rows {status}")
+            for before, after in report.gaps[:10]:
+                out.print(f"  gap after {fmt.fmt_ns(before)[:16]} until {fmt.fmt_ns(after)[:16]}")
+            if len(report.gaps) > 10:
+                out.print(f"  ... {len(report.gaps) - 10} more gaps ({report.missing_bars:,} bars missing in all)")
+            if report.misaligned:
+                out.print(f"  {report.misaligned} open times off the {cov.key.timeframe} grid")
+            if report.ohlc_violations:
+                out.print(f"  {len(report.ohlc_violations)} bars with inconsistent OHLC, first {fmt.fmt_ns(report.ohlc_violations[0])}")
+            bad += not report.ok
+    if bad:
+        _fail(f"{bad} series with problems")
 
 
 # --- rebuild -------------------------------------------------------------------------------------
