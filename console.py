@@ -45,6 +45,8 @@ def describe(e: ev.Event) -> str:
         case ev.Fill():
             return (f"{e.order_id} {e.side} {_num(e.qty)} {e.symbol} @ {_num(e.price)} fee {_num(e.fee)}"
                     f" {e.liquidity} exec {e.exec_id}")
+        case ev.FundingPaid():
+            return f"{e.symbol} funding {e.rate:+.6%} on {_num(e.position_qty)} @ {_num(e.mark_price)}: paid {e.amount:+.4f}"
         case ev.PositionChanged():
             return f"{e.symbol} qty {_num(e.qty)} avg {_num(e.avg_price)} rPnL {e.realized_pnl:.2f} uPnL {e.unrealized_pnl:.2f}"
         case ev.AccountState():
@@ -66,7 +68,7 @@ _STYLES = {
     "bar": "cyan", "snapshot": "dim cyan", "forecast": "bright_blue", "signal": "yellow",
     "order.intent": "blue", "order.submitted": "blue", "order.accepted": "blue",
     "order.rejected": "bold red", "order.cancelled": "magenta", "order.expired": "magenta",
-    "fill": "bold green", "position": "green", "account": "green", "promotion": "bold white",
+    "fill": "bold green", "funding": "yellow", "position": "green", "account": "green", "promotion": "bold white",
     "risk": "bold red", "run.started": "white", "run.finished": "white", "heartbeat": "dim",
 }
 

@@ -182,6 +182,16 @@ class Fill(Event, frozen=True, kw_only=True, tag="fill"):
     leaves_qty: float = 0.0
 
 
+class FundingPaid(Event, frozen=True, kw_only=True, tag="funding"):
+    """A perpetual's funding settlement: ``amount`` > 0 was paid by this position, < 0 received."""
+
+    symbol: str
+    rate: float
+    mark_price: float
+    position_qty: float
+    amount: float
+
+
 # --- state -------------------------------------------------------------------------------------
 
 
@@ -257,6 +267,7 @@ AnyEvent = Union[
     OrderCancelled,
     OrderExpired,
     Fill,
+    FundingPaid,
     PositionChanged,
     AccountState,
     Promotion,

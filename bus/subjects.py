@@ -9,7 +9,7 @@ order). Tokens are dot-separated; ``*`` matches one token, ``>`` one or more tra
     tb.fc.{model}.{symbol}              forecasts                   Forecast
     tb.sig.{system}                     strategy signals            Signal
     tb.ord.{system}                     order lifecycle             OrderIntent .. OrderExpired
-    tb.fill.{system}                    executions                  Fill
+    tb.fill.{system}                    executions, funding         Fill, FundingPaid
     tb.pos.{system}                     positions                   PositionChanged
     tb.acct.{system}                    balances                    AccountState
     tb.life.{system}                    lifecycle promotions        Promotion
@@ -64,6 +64,7 @@ _BY_TYPE = {
     ev.OrderCancelled: lambda e: f"tb.ord.{_sys(e)}",
     ev.OrderExpired: lambda e: f"tb.ord.{_sys(e)}",
     ev.Fill: lambda e: f"tb.fill.{_sys(e)}",
+    ev.FundingPaid: lambda e: f"tb.fill.{_sys(e)}",
     ev.PositionChanged: lambda e: f"tb.pos.{_sys(e)}",
     ev.AccountState: lambda e: f"tb.acct.{_sys(e)}",
     ev.Promotion: lambda e: f"tb.life.{_sys(e)}",

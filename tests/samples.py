@@ -40,6 +40,8 @@ def one_of_each() -> list[ev.Event]:
         ev.OrderExpired(**sys_env(9), order_id="01ABC-z"),
         ev.Fill(**sys_env(10), order_id="01ABC-entry", venue_order_id="b5f1-42", exec_id="e-1", symbol="BTCUSDT",
                 side="buy", price=1.8, qty=0.01, fee=0.0000099, liquidity="taker", leaves_qty=0.0),
+        ev.FundingPaid(**sys_env(18), symbol="BTCUSDT", rate=0.0001, mark_price=1.8, position_qty=0.01,
+                       amount=0.0000018),
         ev.PositionChanged(**sys_env(11), symbol="BTCUSDT", qty=0.01, avg_price=1.8, realized_pnl=0.0,
                            unrealized_pnl=-0.0005, mark_price=1.75),
         ev.AccountState(**sys_env(12), balance=10_000.0, equity=9_999.5, margin_used=0.018, available=9_999.4),
@@ -54,6 +56,11 @@ def one_of_each() -> list[ev.Event]:
     ]
     assert {type(e) for e in out} == set(ev.EVENT_TYPES), "add the new event type to one_of_each()"
     return out
+
+
+def sample(cls: type[ev.Event]) -> ev.Event:
+    """Return the sample event of one type."""
+    return next(e for e in one_of_each() if type(e) is cls)
 
 
 # --- hypothesis strategies ------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from tradebus.bus import codec, subjects
 from tradebus.bus import events as ev
 from tradebus.bus.ids import IdGenerator, decode_ulid, encode_ulid, id_time_ms, order_id_for
-from tradebus.tests.samples import any_event, one_of_each
+from tradebus.tests.samples import any_event, one_of_each, sample
 
 
 @given(any_event)
@@ -67,7 +67,7 @@ def test_wrong_type_is_rejected_with_the_field_path():
 
 
 def test_bad_literal_is_rejected():
-    raw = codec.to_builtins(one_of_each()[3])  # Signal
+    raw = codec.to_builtins(sample(ev.Signal))
     raw["direction"] = "sideways"
 
     with pytest.raises(codec.EventDecodeError, match="direction"):
@@ -167,13 +167,13 @@ def test_subject_scheme_examples():
 
 
 def test_global_risk_event_uses_placeholder_system():
-    risk = msgspec.structs.replace(one_of_each()[14], system="", scope="global")
+    risk = msgspec.structs.replace(sample(ev.RiskStateChanged), system="", scope="global")
 
     assert subjects.subject_for(risk) == "tb.risk._"
 
 
 def test_system_with_a_dot_cannot_become_a_subject():
-    sig = msgspec.structs.replace(one_of_each()[3], system="bad.system")
+    sig = msgspec.structs.replace(sample(ev.Signal), system="bad.system")
 
     with pytest.raises(subjects.SubjectError, match="bad.system"):
         subjects.subject_for(sig)

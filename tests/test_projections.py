@@ -9,7 +9,7 @@ from tradebus.bus import events as ev
 from tradebus.components.portfolio import Position, apply_fill
 from tradebus.eventstore.projections import GLOBAL, rebuild, state_hash
 from tradebus.eventstore.store import EventStore
-from tradebus.tests.samples import one_of_each
+from tradebus.tests.samples import one_of_each, sample
 
 
 def fold(events):
@@ -97,7 +97,7 @@ def test_fill_repeated_with_same_exec_id_counts_once(make):
 
 def test_lifecycle_risk_runs_and_accounts_follow_their_events():
     samples = one_of_each()
-    global_halt = msgspec.structs.replace(samples[14], id="g", scope="global", state="halted", system="")
+    global_halt = msgspec.structs.replace(sample(ev.RiskStateChanged), id="g", scope="global", state="halted", system="")
 
     state = fold([*samples, global_halt])
 
