@@ -1,0 +1,206 @@
+"""System configs: one YAML file per trading system, validated strictly.
+
+Every error names the file, the field path, the bad value and what is allowed, e.g.::
+
+    configs/x.yaml: fill: Input should be 'on_close' or 'next_open'; got 'tomorrow'
+
+Unknown keys are errors (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tradebus.components import strategies
+from tradebus.components.timeframes import TIMEFRAMES, check_resample
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PRESET_RE = re.compile(r"^(first|last)_(\d{1,2})pct$|^last_(\d{1,5})d$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with every problem spelled out."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WindowSpec(_Strict):
+    """Dates (UTC, end exclusive) or a preset: first_70pct, last_30pct (of the data), last_90d."""
+
+    start: date | None = None
+    end: date | None = None
+    preset: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "WindowSpec":
+        if self.preset is not None:
+            if self.start or self.end:
+                raise ValueError("give either start/end dates or a preset, not both")
+            if not _PRESET_RE.match(self.preset):
+                raise ValueError(f"preset {self.preset!r}: allowed first_NNpct, last_NNpct, last_NNNd")
+        elif self.start is None or self.end is None:
+            raise ValueError("give start and end dates (YYYY-MM-DD), or a preset")
+        elif self.end <= self.start:
+            raise ValueError(f"end {self.end} must be after start {self.start}")
+        return self
+
+
+class StrategySpec(_Strict):
+    id: str
+    params: dict[str, Any] = {}
+
+    @field_validator("id")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in strategies.REGISTRY:
+            raise ValueError(f"unknown strategy {v!r}; allowed: {', '.join(sorted(strategies.REGISTRY))}")
+        return v
+
+
+class StopRule(_Strict):
+    kind: Literal["none", "atr", "percent"] = "none"
+    atr_period: int = Field(14, ge=2)
+    atr_mult: float = Field(2.0, gt=0)
+    percent: float = Field(0.02, gt=0, lt=1)
+    take_profit_rr: float | None = Field(None, gt=0)
+
+
+class RiskProfile(_Strict):
+    sizing: Literal["fixed_fraction", "risk_per_trade"] = "fixed_fraction"
+    fraction: float = Field(1.0, gt=0, description="share of equity per position (before leverage)")
+    risk_per_trade: float = Field(0.01, gt=0, lt=1, description="share of equity lost if the stop is hit")
+    max_leverage: float = Field(1.0, gt=0, le=100)
+    max_position_notional: float | None = Field(None, gt=0)
+    stop: StopRule = StopRule()
+
+    @model_validator(mode="after")
+    def _stop_for_risk_sizing(self) -> "RiskProfile":
+        if self.sizing == "risk_per_trade" and self.stop.kind == "none":
+            raise ValueError("sizing risk_per_trade needs a stop rule (stop.kind atr or percent)")
+        return self
+
+
+class Slippage(_Strict):
+    model: Literal["none", "fixed_bps", "volume"] = "none"
+    bps: float = Field(0.0, ge=0, description="fixed_bps: slippage per fill")
+    impact: float = Field(0.1, ge=0, description="volume: bps of slippage per 1% of the bar's volume taken")
+
+
+class CostModel(_Strict):
+    maker_fee: float = Field(0.0002, ge=-0.01, le=0.01)
+    taker_fee: float = Field(0.00055, ge=0, le=0.01)
+    spread_bps: float = Field(0.0, ge=0, description="full bid-ask spread; half is paid on each fill")
+    slippage: Slippage = Slippage()
+    funding: bool = True
+
+
+class SystemConfig(_Strict):
+    system: str
+    venue: str = "bybit"
+    market: Literal["linear", "spot"] = "linear"
+    symbol: str
+    timeframe: str
+    higher_timeframes: tuple[str, ...] = ()
+    windows: dict[Literal["hygiene", "test"], WindowSpec]
+    strategy: StrategySpec
+    risk: RiskProfile = RiskProfile()
+    costs: CostModel = CostModel()
+    fill: Literal["on_close", "next_open"] = "next_open"
+    participation: float | None = Field(None, gt=0, le=1, description="max share of a bar's volume one order may fill")
+    maintenance_margin: float = Field(0.005, ge=0, lt=1)
+    initial_capital: float = Field(10_000.0, gt=0)
+
+    @field_validator("system", "symbol")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError(f"{v!r} must be 1-64 characters of letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("timeframe")
+    @classmethod
+    def _tf(cls, v: str) -> str:
+        if v not in TIMEFRAMES:
+            raise ValueError(f"timeframe {v!r}; allowed: {', '.join(TIMEFRAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _windows_and_htf(self) -> "SystemConfig":
+        missing = {"hygiene", "test"} - set(self.windows)
+        if missing:
+            raise ValueError(f"windows needs {' and '.join(sorted(missing))}")
+        for htf in self.higher_timeframes:
+            if htf not in TIMEFRAMES:
+                raise ValueError(f"higher_timeframes: {htf!r}; allowed: {', '.join(TIMEFRAMES)}")
+            check_resample(self.timeframe, htf)
+        return self
+
+    # -- derived ----------------------------------------------------------------------------------
+
+    def params(self) -> strategies.Params:
+        """The strategy's parameters, validated by the strategy's own model."""
+        return strategies.get(self.strategy.id).params.model_validate(self.strategy.params)
+
+    def all_higher_timeframes(self) -> tuple[str, ...]:
+        """Declared higher timeframes plus any the strategy reads, sorted by length."""
+        needed = set(self.higher_timeframes) | set(strategies.get(self.strategy.id).htf_features(self.params()))
+        return tuple(sorted(needed, key=TIMEFRAMES.__getitem__))
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the validated config (defaults included)."""
+        return hashlib.sha256(msgspec.json.encode(self.model_dump(mode="json"), order="sorted")).hexdigest()
+
+
+def _format(path: Path | str, exc: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f"; got {got!r}"
+        lines.append(f"{path}: {loc or '(top level)'}: {msg}{shown}")
+    return lines
+
+
+def parse_config(data: Any, source: Path | str = "<config>") -> SystemConfig:
+    """Validate already-loaded config data."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a system config is a mapping of fields, got {type(data).__name__}")
+    try:
+        config = SystemConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_format(source, exc))) from None
+    try:
+        config.params()
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_format(source, exc, "strategy.params"))) from None
+    for htf in config.all_higher_timeframes():
+        try:
+            check_resample(config.timeframe, htf)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: strategy.params: {exc}") from None
+    return config
+
+
+def load_config(path: Path | str) -> SystemConfig:
+    """Read and validate a system config YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(data, path)
