@@ -449,6 +449,109 @@ def data_check(db: Optional[Path] = MarketOpt) -> None:
         _fail(f"{bad} series with problems")
 
 
+# --- replay --------------------------------------------------------------------------------------
+
+
+def _fetch_missing(md, keys, endpoint: str | None) -> None:
+    """Fetch (key, start, end) ranges from Bybit with a progress bar."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tradebus.live.bybit_public import BybitPublic, VenueError
+    from tradebus.replay.fetch import fetch_funding, fetch_klines
+
+    client = BybitPublic(endpoint=endpoint)
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} pages"),
+                  TimeRemainingColumn(), console=err) as bar:
+        for key, start, end in keys:
+            task = bar.add_task(f"fetching {key}", total=None)
+            update = lambda done, total, t=task: bar.update(t, completed=done, total=total)  # noqa: E731
+            fetcher = fetch_funding if key.kind == "funding" else fetch_klines
+            try:
+                fetcher(client, md, key, start, end, update)
+            except VenueError as exc:
+                _fail(f"{key}: {exc}; what was fetched is kept, rerun to resume")
+
+
+@app.command()
+def replay(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML."),
+    window: str = typer.Option("hygiene", "--window", help="hygiene, test, or START:END (UTC dates)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Artifacts folder (default runs/SYSTEM/WINDOW)."),
+    bus: str = typer.Option("local", "--bus", help="local (in-process) or nats."),
+    nats_url: Optional[str] = NatsUrlOpt,
+    fetch: bool = typer.Option(False, "--fetch", help="Fetch missing candles from Bybit's public API first."),
+    events: bool = typer.Option(False, "--events", help="Also write events.jsonl."),
+    store: Optional[Path] = StoreOpt,
+    no_store: bool = typer.Option(False, "--no-store", help="Do not append the run's events to the event store."),
+    db: Optional[Path] = MarketOpt,
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="TRADEBUS_BYBIT_ENDPOINT", hidden=True),
+) -> None:
+    """Backtest a system config with the same components that trade live; write artifacts and a report."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.eventstore.store import EventStore, StoreError
+    from tradebus.replay.backtest import record, run_replay, write_outputs
+    from tradebus.replay.fetch import fill_command
+    from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
+    from tradebus.replay.runner import MissingDataError, load_market
+
+    if bus not in ("local", "nats"):
+        _fail(f"--bus {bus!r}: allowed are local, nats")
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if window not in ("hygiene", "test") and ":" not in window:
+        _fail(f"--window {window!r}: use hygiene, test or START:END (e.g. 2025-01-01:2025-03-01)")
+    with MarketData.open(db) as md:
+        try:
+            m = load_market(config, window, md)
+        except MissingDataError as exc:
+            if not fetch:
+                _fail(str(exc))
+            _fetch_missing(md, exc.keys, endpoint)
+            m = load_market(config, window, md)
+        except (MarketDataError, ValueError) as exc:
+            _fail(str(exc))
+        if config.costs.funding and config.market == "linear" and m.funding is not None and len(m.funding["open_time"]) == 0:
+            fkey = SeriesKey(config.venue, config.market, config.symbol, "-", "funding")
+            if fetch:
+                _fetch_missing(md, [(fkey, m.start, m.end)], endpoint)
+            else:
+                err.print(f"[yellow]warning:[/] no funding rates stored for {config.symbol} in this window, so none"
+                          f" is charged; fill them with: {fill_command(fkey, m.start, m.end)}")
+        with Progress(TextColumn(f"replay {config.system} {window}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("bars"), TimeRemainingColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("replay", total=None)
+            result = run_replay(config, window, md, bus=bus, nats_url=nats_url,
+                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    dest = out_dir or Path("runs") / config.system / window.replace(":", "_")
+    write_outputs(result, dest, events_jsonl=events)
+    if not no_store:
+        try:
+            with EventStore.open_writer(store or settings.default_store_path()) as st:
+                appended = record(result, st)
+        except StoreError as exc:
+            _fail(f"{exc} (artifacts were written to {dest}; use --no-store to skip recording)")
+        stored = f"{appended:,} events appended to the store" if appended else "events already in the store (same run)"
+    else:
+        stored = "store not written (--no-store)"
+    mt = result.metrics
+    table = Table(title=f"{config.system} · {window} · {result.manifest['start']} → {result.manifest['end']}",
+                  show_header=False)
+    for label, key, spec in (("total return", "total_return", ".2%"), ("annualised", "annualized_return", ".2%"),
+                             ("sharpe", "sharpe", ".2f"), ("max drawdown", "max_drawdown", ".2%"),
+                             ("trades", "trades", ","), ("win rate", "win_rate", ".1%"),
+                             ("profit factor", "profit_factor", ".2f"), ("fees", "fees_paid", ",.2f"),
+                             ("funding", "funding_paid", ",.2f")):
+        value = mt.get(key)
+        table.add_row(label, "–" if value is None or value != value else format(value, spec))
+    table.add_row("speed", f"{result.bars:,} bars in {result.seconds:.2f}s ({result.bars / max(result.seconds, 1e-9):,.0f} bars/s, bus {bus})")
+    out.print(table)
+    out.print(f"artifacts in {dest}/ (report.html) · {stored} · run {result.run}")
+
+
 # --- rebuild -------------------------------------------------------------------------------------
 
 

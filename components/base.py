@@ -1,0 +1,79 @@
+"""What every component is: events in, events out, a clock, and nothing else.
+
+A component never touches a bus, a file or the wall clock. A host (``tradebus.replay.host``) feeds it
+the events matching its subject patterns and publishes what it returns; backtest and live differ only
+in the host's bus, the clock and the venue component.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Protocol, Sequence
+
+from tradebus.bus.events import Event
+from tradebus.bus.ids import IdGenerator
+
+NO_EVENTS: tuple[Event, ...] = ()
+
+
+class Clock(Protocol):
+    def now(self) -> int:
+        """Current time in ns (simulated in a replay)."""
+
+
+class SimClock:
+    """A clock the replay driver sets to each bar's close."""
+
+    __slots__ = ("t",)
+
+    def __init__(self, t: int = 0) -> None:
+        self.t = t
+
+    def now(self) -> int:
+        return self.t
+
+
+class WallClock:
+    """Real time."""
+
+    @staticmethod
+    def now() -> int:
+        return time.time_ns()
+
+
+class Stamper:
+    """Builds envelopes for one component: ids (seeded for reproducible replays), clock time, system, run."""
+
+    __slots__ = ("_ids", "_clock", "system", "run")
+
+    def __init__(self, clock: Clock, seed: str | None, system: str = "", run: str = "") -> None:
+        self._ids = IdGenerator(seed)
+        self._clock = clock
+        self.system = system
+        self.run = run
+
+    def __call__(self, ts_event: int, cause: str = "") -> dict[str, Any]:
+        now = self._clock.now()
+        return {"id": self._ids.next(now), "ts_event": ts_event, "ts_init": now, "system": self.system,
+                "run": self.run, "cause": cause}
+
+
+class Component:
+    """Base: route each event type to a handler; unknown types are ignored."""
+
+    name: str = "component"
+
+    def __init__(self) -> None:
+        self._handlers: dict[type, Callable[[Any], Sequence[Event]]] = {}
+
+    def patterns(self) -> tuple[str, ...]:
+        """Subject patterns this component consumes."""
+        raise NotImplementedError
+
+    def on_event(self, event: Event) -> Sequence[Event]:
+        """Handle one event; return the events it causes, in order."""
+        handler = self._handlers.get(type(event))
+        return handler(event) if handler is not None else NO_EVENTS
+
+    def on_step_end(self, ts: int) -> None:
+        """The clock finished a step: every event caused by it has been handled."""

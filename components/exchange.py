@@ -1,0 +1,226 @@
+"""Simulated exchange: accepts orders and fills them against bars like a venue would.
+
+Order of work at each bar of its symbol:
+
+1. funding: every funding time up to the bar's open settles on the position held then
+   (``amount = qty x mark x rate``: longs pay positive rates), before anything trades at that open;
+2. market orders waiting for the next open fill at the open;
+3. resting orders, in the order they were placed: stops trigger when the bar trades through the
+   trigger and fill at the trigger, or at the open if the bar gapped past it; limits fill at their price
+   (or the better open) as maker; a stop-limit becomes a limit once triggered;
+4. when the position is flat, reduce-only orders left over are cancelled (like position-attached TP/SL).
+
+Market orders with ``on_close`` timing fill at the close of the bar that produced the signal. Taker fills
+pay half the spread plus slippage (fixed bps, or bps per percent of the bar's volume taken); maker fills
+pay neither. With a participation cap an order fills at most that share of a bar's volume and the rest
+waits for the next bar (``leaves_qty`` says how much).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from tradebus.bus import events as ev
+from tradebus.components import kernel
+from tradebus.components.base import NO_EVENTS, Component, Stamper
+
+_SIDE = {"buy": 1, "sell": -1}
+
+
+@dataclass
+class _Order:
+    intent: ev.OrderIntent
+    venue_id: str
+    remaining: float
+    triggered: bool = False
+
+
+@dataclass(frozen=True)
+class CostParams:
+    maker_fee: float
+    taker_fee: float
+    spread_bps: float
+    slippage_model: str = "none"
+    slippage_bps: float = 0.0
+    slippage_impact: float = 0.0
+
+
+class SimExchange(Component):
+    """One symbol's venue for one system."""
+
+    name = "exchange"
+
+    def __init__(self, stamp: Stamper, *, venue: str, symbol: str, timeframe: str, fill_timing: str,
+                 costs: CostParams, participation: float | None = None,
+                 funding_times: np.ndarray | None = None, funding_rates: np.ndarray | None = None,
+                 mark_times: np.ndarray | None = None, mark_opens: np.ndarray | None = None) -> None:
+        super().__init__()
+        self._stamp = stamp
+        self._symbol = symbol
+        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{stamp.system}")
+        self._on_close = fill_timing == "on_close"
+        self._c = costs
+        self._participation = participation
+        self._funding_t = [] if funding_times is None else funding_times.tolist()
+        self._funding_r = [] if funding_rates is None else funding_rates.tolist()
+        self._funding_i = 0
+        self._marks = {} if mark_times is None else dict(zip(mark_times.tolist(), mark_opens.tolist()))
+        self._pending: list[_Order] = []  # market orders for the next open
+        self._resting: list[_Order] = []  # stop / limit / stop_limit
+        self.position = 0.0
+        self._bar: ev.BarClosed | None = None
+        self._seq = 0
+        self._handlers.update({ev.BarClosed: self._on_bar, ev.OrderIntent: self._on_intent})
+
+    def patterns(self) -> tuple[str, ...]:
+        return self._patterns
+
+    def skip_funding_before(self, ts: int) -> None:
+        """Funding times before the first traded bar are history, not charges."""
+        while self._funding_i < len(self._funding_t) and self._funding_t[self._funding_i] < ts:
+            self._funding_i += 1
+
+    # -- orders --------------------------------------------------------------------------------
+
+    def _next_id(self, prefix: str) -> str:
+        self._seq += 1
+        return f"{prefix}{self._seq}"
+
+    def _reject(self, intent: ev.OrderIntent, reason: str) -> tuple[ev.Event, ...]:
+        return (ev.OrderRejected(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id, reason=reason),)
+
+    def _on_intent(self, intent: ev.OrderIntent) -> tuple[ev.Event, ...]:
+        if intent.symbol != self._symbol:
+            return NO_EVENTS
+        if not (intent.qty > 0 and math.isfinite(intent.qty)):
+            return self._reject(intent, f"qty must be a positive number, got {intent.qty}")
+        if intent.order_type in ("limit", "stop_limit") and not (intent.price and intent.price > 0):
+            return self._reject(intent, f"{intent.order_type} order needs a positive price")
+        if intent.order_type in ("stop", "stop_limit") and not (intent.trigger_price and intent.trigger_price > 0):
+            return self._reject(intent, f"{intent.order_type} order needs a positive trigger price")
+        order = _Order(intent, self._next_id("sim-"), intent.qty)
+        out: list[ev.Event] = [ev.OrderAccepted(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id,
+                                                venue_order_id=order.venue_id)]
+        if intent.order_type == "market":
+            if self._on_close and self._bar is not None:
+                bar = self._bar
+                out += self._fill(order, bar.close, bar.ts_event, bar.volume, taker=True)
+                out += self._after_fills(bar.ts_event, intent.id)
+                if order.remaining > 0:
+                    self._pending.append(order)
+            else:
+                self._pending.append(order)
+        else:
+            self._resting.append(order)
+        return tuple(out)
+
+    # -- fills ---------------------------------------------------------------------------------
+
+    def _fill(self, order: _Order, ref: float, ts: int, bar_volume: float, taker: bool) -> list[ev.Event]:
+        intent = order.intent
+        side = _SIDE[intent.side]
+        qty = order.remaining
+        if intent.reduce_only:
+            if self.position == 0 or (self.position > 0) == (side > 0):
+                order.remaining = 0.0
+                return [ev.OrderCancelled(**self._stamp(ts, intent.id), order_id=intent.order_id,
+                                          reason="reduce-only order would open a position")]
+            qty = min(qty, abs(self.position))
+        if self._participation is not None:
+            qty = min(qty, self._participation * bar_volume)
+            if qty <= 0:
+                return []
+        if taker:
+            slip = self._c.slippage_bps
+            if self._c.slippage_model == "volume":
+                slip = self._c.slippage_impact * (100.0 * qty / bar_volume if bar_volume > 0 else 0.0)
+            elif self._c.slippage_model == "none":
+                slip = 0.0
+            price = kernel.fill_price(side, ref, self._c.spread_bps, slip)
+            fee = kernel.fee(qty, price, self._c.taker_fee)
+        else:
+            price = ref
+            fee = kernel.fee(qty, price, self._c.maker_fee)
+        order.remaining = 0.0 if intent.reduce_only else max(0.0, order.remaining - qty)
+        if order.remaining <= 1e-12 * intent.qty:
+            order.remaining = 0.0
+        self.position += side * qty
+        if abs(self.position) <= 1e-12:
+            self.position = 0.0
+        return [ev.Fill(**self._stamp(ts, intent.id), order_id=intent.order_id, venue_order_id=order.venue_id,
+                        exec_id=self._next_id("simx-"), symbol=self._symbol, side=intent.side, price=price, qty=qty,
+                        fee=fee, liquidity="taker" if taker else "maker", leaves_qty=order.remaining)]
+
+    def _after_fills(self, ts: int, cause: str) -> list[ev.Event]:
+        """Cancel reduce-only orders once the position is flat."""
+        if self.position != 0:
+            return []
+        out: list[ev.Event] = []
+        keep = []
+        for order in self._resting:
+            if order.intent.reduce_only:
+                out.append(ev.OrderCancelled(**self._stamp(ts, cause), order_id=order.intent.order_id,
+                                             reason="position closed"))
+            else:
+                keep.append(order)
+        self._resting = keep
+        return out
+
+    def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Event, ...]:
+        self._bar = bar
+        out: list[ev.Event] = []
+        while self._funding_i < len(self._funding_t) and self._funding_t[self._funding_i] <= bar.open_time:
+            t, rate = self._funding_t[self._funding_i], self._funding_r[self._funding_i]
+            self._funding_i += 1
+            if self.position != 0:
+                mark = self._marks.get(t, bar.open)
+                out.append(ev.FundingPaid(**self._stamp(t, bar.id), symbol=self._symbol, rate=rate, mark_price=mark,
+                                          position_qty=self.position, amount=self.position * mark * rate))
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for order in pending:
+                out += self._fill(order, bar.open, bar.open_time, bar.volume, taker=True)
+                if order.remaining > 0:
+                    self._pending.append(order)
+            out += self._after_fills(bar.open_time, bar.id)
+        if self._resting:
+            still = []
+            for order in self._resting:
+                if order.intent.reduce_only and self.position == 0:
+                    still.append(order)  # cancelled below, as "position closed"
+                    continue
+                ref, taker = self._crossed(order, bar)
+                if ref is not None:
+                    out += self._fill(order, ref, bar.ts_event, bar.volume, taker)
+                if order.remaining > 0:
+                    still.append(order)
+            self._resting = still
+            out += self._after_fills(bar.ts_event, bar.id)
+        return tuple(out)
+
+    @staticmethod
+    def _crossed(order: _Order, bar: ev.BarClosed) -> tuple[float | None, bool]:
+        """Return (reference price, taker) if the bar fills the order, else (None, _)."""
+        intent = order.intent
+        buy = intent.side == "buy"
+        if intent.order_type in ("stop", "stop_limit") and not order.triggered:
+            trig = intent.trigger_price
+            if (buy and bar.high >= trig) or (not buy and bar.low <= trig):
+                order.triggered = True
+                if intent.order_type == "stop":
+                    return (max(bar.open, trig) if buy else min(bar.open, trig)), True
+                # Triggered inside this bar: the open came before the trigger, so only the limit counts.
+                limit = intent.price
+                if (buy and bar.low <= limit) or (not buy and bar.high >= limit):
+                    return limit, False
+                return None, False
+            return None, True
+        limit = intent.price
+        if buy and bar.low <= limit:
+            return min(bar.open, limit), False
+        if not buy and bar.high >= limit:
+            return max(bar.open, limit), False
+        return None, False

@@ -1,0 +1,159 @@
+"""Risk manager: turns a strategy's wish into sized orders, or into a rejection.
+
+Sizing is ``fixed_fraction`` (notional = equity x fraction) or ``risk_per_trade`` (the stop distance
+loses that share of equity), then capped by leverage and by the maximum position notional. Protective
+orders are placed once an entry has filled, at the actual average entry price: a reduce-only stop
+(ATR multiple or percent away) and optionally a take-profit limit at a reward/risk multiple. Every order
+id derives from the event that caused it, so replaying the same events can never create a second order.
+"""
+
+from __future__ import annotations
+
+import math
+
+from tradebus.bus import events as ev
+from tradebus.bus.ids import order_id_for
+from tradebus.components.base import NO_EVENTS, Component, Stamper
+from tradebus.components.features import Feature, f
+
+_SIGN = {"long": 1, "short": -1, "flat": 0}
+MIN_NOTIONAL = 1.0  # below this an order is noise, not a trade
+
+
+def risk_features(stop_kind: str, atr_period: int) -> list[Feature]:
+    """Features the risk manager reads from snapshots."""
+    return [f("close")] + ([f("atr", atr_period)] if stop_kind == "atr" else [])
+
+
+class RiskManager(Component):
+    """Sizes and protects one system's orders on one symbol."""
+
+    name = "risk"
+
+    def __init__(self, stamp: Stamper, *, venue: str, symbol: str, timeframe: str, sizing: str, fraction: float,
+                 risk_per_trade: float, max_leverage: float, max_position_notional: float | None,
+                 stop_kind: str, atr_period: int, atr_mult: float, stop_percent: float,
+                 take_profit_rr: float | None, initial_capital: float) -> None:
+        super().__init__()
+        self._stamp = stamp
+        self._venue = venue
+        self._symbol = symbol
+        system = stamp.system
+        self._patterns = (f"tb.md.snap.{venue}.{symbol}.{timeframe}", f"tb.sig.{system}", f"tb.pos.{system}",
+                          f"tb.acct.{system}", f"tb.fill.{system}")
+        self._sizing = sizing
+        self._fraction = fraction
+        self._risk = risk_per_trade
+        self._max_leverage = max_leverage
+        self._max_notional = max_position_notional or math.inf
+        self._stop_kind = stop_kind
+        self._atr_name = f"atr_{atr_period}"
+        self._atr_mult = atr_mult
+        self._stop_percent = stop_percent
+        self._tp_rr = take_profit_rr
+        self.balance = initial_capital
+        self.qty = 0.0
+        self.avg = 0.0
+        self._close = math.nan
+        self._atr = math.nan
+        self._entries: dict[str, float] = {}  # entry order id -> stop distance decided with it
+        self._filled_entry: float | None = None  # stop distance of an entry that just completed
+        self._handlers.update({
+            ev.Snapshot: self._on_snapshot, ev.Signal: self._on_signal, ev.PositionChanged: self._on_position,
+            ev.AccountState: self._on_account, ev.Fill: self._on_fill,
+        })
+
+    def patterns(self) -> tuple[str, ...]:
+        return self._patterns
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _on_snapshot(self, snap: ev.Snapshot) -> tuple[ev.Event, ...]:
+        self._close = snap.bar.close
+        if self._stop_kind == "atr":
+            self._atr = snap.features[self._atr_name]
+        return NO_EVENTS
+
+    def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:
+        self.balance = acct.balance
+        return NO_EVENTS
+
+    def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
+        stop = self._entries.get(fill.order_id)
+        if stop is not None and fill.leaves_qty <= 0:
+            del self._entries[fill.order_id]
+            self._filled_entry = stop
+        return NO_EVENTS
+
+    def _on_position(self, pos: ev.PositionChanged) -> tuple[ev.Event, ...]:
+        self.qty, self.avg = pos.qty, pos.avg_price
+        stop, self._filled_entry = self._filled_entry, None
+        if stop is None or pos.qty == 0:
+            return NO_EVENTS
+        return self._protect(pos, stop)
+
+    # -- decisions -----------------------------------------------------------------------------
+
+    def _stop_distance(self, price: float) -> float:
+        if self._stop_kind == "atr":
+            return self._atr_mult * self._atr
+        if self._stop_kind == "percent":
+            return self._stop_percent * price
+        return math.nan
+
+    def size(self, equity: float, price: float, stop_distance: float) -> tuple[float, str]:
+        """Return (qty, reason if refused)."""
+        if not (equity > 0 and price > 0):
+            return 0.0, f"no equity to trade (equity {equity:.2f})"
+        if self._sizing == "risk_per_trade":
+            if not (stop_distance > 0):
+                return 0.0, "no stop distance yet (indicator warming up)"
+            notional = equity * self._risk / stop_distance * price
+        else:
+            notional = equity * self._fraction
+        notional = min(notional, equity * self._max_leverage, self._max_notional)
+        if notional < MIN_NOTIONAL:
+            return 0.0, f"order notional {notional:.2f} below the minimum {MIN_NOTIONAL}"
+        return notional / price, ""
+
+    def _intent(self, cause: ev.Event, leg: str, side: str, qty: float, order_type: str = "market",
+                price: float | None = None, trigger: float | None = None, reduce_only: bool = False) -> ev.OrderIntent:
+        return ev.OrderIntent(
+            **self._stamp(cause.ts_event, cause.id), order_id=order_id_for(cause.id, leg), venue=self._venue,
+            symbol=self._symbol, side=side, order_type=order_type, qty=qty, price=price, trigger_price=trigger,
+            reduce_only=reduce_only, label=leg,
+        )
+
+    def _on_signal(self, sig: ev.Signal) -> tuple[ev.Event, ...]:
+        target = _SIGN[sig.direction]
+        out: list[ev.Event] = []
+        q = self.qty
+        if q != 0 and (q > 0) != (target > 0):
+            out.append(self._intent(sig, "exit", "sell" if q > 0 else "buy", abs(q), reduce_only=True))
+            q = 0.0
+        if target != 0 and q == 0:
+            price = self._close
+            equity = self.balance + self.qty * (price - self.avg)
+            stop = self._stop_distance(price)
+            qty, reason = self.size(equity, price, stop)
+            if reason:
+                out.append(ev.OrderRejected(**self._stamp(sig.ts_event, sig.id),
+                                            order_id=order_id_for(sig.id, "entry"), reason=reason))
+            else:
+                intent = self._intent(sig, "entry", "buy" if target > 0 else "sell", qty)
+                self._entries[intent.order_id] = stop
+                out.append(intent)
+        return tuple(out)
+
+    def _protect(self, pos: ev.PositionChanged, stop_distance: float) -> tuple[ev.Event, ...]:
+        if not (stop_distance > 0):
+            return NO_EVENTS
+        side = "sell" if pos.qty > 0 else "buy"
+        sign = 1.0 if pos.qty > 0 else -1.0
+        qty = abs(pos.qty)
+        out: list[ev.Event] = [self._intent(pos, "sl", side, qty, "stop", trigger=pos.avg_price - sign * stop_distance,
+                                            reduce_only=True)]
+        if self._tp_rr:
+            out.append(self._intent(pos, "tp", side, qty, "limit", price=pos.avg_price + sign * self._tp_rr * stop_distance,
+                                    reduce_only=True))
+        return tuple(out)

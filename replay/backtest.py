@@ -1,0 +1,133 @@
+"""One replay, end to end: data -> components on a bus -> trades, metrics, artifacts, event store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from tradebus.bus import events as ev
+from tradebus.bus.ids import IdGenerator
+from tradebus.components.timeframes import tf_ns
+from tradebus.configs.schema import SystemConfig
+from tradebus.eventstore.store import EventStore
+from tradebus.replay import artifacts
+from tradebus.replay.host import LocalHost, NatsHost
+from tradebus.replay.marketdata import MarketData
+from tradebus.replay.metrics import summarize
+from tradebus.replay.report import render
+from tradebus.replay.runner import Collector, MarketSlice, load_market, manifest, run_id_for, wire, _bar_events
+from tradebus.replay.trades import Trade, build_trades
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ReplayResult:
+    run: str
+    config: SystemConfig
+    window: str
+    market: MarketSlice
+    metrics: dict
+    trades: list[Trade]
+    open_trades: list[Trade]
+    times: np.ndarray  # int64 ns: each step's close
+    curve: np.ndarray  # float64, columns as artifacts.CURVE_COLUMNS[1:]
+    events: list[ev.Event]
+    manifest: dict
+    seconds: float
+
+    @property
+    def bars(self) -> int:
+        return len(self.curve)
+
+
+def _run_local(w, bars, sinks, progress: Progress | None, total: int) -> None:
+    host = LocalHost(w.components, sinks)
+    for n, (ts, bar) in enumerate(bars, start=1):
+        host.step((bar,), ts)
+        if progress is not None and n % 2048 == 0:
+            progress(n, total)
+
+
+async def _run_nats(w, bars, sinks, run: str, nats_url: str | None, progress: Progress | None, total: int) -> None:
+    from tradebus.bus.connect import open_bus
+
+    async with open_bus("nats", url=nats_url, name=f"tradebus-replay-{run}") as bus:
+        host = await NatsHost.start(bus, w.components, run, sinks)
+        try:
+            for n, (ts, bar) in enumerate(bars, start=1):
+                await host.step((bar,), ts)
+                if progress is not None and n % 512 == 0:
+                    progress(n, total)
+        finally:
+            await host.close()
+
+
+def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Literal["local", "nats"] = "local",
+               nats_url: str | None = None, progress: Progress | None = None,
+               keep_market_data: bool = False) -> ReplayResult:
+    """Run one replay and return everything it produced (nothing is written here)."""
+    m = load_market(config, window, md)
+    run = run_id_for(config, m, window)
+    man = manifest(config, m, window, run, bus)
+    w = wire(config, m, run)
+    collector = Collector(keep_market_data)
+    ids = IdGenerator(f"{run}:runner")
+    started = ev.RunStarted(id=ids.next(m.start), ts_event=m.start, ts_init=m.start, system=config.system, run=run,
+                            mode="replay", manifest=artifacts.clean(man))
+    collector(started)
+    total = len(m.candles["close"]) - m.first
+    bars = _bar_events(config, m, run, w.clock)
+    t0 = time.perf_counter()
+    if bus == "local":
+        _run_local(w, bars, [collector], progress, total)
+    else:
+        asyncio.run(_run_nats(w, bars, [collector], run, nats_url, progress, total))
+    seconds = time.perf_counter() - t0
+    if progress is not None:
+        progress(total, total)
+    rows = w.portfolio.curve
+    times = np.array([r[0] for r in rows], dtype=np.int64)
+    curve = np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, len(artifacts.CURVE_COLUMNS) - 1)
+    trades, open_trades = build_trades(collector.events, tf_ns(config.timeframe))
+    metrics = summarize(times, curve[:, 2], curve[:, 3], config.initial_capital,
+                        tf_ns(config.timeframe), trades, w.portfolio.fees, w.portfolio.funding)
+    metrics["open_trades"] = len(open_trades)
+    finished = ev.RunFinished(id=ids.next(m.end), ts_event=m.end, ts_init=m.end, system=config.system, run=run,
+                              cause=started.id, status="ok", summary=artifacts.clean(metrics))
+    collector(finished)
+    return ReplayResult(run, config, window, m, metrics, trades, open_trades, times, curve, collector.events, man,
+                        seconds)
+
+
+def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False) -> None:
+    """Write every artifact of a replay into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = result.config
+    artifacts.write_json(out / "result.json", {
+        "run": result.run, "system": config.system, "symbol": config.symbol, "timeframe": config.timeframe,
+        "window": result.window, "start": result.manifest["start"], "end": result.manifest["end"],
+        "metrics": result.metrics,
+    })
+    artifacts.write_trades(out / "trades.csv", result.trades)
+    artifacts.write_curves(out, result.times, result.curve)
+    artifacts.write_json(out / "run_manifest.json", result.manifest)
+    if events_jsonl:
+        artifacts.write_events(out / "events.jsonl", result.events)
+    render(out / "report.html", f"{config.system} · {config.symbol} {config.timeframe} · {result.window}",
+           f"{config.strategy.id} {config.params().model_dump()} · {result.manifest['start']} → "
+           f"{result.manifest['end']} · fill {config.fill} · run {result.run}",
+           result.times, result.curve, result.trades, result.metrics)
+
+
+def record(result: ReplayResult, store: EventStore, batch: int = 10_000) -> int:
+    """Append the run's events to the store; a rerun of the same replay appends nothing new."""
+    appended = 0
+    for i in range(0, len(result.events), batch):
+        appended += store.append(result.events[i : i + batch]).appended
+    return appended

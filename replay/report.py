@@ -1,0 +1,93 @@
+"""report.html: one self-contained page (plotly.js inlined) a trader can read offline.
+
+Equity with drawdown underneath, price with every entry and exit marked, and the metrics table.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from tradebus.replay.trades import Trade
+
+_LABELS = {
+    "total_return": ("Total return", "pct"), "annualized_return": ("Annualised return", "pct"),
+    "sharpe": ("Sharpe", "num"), "sortino": ("Sortino", "num"), "calmar": ("Calmar", "num"),
+    "max_drawdown": ("Max drawdown", "pct"), "max_drawdown_duration_days": ("Longest drawdown (days)", "num"),
+    "trades": ("Trades", "int"), "win_rate": ("Win rate", "pct"), "profit_factor": ("Profit factor", "num"),
+    "expectancy": ("Expectancy per trade", "money"), "avg_holding_hours": ("Average holding (hours)", "num"),
+    "exposure": ("Exposure", "pct"), "fees_paid": ("Fees paid", "money"), "funding_paid": ("Funding paid", "money"),
+    "final_equity": ("Final equity", "money"), "bars": ("Bars", "int"),
+}
+
+
+def _fmt(value: object, kind: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if kind == "pct":
+        return f"{value:.2%}"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "money":
+        return f"{value:,.2f}"
+    return f"{value:,.2f}"
+
+
+def _times(ns: np.ndarray) -> np.ndarray:
+    return ns.astype("datetime64[ns]")
+
+
+def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.ndarray, trades: Sequence[Trade],
+           metrics: dict, max_points: int = 20_000) -> None:
+    """Write the report; long curves are thinned to ``max_points`` for the browser (metrics use all bars)."""
+    step = max(1, len(curve) // max_points)
+    c = curve[::step]
+    t = _times(times[::step])
+    equity = c[:, 2]
+    dd = equity / np.maximum.accumulate(equity) - 1.0 if len(equity) else equity
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.45, 0.2, 0.35], vertical_spacing=0.03,
+                        subplot_titles=("Equity", "Drawdown", "Price and trades"))
+    fig.add_trace(go.Scatter(x=t, y=equity, name="equity", line={"color": "#1f77b4"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=t, y=dd, name="drawdown", fill="tozeroy", line={"color": "#d62728"}), row=2, col=1)
+    fig.add_trace(go.Scatter(x=t, y=c[:, 0], name="close", line={"color": "#555", "width": 1}), row=3, col=1)
+    for side, color, symbol in (("long", "#2ca02c", "triangle-up"), ("short", "#d62728", "triangle-down")):
+        chosen = [tr for tr in trades if tr.side == side]
+        if chosen:
+            fig.add_trace(go.Scatter(
+                x=_times(np.array([tr.entry_time for tr in chosen])), y=[tr.entry_price for tr in chosen],
+                mode="markers", name=f"{side} entry", marker={"color": color, "symbol": symbol, "size": 8},
+                text=[f"{side} {tr.qty:.6g} @ {tr.entry_price:.6g}" for tr in chosen]), row=3, col=1)
+            fig.add_trace(go.Scatter(
+                x=_times(np.array([tr.exit_time for tr in chosen])), y=[tr.exit_price for tr in chosen],
+                mode="markers", name=f"{side} exit", marker={"color": color, "symbol": "x", "size": 7},
+                text=[f"pnl {tr.pnl:,.2f} ({tr.return_pct:.2%})" for tr in chosen]), row=3, col=1)
+    fig.update_yaxes(tickformat=".0%", row=2, col=1)
+    fig.update_layout(height=900, margin={"l": 60, "r": 20, "t": 40, "b": 30}, legend={"orientation": "h"},
+                      template="plotly_white")
+    rows = "".join(
+        f"<tr><th>{html.escape(label)}</th><td>{_fmt(metrics.get(key), kind)}</td></tr>"
+        for key, (label, kind) in _LABELS.items()
+    )
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
+h1 {{ margin-bottom: 0; }} p.sub {{ color: #666; margin-top: 4px; }}
+.grid {{ display: grid; grid-template-columns: 320px 1fr; gap: 24px; align-items: start; }}
+table {{ border-collapse: collapse; width: 100%; }}
+th, td {{ padding: 4px 8px; border-bottom: 1px solid #eee; text-align: left; font-size: 14px; }}
+td {{ text-align: right; font-variant-numeric: tabular-nums; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}</p>
+<div class="grid"><table>{rows}</table><div>{fig.to_html(full_html=False, include_plotlyjs=True, div_id="tradebus-report")}</div></div>
+</body></html>
+"""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page)
+    tmp.replace(path)

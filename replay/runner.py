@@ -1,0 +1,271 @@
+"""``tradebus replay``: load data, wire the components, drive the clock, write the artifacts.
+
+The replay publisher is the driver here: it sets the simulated clock to each bar's close and publishes
+that ``BarClosed``; the host runs the step to quiescence. Warm-up bars (3x the slowest feature's
+lookback) are loaded and fed to the indicators but never published, so they are never traded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from tradebus import __version__
+from tradebus.bus import events as ev
+from tradebus.components import strategies
+from tradebus.components.base import SimClock, Stamper
+from tradebus.components.exchange import CostParams, SimExchange
+from tradebus.components.features import Feature, lookback
+from tradebus.components.portfolio import Portfolio
+from tradebus.components.risk import RiskManager, risk_features
+from tradebus.components.snapshot import FeatureTable, SnapshotBuilder, feature_table
+from tradebus.components.strategy_host import StrategyHost, row_names
+from tradebus.components.timeframes import TIMEFRAMES, tf_ns
+from tradebus.configs.schema import SystemConfig, WindowSpec
+from tradebus.replay.fetch import fill_command
+from tradebus.replay.marketdata import Columns, MarketData, SeriesKey
+from tradebus.replay.resample import last_closed_index, resample
+
+WARMUP_FACTOR = 3
+MD_TYPES = (ev.BarClosed, ev.Snapshot)
+
+
+class MissingDataError(RuntimeError):
+    """The market data a replay needs is not stored; ``commands`` fill it."""
+
+    def __init__(self, message: str, commands: list[str], keys: list[tuple[SeriesKey, int, int]]) -> None:
+        super().__init__(message)
+        self.commands = commands
+        self.keys = keys
+
+
+def _day(ns: int) -> str:
+    return str(np.datetime64(ns, "ns"))[:19] + "Z"
+
+
+@dataclass
+class MarketSlice:
+    """Everything a replay reads, already cut to the window plus warm-up."""
+
+    start: int  # first traded bar's open time
+    end: int  # exclusive
+    candles: Columns  # primary timeframe, warm-up included
+    first: int  # index of the first traded bar in ``candles``
+    higher: dict[str, Columns] = field(default_factory=dict)
+    funding: Columns | None = None
+    marks: Columns | None = None
+    source: str = ""  # which stored series the candles came from
+
+    def data_hash(self) -> str:
+        h = hashlib.sha256()
+        for name in ("open_time", "open", "high", "low", "close", "volume"):
+            h.update(np.ascontiguousarray(self.candles[name]).tobytes())
+        return h.hexdigest()
+
+
+def features_for(config: SystemConfig) -> tuple[list[Feature], dict[str, list[Feature]]]:
+    """Own-timeframe and higher-timeframe features the system needs (strategy + risk), deduplicated."""
+    defn = strategies.get(config.strategy.id)
+    params = config.params()
+    own: list[Feature] = []
+    for feat in defn.features(params) + risk_features(config.risk.stop.kind, config.risk.stop.atr_period):
+        if feat not in own:
+            own.append(feat)
+    return own, defn.htf_features(params)
+
+
+def warmup_ns(config: SystemConfig) -> int:
+    """History to load before the window: 3x each feature's lookback, in its own timeframe."""
+    own, higher = features_for(config)
+    need = WARMUP_FACTOR * lookback(own) * tf_ns(config.timeframe) + tf_ns(config.timeframe)
+    for tf, feats in higher.items():
+        need = max(need, (WARMUP_FACTOR * lookback(feats) + 2) * tf_ns(tf))
+    return need
+
+
+def resolve_window(spec: WindowSpec | str, data_first: int | None, data_end: int | None) -> tuple[int, int]:
+    """Turn dates, a preset or START:END into [start, end) ns."""
+    if isinstance(spec, str):
+        try:
+            a, b = spec.split(":")
+            return int(np.datetime64(a, "ns").astype(np.int64)), int(np.datetime64(b, "ns").astype(np.int64))
+        except ValueError:
+            raise ValueError(f"window {spec!r}: use hygiene, test or START:END dates (2025-01-01:2025-06-01)") from None
+    if spec.preset is None:
+        return (int(np.datetime64(spec.start, "ns").astype(np.int64)), int(np.datetime64(spec.end, "ns").astype(np.int64)))
+    if data_first is None or data_end is None:
+        raise ValueError(f"window preset {spec.preset!r} needs stored data to measure; import or fetch some first")
+    span = data_end - data_first
+    kind, _, rest = spec.preset.partition("_")
+    if rest.endswith("pct"):
+        cut = data_first + span * int(rest[:-3]) // 100
+        return (data_first, cut) if kind == "first" else (data_end - span * int(rest[:-3]) // 100, data_end)
+    return data_end - int(rest[:-1]) * 86_400 * 10**9, data_end
+
+
+def _base_key(config: SystemConfig, md: MarketData) -> SeriesKey:
+    """The stored series to read: the system's timeframe if stored, else the coarsest finer one that divides it."""
+    primary = tf_ns(config.timeframe)
+    for tf in sorted(TIMEFRAMES, key=TIMEFRAMES.__getitem__, reverse=True):
+        length = tf_ns(tf)
+        if length <= primary and primary % length == 0:
+            key = SeriesKey(config.venue, config.market, config.symbol, tf)
+            if md.coverage(key).rows:
+                return key
+    return SeriesKey(config.venue, config.market, config.symbol, config.timeframe)
+
+
+def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlice:
+    """Load the window plus warm-up; raise MissingDataError naming the command that fills any gap."""
+    key = _base_key(config, md)
+    cov = md.coverage(key)
+    spec: WindowSpec | str = config.windows[window] if window in config.windows else window
+    data_end = None if cov.last is None else cov.last + tf_ns(key.timeframe)
+    start, end = resolve_window(spec, cov.first, data_end)
+    step = tf_ns(config.timeframe)
+    start = -(-start // step) * step
+    warm = warmup_ns(config)
+    load_from = start - warm
+    base_len = tf_ns(key.timeframe)
+    have = md.coverage(key, load_from, end)
+    if have.first is not None and have.first > load_from and have.first < end - warm:
+        # History starts inside the warm-up: start trading once the indicators are warm instead.
+        load_from = have.first
+        start = -(-(have.first + warm) // step) * step
+        have = md.coverage(key, load_from, end)
+    expected = (end - load_from) // base_len
+    if have.rows < expected and (have.first is None or have.first > load_from or have.last + base_len < end):
+        cmd = fill_command(key, load_from, end)
+        raise MissingDataError(
+            f"{key}: the replay needs {_day(load_from)} .. {_day(end)} (window plus warm-up) but the store has "
+            + ("nothing" if have.first is None else f"{_day(have.first)} .. {_day(have.last + base_len)}")
+            + f"; fill it with:\n  {cmd}\nor rerun with --fetch",
+            [cmd], [(key, load_from, end)],
+        )
+    base = md.read(key, load_from, end)
+    candles = base if key.timeframe == config.timeframe else resample(base, key.timeframe, config.timeframe)
+    higher = {tf: resample(base, key.timeframe, tf) for tf in config.all_higher_timeframes()}
+    first = int(np.searchsorted(candles["open_time"], start))
+    funding = marks = None
+    if config.costs.funding and config.market == "linear":
+        fkey = SeriesKey(config.venue, config.market, config.symbol, "-", "funding")
+        funding = md.read(fkey, start, end)
+        mkey = SeriesKey(config.venue, config.market, config.symbol, "1h", "mark")
+        marks = md.read(mkey, start, end)
+    return MarketSlice(start, end, candles, first, higher, funding, marks, str(key))
+
+
+def _bar_events(config: SystemConfig, m: MarketSlice, run: str, clock: SimClock) -> Iterable[tuple[int, ev.BarClosed]]:
+    """The replay publisher: one BarClosed per traded bar, in time order, with the clock at its close."""
+    stamp = Stamper(clock, f"{run}:publisher", "", run)
+    step = tf_ns(config.timeframe)
+    c = m.candles
+    rows = zip(c["open_time"][m.first:].tolist(), c["open"][m.first:].tolist(), c["high"][m.first:].tolist(),
+               c["low"][m.first:].tolist(), c["close"][m.first:].tolist(), c["volume"][m.first:].tolist(),
+               c.get("turnover", np.zeros(len(c["close"])))[m.first:].tolist())
+    for t, o, h, l, cl, v, tv in rows:
+        close_time = t + step
+        clock.t = close_time
+        yield close_time, ev.BarClosed(**stamp(close_time), venue=config.venue, market=config.market,
+                                       symbol=config.symbol, timeframe=config.timeframe, open_time=t, open=o,
+                                       high=h, low=l, close=cl, volume=v, turnover=tv)
+
+
+@dataclass
+class Wiring:
+    clock: SimClock
+    components: list
+    portfolio: Portfolio
+    exchange: SimExchange
+
+
+def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
+    """Build the system's components for a replay."""
+    clock = SimClock(m.start)
+    stamp = lambda name: Stamper(clock, f"{run}:{name}", config.system, run)  # noqa: E731
+    own_feats, htf_feats = features_for(config)
+    closes = m.candles["open_time"] + tf_ns(config.timeframe)
+    own = feature_table(m.candles, own_feats, config.timeframe)
+    higher = [feature_table(m.higher[tf], feats, tf, last_closed_index(m.higher[tf]["open_time"], tf, closes))
+              for tf, feats in sorted(htf_feats.items())]
+    builder = SnapshotBuilder(Stamper(clock, f"{run}:snapshot", "", run), config.venue, config.symbol,
+                              config.timeframe, m.candles["open_time"], own, higher)
+    defn = strategies.get(config.strategy.id)
+    params = config.params()
+    prev_row = _row(defn, params, own, higher, m.first - 1) if m.first > 0 else None
+    host = StrategyHost(stamp("strategy"), defn, params, config.venue, config.symbol, config.timeframe, prev_row)
+    r = config.risk
+    risk = RiskManager(stamp("risk"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
+                       sizing=r.sizing, fraction=r.fraction, risk_per_trade=r.risk_per_trade,
+                       max_leverage=r.max_leverage, max_position_notional=r.max_position_notional,
+                       stop_kind=r.stop.kind, atr_period=r.stop.atr_period, atr_mult=r.stop.atr_mult,
+                       stop_percent=r.stop.percent, take_profit_rr=r.stop.take_profit_rr,
+                       initial_capital=config.initial_capital)
+    c = config.costs
+    exchange = SimExchange(
+        stamp("exchange"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
+        fill_timing=config.fill, participation=config.participation,
+        costs=CostParams(c.maker_fee, c.taker_fee, c.spread_bps, c.slippage.model, c.slippage.bps, c.slippage.impact),
+        funding_times=None if m.funding is None else m.funding["open_time"],
+        funding_rates=None if m.funding is None else m.funding["rate"],
+        mark_times=None if m.marks is None else m.marks["open_time"],
+        mark_opens=None if m.marks is None else m.marks["open"],
+    )
+    exchange.skip_funding_before(m.start)
+    portfolio = Portfolio(stamp("portfolio"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
+                          initial_capital=config.initial_capital, max_leverage=r.max_leverage)
+    # Registration order is dispatch order: the venue sees a bar (fills at its open) before the strategy
+    # sees the bar's snapshot, as it would live.
+    return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, exchange)
+
+
+def _row(defn, params, own: FeatureTable, higher: list[FeatureTable], i: int) -> np.ndarray:
+    names, htf_names = row_names(defn, params)
+    values = [own.values[i, own.names.index(n)] for n in names]
+    for tf, n in htf_names:
+        table = next(t for t in higher if t.timeframe == tf)
+        r = table.row_for_bar[i]
+        values.append(table.values[r, table.names.index(n)] if r >= 0 else math.nan)
+    return np.array(values)
+
+
+def run_id_for(config: SystemConfig, m: MarketSlice, window: str) -> str:
+    """A run id that is a pure function of config, window and data: a rerun is the same run."""
+    digest = hashlib.sha256(f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash()}".encode()).hexdigest()
+    return f"{config.system}-{digest[:12]}"
+
+
+def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: str) -> dict:
+    return {
+        "run": run,
+        "system": config.system,
+        "window": window,
+        "start": _day(m.start),
+        "end": _day(m.end),
+        "bus": bus,
+        "config": config.model_dump(mode="json"),
+        "config_hash": config.config_hash(),
+        "data": {"source": m.source, "bars": int(len(m.candles["close"]) - m.first),
+                 "warmup_bars": m.first, "candles_sha256": m.data_hash(),
+                 "funding_rows": 0 if m.funding is None else int(len(m.funding["open_time"]))},
+        "cost_model": config.costs.model_dump(mode="json"),
+        "fill": config.fill,
+        "code_version": __version__,
+    }
+
+
+class Collector:
+    """Sink keeping the run's non-market-data events (for the store, trades and events.jsonl)."""
+
+    def __init__(self, keep_market_data: bool = False) -> None:
+        self.events: list[ev.Event] = []
+        self._skip = () if keep_market_data else MD_TYPES
+
+    def __call__(self, event: ev.Event) -> None:
+        if not isinstance(event, self._skip):
+            self.events.append(event)
