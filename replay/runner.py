@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -92,10 +93,14 @@ def resolve_window(spec: WindowSpec | str, data_first: int | None, data_end: int
     """Turn dates, a preset or START:END into [start, end) ns."""
     if isinstance(spec, str):
         try:
-            a, b = spec.split(":")
-            return int(np.datetime64(a, "ns").astype(np.int64)), int(np.datetime64(b, "ns").astype(np.int64))
+            # The separating colon is the one followed by a date (times may hold colons too).
+            a, b = re.split(r":(?=\d{4}-\d{2}-\d{2})", spec)
+            start, end = int(np.datetime64(a, "ns").astype(np.int64)), int(np.datetime64(b, "ns").astype(np.int64))
         except ValueError:
             raise ValueError(f"window {spec!r}: use hygiene, test or START:END dates (2025-01-01:2025-06-01)") from None
+        if end <= start:
+            raise ValueError(f"window {spec!r}: END must be after START")
+        return start, end
     if spec.preset is None:
         return (int(np.datetime64(spec.start, "ns").astype(np.int64)), int(np.datetime64(spec.end, "ns").astype(np.int64)))
     if data_first is None or data_end is None:
