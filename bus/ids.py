@@ -9,6 +9,7 @@ increasing even when its clock stalls or steps back.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 import re
 import secrets
 
@@ -25,6 +26,7 @@ ORDER_ID_MAX_LEN = 36
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
 
 
+@lru_cache(maxsize=1024)  # every component of a replay step asks for the same millisecond
 def _encode_time(ms: int) -> str:
     """The first 10 characters: 48 bits of milliseconds (as 50, two leading zero bits)."""
     p = _PAIRS
@@ -66,23 +68,22 @@ def id_time_ms(event_id: str) -> int:
 class IdGenerator:
     """Produce strictly increasing, time-ordered ids.
 
-    With a ``seed`` the sequence is a pure function of (seed, timestamps asked for), which makes a replay
-    byte-identical across runs; without one the random part comes from the OS.
+    Unseeded (live), the random part is drawn from the OS at each new millisecond, as the ULID spec
+    says. Seeded (replays), it starts at a value derived from the seed and counts up by one per id, so
+    the sequence is a pure function of (seed, timestamps asked for) and a rerun is byte-identical; two
+    generators with different seeds start 78 random bits apart and never meet.
     """
 
-    __slots__ = ("_last_ms", "_rand", "_seed", "_prefix")
+    __slots__ = ("_last_ms", "_rand", "_random", "_prefix", "_hi", "_hi_text")
 
     def __init__(self, seed: str | None = None) -> None:
-        self._seed = None if seed is None else seed.encode()
+        self._random = seed is None
         self._last_ms = -1
-        self._rand = 0
+        self._rand = 0 if seed is None else int.from_bytes(
+            hashlib.blake2b(seed.encode(), digest_size=10).digest(), "big") & _RAND_START_MASK
         self._prefix = ""
-
-    def _fresh(self, ms: int) -> int:
-        if self._seed is None:
-            return secrets.randbits(_RAND_BITS) & _RAND_START_MASK
-        digest = hashlib.blake2b(self._seed + ms.to_bytes(8, "big"), digest_size=10).digest()
-        return int.from_bytes(digest, "big") & _RAND_START_MASK
+        self._hi = -1
+        self._hi_text = ""
 
     def next(self, ts_ns: int) -> str:
         """Return a new id for an event initialised at ``ts_ns`` (nanoseconds)."""
@@ -92,14 +93,20 @@ class IdGenerator:
                 raise ValueError(f"timestamp {ts_ns} ns is beyond the id range")
             self._last_ms = ms
             self._prefix = _encode_time(ms)
-            self._rand = self._fresh(ms)
+            if self._random:
+                self._rand = secrets.randbits(_RAND_BITS) & _RAND_START_MASK
+            else:
+                self._rand += 1
         else:
             self._rand += 1
-            if self._rand > _RAND_MASK:  # pragma: no cover - needs 2**78 ids in one millisecond
-                self._last_ms += 1
-                self._prefix = _encode_time(self._last_ms)
-                self._rand = self._fresh(self._last_ms)
-        return self._prefix + _encode_rand(self._rand)
+            if self._rand > _RAND_MASK:  # pragma: no cover - needs 2**78 ids
+                raise OverflowError("id generator exhausted")
+        r = self._rand
+        hi = r >> 10
+        if hi != self._hi:  # the first 14 random characters change once per 1,024 ids
+            self._hi = hi
+            self._hi_text = _encode_rand(r)[:14]
+        return self._prefix + self._hi_text + _PAIRS[r & 1023]
 
 
 def order_id_for(cause_id: str, leg: str = "") -> str:

@@ -8,12 +8,13 @@ in the host's bus, the clock and the venue component.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from tradebus.bus.events import Event
 from tradebus.bus.ids import IdGenerator
 
 NO_EVENTS: tuple[Event, ...] = ()
+E = TypeVar("E", bound=Event)
 
 
 class Clock(Protocol):
@@ -57,6 +58,19 @@ class Stamper:
         return {"id": self._ids.next(now), "ts_event": ts_event, "ts_init": now, "system": self.system,
                 "run": self.run, "cause": cause}
 
+    def now(self) -> int:
+        return self._clock.now()
+
+    def next_id(self, now: int) -> str:
+        return self._ids.next(now)
+
+    def template(self, cls: type[E], **fields: Any) -> E:
+        """An event to copy with ``msgspec.structs.replace`` on hot paths (5x cheaper than building one).
+
+        The caller must replace every field that varies; the template holds the constant ones.
+        """
+        return cls(id="", ts_event=0, ts_init=0, system=self.system, run=self.run, **fields)
+
 
 class Component:
     """Base: route each event type to a handler; unknown types are ignored."""
@@ -74,6 +88,10 @@ class Component:
         """Handle one event; return the events it causes, in order."""
         handler = self._handlers.get(type(event))
         return handler(event) if handler is not None else NO_EVENTS
+
+    def handler_for(self, kind: type) -> Callable[[Any], Sequence[Event]] | None:
+        """The handler for one event type, or None if this component ignores it (hosts cache this)."""
+        return self._handlers.get(kind)
 
     def on_step_end(self, ts: int) -> None:
         """The clock finished a step: every event caused by it has been handled."""

@@ -105,6 +105,11 @@ class Portfolio(Component):
 
     def on_step_end(self, ts: int) -> None:
         pos = self.positions.get(self._symbol)
-        qty = pos.qty if pos else 0.0
-        self.curve.append((ts, self.marks.get(self._symbol, math.nan), self.balance, self.equity(), qty,
-                           self.unrealized(), self.realized, self.fees, self.funding))
+        mark = self.marks.get(self._symbol, math.nan)
+        if len(self.positions) <= 1:  # the common case: one symbol, no generator sums per bar
+            qty = pos.qty if pos else 0.0
+            unrealized = (mark - pos.avg_price) * qty if qty else 0.0
+        else:
+            qty, unrealized = (pos.qty if pos else 0.0), self.unrealized()
+        self.curve.append((ts, mark, self.balance, self.balance + unrealized, qty, unrealized, self.realized,
+                           self.fees, self.funding))

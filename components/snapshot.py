@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from msgspec.structs import replace
 
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.components.base import Component, Stamper
 from tradebus.components.features import Feature, compute
-from tradebus.components.timeframes import tf_ns
 
 
 @dataclass
@@ -53,7 +53,7 @@ class SnapshotBuilder(Component):
         self._own_rows = own.values.tolist()
         self._higher = [(t.timeframe, t.names, t.values.tolist(), t.row_for_bar.tolist()) for t in higher]
         self._handlers[ev.BarClosed] = self._on_bar
-        self.length = tf_ns(timeframe)
+        self._tpl: ev.Snapshot | None = None
 
     def patterns(self) -> tuple[str, ...]:
         return (self._subject,)
@@ -67,4 +67,8 @@ class SnapshotBuilder(Component):
         for tf, names, rows, row_for_bar in self._higher:
             r = row_for_bar[i]
             htf[tf] = dict(zip(names, rows[r])) if r >= 0 else {n: float("nan") for n in names}
-        return (ev.Snapshot(**self._stamp(bar.ts_event, bar.id), bar=bar, features=features, htf=htf),)
+        if self._tpl is None:
+            self._tpl = self._stamp.template(ev.Snapshot, bar=bar)
+        now = self._stamp.now()
+        return (replace(self._tpl, id=self._stamp.next_id(now), ts_event=bar.ts_event, ts_init=now, cause=bar.id,
+                        bar=bar, features=features, htf=htf),)

@@ -26,22 +26,31 @@ Sink = Callable[[Event], None]
 
 
 class _Router:
-    def __init__(self, components: Sequence[Component]) -> None:
-        self._components = list(components)
-        self._patterns = [(c, c.patterns()) for c in components]
-        self._routes: dict[str, tuple[Callable[[Event], Sequence[Event]], ...]] = {}
+    """Subject routing (the bus's wildcard rules), resolved once per (subject, event type) to handlers."""
 
-    def route(self, subject: str) -> tuple[Callable[[Event], Sequence[Event]], ...]:
-        handlers = self._routes.get(subject)
+    def __init__(self, components: Sequence[Component]) -> None:
+        self._patterns = [(c, c.patterns()) for c in components]
+        self._routes: dict[tuple[str, type], tuple[Callable[[Event], Sequence[Event]], ...]] = {}
+        # Only components that act at step end are called there (most do not).
+        self._step_enders = [c.on_step_end for c in components
+                             if type(c).on_step_end is not Component.on_step_end]
+
+    def route(self, subject: str, kind: type) -> tuple[Callable[[Event], Sequence[Event]], ...]:
+        key = (subject, kind)
+        handlers = self._routes.get(key)
         if handlers is None:
-            handlers = tuple(c.on_event for c, pats in self._patterns
-                             if any(subjects.matches(p, subject) for p in pats))
-            self._routes[subject] = handlers
+            found = []
+            for c, pats in self._patterns:
+                if any(subjects.matches(p, subject) for p in pats):
+                    handler = c.handler_for(kind)
+                    if handler is not None:
+                        found.append(handler)
+            handlers = self._routes[key] = tuple(found)
         return handlers
 
     def step_end(self, ts: int) -> None:
-        for c in self._components:
-            c.on_step_end(ts)
+        for end in self._step_enders:
+            end(ts)
 
 
 class LocalHost:
@@ -55,14 +64,15 @@ class LocalHost:
         """Handle ``events`` and everything they cause, then end the step at ``ts``."""
         queue = deque(events)
         route, sinks, subject_for = self._router.route, self._sinks, subjects.subject_for
+        pop, extend = queue.popleft, queue.extend
         while queue:
-            event = queue.popleft()
+            event = pop()
             for sink in sinks:
                 sink(event)
-            for handle in route(subject_for(event)):
+            for handle in route(subject_for(event), type(event)):
                 caused = handle(event)
                 if caused:
-                    queue.extend(caused)
+                    extend(caused)
         self._router.step_end(ts)
 
 
@@ -98,7 +108,7 @@ class NatsHost:
             in_flight -= 1
             for sink in sinks:
                 sink(event)
-            for handle in route(subject_for(event)):
+            for handle in route(subject_for(event), type(event)):
                 for caused in handle(event):
                     await self._bus.publish(caused)
                     in_flight += 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+from msgspec.structs import replace
 
 from tradebus import __version__
 from tradebus.bus import events as ev
@@ -168,17 +169,19 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
 def _bar_events(config: SystemConfig, m: MarketSlice, run: str, clock: SimClock) -> Iterable[tuple[int, ev.BarClosed]]:
     """The replay publisher: one BarClosed per traded bar, in time order, with the clock at its close."""
     stamp = Stamper(clock, f"{run}:publisher", "", run)
+    tpl = stamp.template(ev.BarClosed, venue=config.venue, market=config.market, symbol=config.symbol,
+                         timeframe=config.timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
     step = tf_ns(config.timeframe)
-    c = m.candles
-    rows = zip(c["open_time"][m.first:].tolist(), c["open"][m.first:].tolist(), c["high"][m.first:].tolist(),
-               c["low"][m.first:].tolist(), c["close"][m.first:].tolist(), c["volume"][m.first:].tolist(),
-               c.get("turnover", np.zeros(len(c["close"])))[m.first:].tolist())
+    c, i = m.candles, m.first
+    turnover = c["turnover"] if "turnover" in c else np.zeros(len(c["close"]))
+    rows = zip(c["open_time"][i:].tolist(), c["open"][i:].tolist(), c["high"][i:].tolist(), c["low"][i:].tolist(),
+               c["close"][i:].tolist(), c["volume"][i:].tolist(), turnover[i:].tolist())
+    next_id = stamp.next_id
     for t, o, h, l, cl, v, tv in rows:
         close_time = t + step
         clock.t = close_time
-        yield close_time, ev.BarClosed(**stamp(close_time), venue=config.venue, market=config.market,
-                                       symbol=config.symbol, timeframe=config.timeframe, open_time=t, open=o,
-                                       high=h, low=l, close=cl, volume=v, turnover=tv)
+        yield close_time, replace(tpl, id=next_id(close_time), ts_event=close_time, ts_init=close_time, open_time=t,
+                                  open=o, high=h, low=l, close=cl, volume=v, turnover=tv)
 
 
 @dataclass
@@ -269,8 +272,8 @@ class Collector:
 
     def __init__(self, keep_market_data: bool = False) -> None:
         self.events: list[ev.Event] = []
-        self._skip = () if keep_market_data else MD_TYPES
+        self._skip = frozenset() if keep_market_data else frozenset(MD_TYPES)
 
     def __call__(self, event: ev.Event) -> None:
-        if not isinstance(event, self._skip):
+        if type(event) not in self._skip:
             self.events.append(event)
