@@ -117,7 +117,8 @@ class Subscription:
         """Return the next event; raise ``TimeoutError`` after ``timeout`` s, ``StopAsyncIteration`` at end."""
         if self._queue and self._error is None:
             return self._queue.popleft()
-        return await asyncio.wait_for(self.__anext__(), timeout)
+        async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+            return await self.__anext__()
 
     def drain_nowait(self) -> list[Event]:
         """Take every queued event without waiting (raises if the subscription failed)."""

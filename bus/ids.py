@@ -21,6 +21,9 @@ _RAND_MASK = (1 << _RAND_BITS) - 1
 # Leave headroom so a burst of ids within one millisecond never overflows the random part.
 _RAND_START_MASK = (1 << (_RAND_BITS - 2)) - 1
 _TIME_MAX = (1 << 48) - 1
+_LOW_MASK = (1 << 20) - 1  # seeded ids: low 20 bits from (millisecond, index in it)
+_LOW_START_MASK = (1 << 19) - 1  # start below half, so counting up within a millisecond never wraps
+_MIX = 0x9E3779B1  # odd multiplier spreading consecutive milliseconds over the low bits
 
 ORDER_ID_MAX_LEN = 36
 _ORDER_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,36}$")
@@ -69,21 +72,23 @@ class IdGenerator:
     """Produce strictly increasing, time-ordered ids.
 
     Unseeded (live), the random part is drawn from the OS at each new millisecond, as the ULID spec
-    says. Seeded (replays), it starts at a value derived from the seed and counts up by one per id, so
-    the sequence is a pure function of (seed, timestamps asked for) and a rerun is byte-identical; two
-    generators with different seeds start 78 random bits apart and never meet.
+    says. Seeded (replays), the id of the n-th event in a millisecond is a pure function of
+    (seed, millisecond, n): the top 60 random bits come from the seed, the low 20 from the millisecond
+    and n. So a rerun is byte-identical, any id can be re-derived without replaying what came before,
+    and two generators with different seeds never meet.
     """
 
-    __slots__ = ("_last_ms", "_rand", "_random", "_prefix", "_hi", "_hi_text")
+    __slots__ = ("_last_ms", "_rand", "_random", "_prefix", "_seed_text", "_seed_hi", "_n")
 
     def __init__(self, seed: str | None = None) -> None:
         self._random = seed is None
         self._last_ms = -1
-        self._rand = 0 if seed is None else int.from_bytes(
-            hashlib.blake2b(seed.encode(), digest_size=10).digest(), "big") & _RAND_START_MASK
+        self._rand = 0
         self._prefix = ""
-        self._hi = -1
-        self._hi_text = ""
+        self._n = 0
+        base = 0 if seed is None else int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=10).digest(), "big")
+        self._seed_hi = base & ~_LOW_MASK & _RAND_START_MASK
+        self._seed_text = _encode_rand(self._seed_hi)[:12]  # the 60 bits above the low 20
 
     def next(self, ts_ns: int) -> str:
         """Return a new id for an event initialised at ``ts_ns`` (nanoseconds)."""
@@ -96,17 +101,19 @@ class IdGenerator:
             if self._random:
                 self._rand = secrets.randbits(_RAND_BITS) & _RAND_START_MASK
             else:
-                self._rand += 1
-        else:
+                self._n = (ms * _MIX) & _LOW_START_MASK
+        elif self._random:
             self._rand += 1
-            if self._rand > _RAND_MASK:  # pragma: no cover - needs 2**78 ids
+            if self._rand > _RAND_MASK:  # pragma: no cover - needs 2**78 ids in one millisecond
                 raise OverflowError("id generator exhausted")
-        r = self._rand
-        hi = r >> 10
-        if hi != self._hi:  # the first 14 random characters change once per 1,024 ids
-            self._hi = hi
-            self._hi_text = _encode_rand(r)[:14]
-        return self._prefix + self._hi_text + _PAIRS[r & 1023]
+        else:
+            self._n += 1
+            if self._n > _LOW_MASK:
+                raise OverflowError("more than 2**19 seeded ids in one millisecond")
+        if self._random:
+            return self._prefix + _encode_rand(self._rand)
+        n = self._n
+        return self._prefix + self._seed_text + _PAIRS[n >> 10] + _PAIRS[n & 1023]
 
 
 def order_id_for(cause_id: str, leg: str = "") -> str:

@@ -76,6 +76,9 @@ class Component:
     """Base: route each event type to a handler; unknown types are ignored."""
 
     name: str = "component"
+    runs_ahead: bool = False
+    """True if the component reads market data only and stamps events with the data's own time, so a
+    host may run it ahead of the clock (it must then produce the same events in the same order)."""
 
     def __init__(self) -> None:
         self._handlers: dict[type, Callable[[Any], Sequence[Event]]] = {}

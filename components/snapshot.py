@@ -41,6 +41,7 @@ class SnapshotBuilder(Component):
     """Publishes a ``Snapshot`` for every closed bar of one symbol and timeframe."""
 
     name = "snapshot"
+    runs_ahead = True  # a pure function of bars, stamped with the bar's own time
 
     def __init__(self, stamp: Stamper, venue: str, symbol: str, timeframe: str, open_time: np.ndarray,
                  own: FeatureTable, higher: Sequence[FeatureTable] = ()) -> None:
@@ -69,6 +70,6 @@ class SnapshotBuilder(Component):
             htf[tf] = dict(zip(names, rows[r])) if r >= 0 else {n: float("nan") for n in names}
         if self._tpl is None:
             self._tpl = self._stamp.template(ev.Snapshot, bar=bar)
-        now = self._stamp.now()
+        now = bar.ts_init
         return (replace(self._tpl, id=self._stamp.next_id(now), ts_event=bar.ts_event, ts_init=now, cause=bar.id,
                         bar=bar, features=features, htf=htf),)

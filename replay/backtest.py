@@ -20,7 +20,7 @@ from tradebus.replay.host import LocalHost, NatsHost
 from tradebus.replay.marketdata import MarketData
 from tradebus.replay.metrics import summarize
 from tradebus.replay.report import render
-from tradebus.replay.runner import Collector, MarketSlice, load_market, manifest, run_id_for, wire, _bar_events
+from tradebus.replay.runner import Collector, MarketSlice, bar_steps, load_market, manifest, run_id_for, wire
 from tradebus.replay.trades import Trade, build_trades
 
 Progress = Callable[[int, int], None]
@@ -46,24 +46,13 @@ class ReplayResult:
         return len(self.curve)
 
 
-def _run_local(w, bars, sinks, progress: Progress | None, total: int) -> None:
-    host = LocalHost(w.components, sinks)
-    for n, (ts, bar) in enumerate(bars, start=1):
-        host.step((bar,), ts)
-        if progress is not None and n % 2048 == 0:
-            progress(n, total)
-
-
-async def _run_nats(w, bars, sinks, run: str, nats_url: str | None, progress: Progress | None, total: int) -> None:
+async def _run_nats(w, steps, sinks, run: str, nats_url: str | None, progress) -> None:
     from tradebus.bus.connect import open_bus
 
     async with open_bus("nats", url=nats_url, name=f"tradebus-replay-{run}") as bus:
-        host = await NatsHost.start(bus, w.components, run, sinks)
+        host = await NatsHost.start(bus, w.components, w.clock, run, sinks)
         try:
-            for n, (ts, bar) in enumerate(bars, start=1):
-                await host.step((bar,), ts)
-                if progress is not None and n % 512 == 0:
-                    progress(n, total)
+            await host.run(steps, progress)
         finally:
             await host.close()
 
@@ -82,12 +71,13 @@ def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Litera
                             mode="replay", manifest=artifacts.clean(man))
     collector(started)
     total = len(m.candles["close"]) - m.first
-    bars = _bar_events(config, m, run, w.clock)
+    steps = bar_steps(config, m, run, w.clock)
+    tick = None if progress is None else (lambda done: progress(done, total))
     t0 = time.perf_counter()
     if bus == "local":
-        _run_local(w, bars, [collector], progress, total)
+        LocalHost(w.components, w.clock, [collector]).run(steps, tick)
     else:
-        asyncio.run(_run_nats(w, bars, [collector], run, nats_url, progress, total))
+        asyncio.run(_run_nats(w, steps, [collector], run, nats_url, tick))
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress(total, total)

@@ -166,8 +166,8 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
     return MarketSlice(start, end, candles, first, higher, funding, marks, str(key))
 
 
-def _bar_events(config: SystemConfig, m: MarketSlice, run: str, clock: SimClock) -> Iterable[tuple[int, ev.BarClosed]]:
-    """The replay publisher: one BarClosed per traded bar, in time order, with the clock at its close."""
+def bar_steps(config: SystemConfig, m: MarketSlice, run: str, clock: SimClock) -> Iterable[tuple[int, tuple[ev.BarClosed]]]:
+    """The replay publisher: one step per traded bar, at its close, publishing its BarClosed."""
     stamp = Stamper(clock, f"{run}:publisher", "", run)
     tpl = stamp.template(ev.BarClosed, venue=config.venue, market=config.market, symbol=config.symbol,
                          timeframe=config.timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
@@ -179,9 +179,8 @@ def _bar_events(config: SystemConfig, m: MarketSlice, run: str, clock: SimClock)
     next_id = stamp.next_id
     for t, o, h, l, cl, v, tv in rows:
         close_time = t + step
-        clock.t = close_time
-        yield close_time, replace(tpl, id=next_id(close_time), ts_event=close_time, ts_init=close_time, open_time=t,
-                                  open=o, high=h, low=l, close=cl, volume=v, turnover=tv)
+        yield close_time, (replace(tpl, id=next_id(close_time), ts_event=close_time, ts_init=close_time, open_time=t,
+                                   open=o, high=h, low=l, close=cl, volume=v, turnover=tv),)
 
 
 @dataclass

@@ -202,3 +202,13 @@ def test_pattern_matching_follows_nats_rules(pattern, subject, expected):
 )
 def test_qualify_adds_prefix_only_where_missing(typed, qualified):
     assert subjects.qualify(typed) == qualified
+
+
+def test_seeded_id_depends_only_on_seed_millisecond_and_index():
+    first = IdGenerator("run-a")
+    all_ids = [first.next(t * 1_000_000) for t in (10, 10, 11, 12, 12, 12)]
+    later = IdGenerator("run-a")  # starts at the 12th millisecond, never saw the earlier ones
+
+    resumed = [later.next(12 * 1_000_000) for _ in range(3)]
+
+    assert resumed == all_ids[3:]
