@@ -5,9 +5,8 @@ Fees are accumulated separately: realised PnL is before fees.
 
 from __future__ import annotations
 
-import math
-
 import msgspec
+import numpy as np
 
 from tradebus.bus import events as ev
 from tradebus.bus.events import Side
@@ -40,17 +39,18 @@ def apply_fill(pos: Position, side: Side, qty: float, price: float, fee: float =
 class Portfolio(Component):
     """Cash, positions, PnL, fees and funding for one system; publishes position and account changes.
 
-    ``balance = initial + realised - fees - funding``; ``equity = balance + unrealised`` (positions marked
-    at the last close). ``curve`` gets one row per step, after everything the step caused.
+    ``balance = initial + realised - fees - funding``; ``equity = balance + unrealised``. The portfolio
+    does no work per bar: it logs its state at each change (``changes``, stamped with the step), and
+    ``curve`` marks that state to every bar's close afterwards, in one vectorised pass.
     """
 
     name = "portfolio"
+    CHANGE_COLUMNS = ("ts", "qty", "avg_price", "balance", "realized", "fees", "funding")
 
-    def __init__(self, stamp: Stamper, *, venue: str, symbol: str, timeframe: str, initial_capital: float,
-                 max_leverage: float = 1.0) -> None:
+    def __init__(self, stamp: Stamper, *, symbol: str, initial_capital: float, max_leverage: float = 1.0) -> None:
         super().__init__()
         self._stamp = stamp
-        self._patterns = (f"tb.fill.{stamp.system}", f"tb.md.bar.{venue}.{symbol}.{timeframe}")
+        self._patterns = (f"tb.fill.{stamp.system}",)
         self._symbol = symbol
         self._leverage = max_leverage
         self.initial = initial_capital
@@ -59,9 +59,9 @@ class Portfolio(Component):
         self.fees = 0.0
         self.funding = 0.0
         self.positions: dict[str, Position] = {}
-        self.marks: dict[str, float] = {}
-        self.curve: list[tuple[int, float, float, float, float, float, float, float, float]] = []
-        self._handlers.update({ev.Fill: self._on_fill, ev.FundingPaid: self._on_funding, ev.BarClosed: self._on_bar})
+        self.marks: dict[str, float] = {}  # last fill price per symbol
+        self.changes: list[tuple[int, float, float, float, float, float, float]] = []
+        self._handlers.update({ev.Fill: self._on_fill, ev.FundingPaid: self._on_funding})
 
     def patterns(self) -> tuple[str, ...]:
         return self._patterns
@@ -72,44 +72,44 @@ class Portfolio(Component):
     def equity(self) -> float:
         return self.balance + self.unrealized()
 
-    def _account(self, ts: int, cause: str) -> ev.AccountState:
+    def _changed(self, ts: int, cause: str) -> ev.AccountState:
+        pos = self.positions.get(self._symbol)
+        self.changes.append((self._stamp.now(), pos.qty if pos else 0.0, pos.avg_price if pos else 0.0,
+                             self.balance, self.realized, self.fees, self.funding))
         margin = sum(abs(p.qty) * self.marks.get(s, p.avg_price) for s, p in self.positions.items()) / self._leverage
         equity = self.equity()
         return ev.AccountState(**self._stamp(ts, cause), balance=self.balance, equity=equity, margin_used=margin,
                                available=equity - margin)
 
-    def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Event, ...]:
-        self.marks[bar.symbol] = bar.close
-        return NO_EVENTS
-
     def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
         pos = self.positions.get(fill.symbol) or Position(symbol=fill.symbol)
         new = apply_fill(pos, fill.side, fill.qty, fill.price, fill.fee)
         self.positions[fill.symbol] = new
+        self.marks[fill.symbol] = fill.price
         gained = new.realized_pnl - pos.realized_pnl
         self.realized += gained
         self.fees += fill.fee
         self.balance += gained - fill.fee
-        mark = self.marks.get(fill.symbol, fill.price)
         return (
             ev.PositionChanged(**self._stamp(fill.ts_event, fill.id), symbol=fill.symbol, qty=new.qty,
                                avg_price=new.avg_price, realized_pnl=new.realized_pnl,
-                               unrealized_pnl=new.unrealized(mark), mark_price=mark),
-            self._account(fill.ts_event, fill.id),
+                               unrealized_pnl=new.unrealized(fill.price), mark_price=fill.price),
+            self._changed(fill.ts_event, fill.id),
         )
 
     def _on_funding(self, paid: ev.FundingPaid) -> tuple[ev.Event, ...]:
         self.funding += paid.amount
         self.balance -= paid.amount
-        return (self._account(paid.ts_event, paid.id),)
+        return (self._changed(paid.ts_event, paid.id),)
 
-    def on_step_end(self, ts: int) -> None:
-        pos = self.positions.get(self._symbol)
-        mark = self.marks.get(self._symbol, math.nan)
-        if len(self.positions) <= 1:  # the common case: one symbol, no generator sums per bar
-            qty = pos.qty if pos else 0.0
-            unrealized = (mark - pos.avg_price) * qty if qty else 0.0
-        else:
-            qty, unrealized = (pos.qty if pos else 0.0), self.unrealized()
-        self.curve.append((ts, mark, self.balance, self.balance + unrealized, qty, unrealized, self.realized,
-                           self.fees, self.funding))
+    def curve(self, step_times: np.ndarray, closes: np.ndarray) -> np.ndarray:
+        """Per step: close, balance, equity, qty, unrealised, realised, fees, funding (state at step end)."""
+        initial = (0, 0.0, 0.0, self.initial, 0.0, 0.0, 0.0)
+        log = np.array([initial, *self.changes], dtype=np.float64).reshape(-1, 7)
+        stamps = np.array([initial[0], *(c[0] for c in self.changes)], dtype=np.int64)
+        at = np.searchsorted(stamps, step_times, side="right") - 1
+        state = log[at]
+        qty, avg, balance = state[:, 1], state[:, 2], state[:, 3]
+        unrealized = np.where(qty != 0, (closes - avg) * qty, 0.0)
+        return np.column_stack((closes, balance, balance + unrealized, qty, unrealized, state[:, 4], state[:, 5],
+                                state[:, 6]))

@@ -54,8 +54,7 @@ class RiskManager(Component):
         self.balance = initial_capital
         self.qty = 0.0
         self.avg = 0.0
-        self._close = math.nan
-        self._atr = math.nan
+        self._snap: ev.Snapshot | None = None
         self._entries: dict[str, float] = {}  # entry order id -> stop distance decided with it
         self._filled_entry: float | None = None  # stop distance of an entry that just completed
         self._handlers.update({
@@ -69,9 +68,7 @@ class RiskManager(Component):
     # -- state ---------------------------------------------------------------------------------
 
     def _on_snapshot(self, snap: ev.Snapshot) -> tuple[ev.Event, ...]:
-        self._close = snap.bar.close
-        if self._stop_kind == "atr":
-            self._atr = snap.features[self._atr_name]
+        self._snap = snap  # read only when a signal needs it
         return NO_EVENTS
 
     def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:
@@ -96,7 +93,7 @@ class RiskManager(Component):
 
     def _stop_distance(self, price: float) -> float:
         if self._stop_kind == "atr":
-            return self._atr_mult * self._atr
+            return self._atr_mult * self._snap.features[self._atr_name] if self._snap else math.nan
         if self._stop_kind == "percent":
             return self._stop_percent * price
         return math.nan
@@ -132,7 +129,7 @@ class RiskManager(Component):
             out.append(self._intent(sig, "exit", "sell" if q > 0 else "buy", abs(q), reduce_only=True))
             q = 0.0
         if target != 0 and q == 0:
-            price = self._close
+            price = self._snap.bar.close if self._snap else math.nan
             equity = self.balance + self.qty * (price - self.avg)
             stop = self._stop_distance(price)
             qty, reason = self.size(equity, price, stop)

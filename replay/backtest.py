@@ -81,9 +81,8 @@ def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Litera
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress(total, total)
-    rows = w.portfolio.curve
-    times = np.array([r[0] for r in rows], dtype=np.int64)
-    curve = np.array([r[1:] for r in rows], dtype=np.float64).reshape(-1, len(artifacts.CURVE_COLUMNS) - 1)
+    times = m.candles["open_time"][m.first:] + tf_ns(config.timeframe)
+    curve = w.portfolio.curve(times, m.candles["close"][m.first:])
     trades, open_trades = build_trades(collector.events, tf_ns(config.timeframe))
     metrics = summarize(times, curve[:, 2], curve[:, 3], config.initial_capital,
                         tf_ns(config.timeframe), trades, w.portfolio.fees, w.portfolio.funding)

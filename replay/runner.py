@@ -224,8 +224,8 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
         mark_opens=None if m.marks is None else m.marks["open"],
     )
     exchange.skip_funding_before(m.start)
-    portfolio = Portfolio(stamp("portfolio"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
-                          initial_capital=config.initial_capital, max_leverage=r.max_leverage)
+    portfolio = Portfolio(stamp("portfolio"), symbol=config.symbol, initial_capital=config.initial_capital,
+                          max_leverage=r.max_leverage)
     # Registration order is dispatch order: the venue sees a bar (fills at its open) before the strategy
     # sees the bar's snapshot, as it would live.
     return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, exchange)
