@@ -481,6 +481,8 @@ def replay(
     nats_url: Optional[str] = NatsUrlOpt,
     fetch: bool = typer.Option(False, "--fetch", help="Fetch missing candles from Bybit's public API first."),
     events: bool = typer.Option(False, "--events", help="Also write events.jsonl."),
+    log_features: bool = typer.Option(False, "--log-features", help="Also write training_rows.parquet."),
+    horizon: int = typer.Option(12, "--horizon", min=1, help="Bars ahead for the training targets."),
     store: Optional[Path] = StoreOpt,
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the run's events to the event store."),
     db: Optional[Path] = MarketOpt,
@@ -527,7 +529,7 @@ def replay(
             result = run_replay(config, window, md, bus=bus, nats_url=nats_url,
                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
     dest = out_dir or Path("runs") / config.system / window.replace(":", "_")
-    write_outputs(result, dest, events_jsonl=events)
+    write_outputs(result, dest, events_jsonl=events, log_features=horizon if log_features else None)
     if not no_store:
         try:
             with EventStore.open_writer(store or settings.default_store_path()) as st:

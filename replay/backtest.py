@@ -15,7 +15,8 @@ from tradebus.bus.ids import IdGenerator
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig
 from tradebus.eventstore.store import EventStore
-from tradebus.replay import artifacts
+from tradebus.components.snapshot import FeatureTable
+from tradebus.replay import artifacts, training
 from tradebus.replay.host import LocalHost, NatsHost
 from tradebus.replay.marketdata import MarketData
 from tradebus.replay.metrics import summarize
@@ -40,6 +41,7 @@ class ReplayResult:
     events: list[ev.Event]
     manifest: dict
     seconds: float
+    features: tuple[FeatureTable, list[FeatureTable]]
 
     @property
     def bars(self) -> int:
@@ -91,11 +93,12 @@ def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Litera
                               cause=started.id, status="ok", summary=artifacts.clean(metrics))
     collector(finished)
     return ReplayResult(run, config, window, m, metrics, trades, open_trades, times, curve, collector.events, man,
-                        seconds)
+                        seconds, (w.own, w.higher))
 
 
-def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False) -> None:
-    """Write every artifact of a replay into ``out``."""
+def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False,
+                  log_features: int | None = None) -> None:
+    """Write every artifact of a replay into ``out``; ``log_features`` = horizon of the training rows."""
     out.mkdir(parents=True, exist_ok=True)
     config = result.config
     artifacts.write_json(out / "result.json", {
@@ -108,6 +111,12 @@ def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False
     artifacts.write_json(out / "run_manifest.json", result.manifest)
     if events_jsonl:
         artifacts.write_events(out / "events.jsonl", result.events)
+    if log_features:
+        own, higher = result.features
+        table = training.training_table(result.times, config.symbol, config.timeframe, config.strategy.id, own,
+                                        higher, result.market.first, result.curve[:, 3], result.curve[:, 0],
+                                        log_features)
+        training.write(table, out / "training_rows.parquet")
     render(out / "report.html", f"{config.system} · {config.symbol} {config.timeframe} · {result.window}",
            f"{config.strategy.id} {config.params().model_dump()} · {result.manifest['start']} → "
            f"{result.manifest['end']} · fill {config.fill} · run {result.run}",

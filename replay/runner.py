@@ -22,7 +22,7 @@ from tradebus.bus import events as ev
 from tradebus.components import strategies
 from tradebus.components.base import SimClock, Stamper
 from tradebus.components.exchange import CostParams, SimExchange
-from tradebus.components.features import Feature, lookback
+from tradebus.components.features import Feature, f, lookback
 from tradebus.components.portfolio import Portfolio
 from tradebus.components.risk import RiskManager, risk_features
 from tradebus.components.snapshot import FeatureTable, SnapshotBuilder, feature_table
@@ -70,15 +70,23 @@ class MarketSlice:
         return h.hexdigest()
 
 
+# What a declared higher timeframe contributes to every snapshot (the strategy may read more).
+HTF_CONTEXT = [f("close"), f("ema", 20), f("ema", 50), f("rsi", 14), f("atr", 14), f("adx", 14)]
+
+
 def features_for(config: SystemConfig) -> tuple[list[Feature], dict[str, list[Feature]]]:
-    """Own-timeframe and higher-timeframe features the system needs (strategy + risk), deduplicated."""
+    """Own-timeframe and higher-timeframe features the system needs (strategy, risk, context), deduplicated."""
     defn = strategies.get(config.strategy.id)
     params = config.params()
     own: list[Feature] = []
     for feat in defn.features(params) + risk_features(config.risk.stop.kind, config.risk.stop.atr_period):
         if feat not in own:
             own.append(feat)
-    return own, defn.htf_features(params)
+    higher: dict[str, list[Feature]] = {tf: list(HTF_CONTEXT) for tf in config.higher_timeframes}
+    for tf, feats in defn.htf_features(params).items():
+        higher.setdefault(tf, [])
+        higher[tf] += [feat for feat in feats if feat not in higher[tf]]
+    return own, higher
 
 
 def warmup_ns(config: SystemConfig) -> int:
@@ -189,6 +197,8 @@ class Wiring:
     components: list
     portfolio: Portfolio
     exchange: SimExchange
+    own: FeatureTable
+    higher: list[FeatureTable]
 
 
 def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
@@ -228,7 +238,7 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
                           max_leverage=r.max_leverage)
     # Registration order is dispatch order: the venue sees a bar (fills at its open) before the strategy
     # sees the bar's snapshot, as it would live.
-    return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, exchange)
+    return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, exchange, own, higher)
 
 
 def _row(defn, params, own: FeatureTable, higher: list[FeatureTable], i: int) -> np.ndarray:

@@ -213,3 +213,30 @@ def test_replay_command_fetches_with_consent_and_writes_everything(tmp_path):
     assert again.returncode == 0 and "already in the store" in again.stdout
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["metrics"]["trades"] > 0
+
+
+def test_training_rows_hold_snapshot_features_and_forward_targets(md, tmp_path):
+    import pyarrow.parquet as pq
+
+    result = run_replay(parse_config(system()), "hygiene", md, keep_market_data=True)
+    write_outputs(result, tmp_path / "out", log_features=6)
+
+    rows = pq.read_table(tmp_path / "out" / "training_rows.parquet").to_pydict()
+    snapshots = [e for e in result.events if isinstance(e, ev.Snapshot)]
+    assert len(rows["time"]) == len(snapshots) == result.bars
+    for i in (0, 100, len(snapshots) - 1):  # the row's features are exactly what the strategy saw
+        snap = snapshots[i]
+        assert rows["time"][i].value == snap.ts_event
+        assert rows["f.ema_10"][i] == snap.features["ema_10"]
+        assert rows["f.1h.adx_14"][i] == snap.htf["1h"]["adx_14"] or np.isnan(snap.htf["1h"]["adx_14"])
+    close = result.curve[:, 0]
+    i = 50
+    assert rows["target_return_6"][i] == pytest.approx(close[i + 6] / close[i] - 1)
+    expected_vol = np.sqrt(np.sum(np.diff(np.log(close[i : i + 7])) ** 2))
+    assert rows["target_vol_6"][i] == pytest.approx(expected_vol)
+    worst, net = close[i + 1 : i + 7].min() / close[i] - 1, np.log(close[i + 6] / close[i])
+    direct = "crash" if worst <= -0.05 else "trend_up" if net >= expected_vol else "trend_down" if net <= -expected_vol else "chop"
+    assert rows["target_regime_6"][i] == direct
+    assert set(rows["target_regime_6"][:-6]) <= {"crash", "trend_up", "trend_down", "chop"}
+    assert rows["target_regime_6"][-6:] == [""] * 6 and all(np.isnan(rows["target_return_6"][-6:]))
+    assert rows["position_side"][i] == int(np.sign(result.curve[i, 3]))
