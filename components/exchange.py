@@ -8,7 +8,11 @@ Order of work at each bar of its symbol:
 3. resting orders, in the order they were placed: stops trigger when the bar trades through the
    trigger and fill at the trigger, or at the open if the bar gapped past it; limits fill at their price
    (or the better open) as maker; a stop-limit becomes a limit once triggered;
-4. when the position is flat, reduce-only orders left over are cancelled (like position-attached TP/SL).
+4. when the position is flat, reduce-only orders left over are cancelled (like position-attached TP/SL);
+5. liquidation: if the bar's worst price takes equity (the venue's own wallet balance plus unrealised
+   PnL) to maintenance margin (``maintenance_margin x notional``), the whole position is closed at the
+   price where that happens (or the open, if the bar gapped past it) by a venue order
+   ``liquidation-N``, and its reduce-only orders are cancelled.
 
 Market orders with ``on_close`` timing fill at the close of the bar that produced the signal. Taker fills
 pay half the spread plus slippage (fixed bps, or bps per percent of the bar's volume taken); maker fills
@@ -56,7 +60,8 @@ class SimExchange(Component):
     def __init__(self, stamp: Stamper, *, venue: str, symbol: str, timeframe: str, fill_timing: str,
                  costs: CostParams, participation: float | None = None,
                  funding_times: np.ndarray | None = None, funding_rates: np.ndarray | None = None,
-                 mark_times: np.ndarray | None = None, mark_opens: np.ndarray | None = None) -> None:
+                 mark_times: np.ndarray | None = None, mark_opens: np.ndarray | None = None,
+                 initial_capital: float = math.inf, maintenance_margin: float = 0.0) -> None:
         super().__init__()
         self._stamp = stamp
         self._symbol = symbol
@@ -71,6 +76,12 @@ class SimExchange(Component):
         self._pending: list[_Order] = []  # market orders for the next open
         self._resting: list[_Order] = []  # stop / limit / stop_limit
         self.position = 0.0
+        # The venue's own view of the account, for liquidation: wallet balance and average entry.
+        self._avg = 0.0
+        self._realized = 0.0
+        self._wallet = initial_capital
+        self._mm = maintenance_margin
+        self.liquidations = 0
         self._bar: ev.BarClosed | None = None
         self._seq = 0
         self._handlers.update({ev.BarClosed: self._on_bar, ev.OrderIntent: self._on_intent})
@@ -147,12 +158,37 @@ class SimExchange(Component):
         order.remaining = 0.0 if intent.reduce_only else max(0.0, order.remaining - qty)
         if order.remaining <= 1e-12 * intent.qty:
             order.remaining = 0.0
-        self.position += side * qty
-        if abs(self.position) <= 1e-12:
-            self.position = 0.0
-        return [ev.Fill(**self._stamp(ts, intent.id), order_id=intent.order_id, venue_order_id=order.venue_id,
-                        exec_id=self._next_id("simx-"), symbol=self._symbol, side=intent.side, price=price, qty=qty,
-                        fee=fee, liquidity="taker" if taker else "maker", leaves_qty=order.remaining)]
+        return [self._book(ts, intent.id, intent.order_id, order.venue_id, intent.side, price, qty, fee, taker,
+                           order.remaining)]
+
+    def _book(self, ts: int, cause: str, order_id: str, venue_id: str, side: str, price: float, qty: float,
+              fee: float, taker: bool, leaves: float) -> ev.Fill:
+        """Apply a fill to the venue's account and return its event."""
+        before = self._realized
+        self.position, self._avg, self._realized = kernel.apply_fill(
+            self.position, self._avg, self._realized, qty if side == "buy" else -qty, price)
+        self._wallet += self._realized - before - fee
+        return ev.Fill(**self._stamp(ts, cause), order_id=order_id, venue_order_id=venue_id,
+                       exec_id=self._next_id("simx-"), symbol=self._symbol, side=side, price=price, qty=qty, fee=fee,
+                       liquidity="taker" if taker else "maker", leaves_qty=leaves)
+
+    def _liquidate(self, bar: ev.BarClosed) -> list[ev.Event]:
+        """Close the whole position if the bar's worst price takes equity below maintenance margin."""
+        q = self.position
+        if q == 0 or self._mm <= 0 or not math.isfinite(self._wallet):
+            return []
+        worst = bar.low if q > 0 else bar.high
+        if self._wallet + q * (worst - self._avg) > self._mm * abs(q) * worst:
+            return []
+        # The price at which equity meets maintenance margin, or the open if the bar gapped past it.
+        liq = (q * self._avg - self._wallet) / (q * (1.0 - self._mm if q > 0 else 1.0 + self._mm))
+        price = min(bar.open, liq) if q > 0 else max(bar.open, liq)
+        qty = abs(q)
+        self.liquidations += 1
+        fill = self._book(bar.ts_event, bar.id, f"liquidation-{self.liquidations}", self._next_id("sim-"),
+                          "sell" if q > 0 else "buy", price, qty, kernel.fee(qty, price, self._c.taker_fee), True,
+                          0.0)
+        return [fill, *self._after_fills(bar.ts_event, bar.id)]
 
     def _after_fills(self, ts: int, cause: str) -> list[ev.Event]:
         """Cancel reduce-only orders once the position is flat."""
@@ -177,8 +213,10 @@ class SimExchange(Component):
             self._funding_i += 1
             if self.position != 0:
                 mark = self._marks.get(t, bar.open)
+                amount = self.position * mark * rate
+                self._wallet -= amount
                 out.append(ev.FundingPaid(**self._stamp(t, bar.id), symbol=self._symbol, rate=rate, mark_price=mark,
-                                          position_qty=self.position, amount=self.position * mark * rate))
+                                          position_qty=self.position, amount=amount))
         if self._pending:
             pending, self._pending = self._pending, []
             for order in pending:
@@ -199,6 +237,8 @@ class SimExchange(Component):
                     still.append(order)
             self._resting = still
             out += self._after_fills(bar.ts_event, bar.id)
+        if self.position != 0 and self._mm > 0:
+            out += self._liquidate(bar)
         return tuple(out)
 
     @staticmethod

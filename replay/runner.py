@@ -232,6 +232,7 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
         funding_rates=None if m.funding is None else m.funding["rate"],
         mark_times=None if m.marks is None else m.marks["open_time"],
         mark_opens=None if m.marks is None else m.marks["open"],
+        initial_capital=config.initial_capital, maintenance_margin=config.maintenance_margin,
     )
     exchange.skip_funding_before(m.start)
     portfolio = Portfolio(stamp("portfolio"), symbol=config.symbol, initial_capital=config.initial_capital,

@@ -182,3 +182,26 @@ def test_a_signal_without_a_stop_distance_is_rejected_as_an_event():
 
     assert len(out) == 1 and isinstance(out[0], ev.OrderRejected)
     assert "stop distance" in out[0].reason and out[0].order_id == "sig-entry"
+
+
+def test_a_leveraged_long_is_liquidated_at_maintenance_margin():
+    clock = SimClock(T)
+    x = SimExchange(Stamper(clock, "x", "s", "r"), venue="sim", symbol="X", timeframe="5m", fill_timing="next_open",
+                    costs=CostParams(0.0, 0.0005, 0.0), initial_capital=1_000.0, maintenance_margin=0.005)
+    x.on_event(bar(0, 100, 100, 100, 100))
+    x.on_event(intent("long", "buy", 100.0))  # 10,000 notional on 1,000 of capital: 10x
+    entry = fills(x.on_event(bar(1, 100, 100, 100, 100)))[0]
+    x.on_event(intent("sl", "sell", 100.0, "stop", trigger=80.0, reduce_only=True))
+
+    calm = x.on_event(bar(2, 100, 100, 95, 96))
+    crash = x.on_event(bar(3, 96, 96, 85, 86))
+
+    assert fills(calm) == []
+    liq = fills(crash)
+    assert len(liq) == 1 and liq[0].order_id == "liquidation-1" and liq[0].side == "sell" and liq[0].qty == 100.0
+    wallet = 1_000.0 - entry.fee
+    expected = (100.0 * 100.0 - wallet) / (100.0 * (1 - 0.005))  # equity = 0.5% of notional here
+    assert liq[0].price == pytest.approx(expected, rel=1e-12)
+    assert wallet + 100.0 * (liq[0].price - 100.0) == pytest.approx(0.005 * 100.0 * liq[0].price, rel=1e-9)
+    assert [e.order_id for e in crash if isinstance(e, ev.OrderCancelled)] == ["sl"]
+    assert x.position == 0
