@@ -40,22 +40,22 @@ def sortino(returns: np.ndarray, periods_per_year: float) -> float:
 
 
 def drawdown(equity: np.ndarray, times: np.ndarray) -> tuple[float, int]:
-    """Return (max drawdown as a negative fraction, longest time under water in ns)."""
-    if len(equity) == 0:
+    """Return (max drawdown as a negative fraction, longest time from a peak to its recovery, in ns).
+
+    A drawdown still open at the end lasts until the last bar.
+    """
+    n = len(equity)
+    if n == 0:
         return 0.0, 0
     peak = np.maximum.accumulate(equity)
-    dd = equity / peak - 1.0
-    longest = 0
-    start = None
-    for t, under in zip(times.tolist(), (dd < 0).tolist()):
-        if under and start is None:
-            start = t
-        elif not under and start is not None:
-            longest = max(longest, t - start)
-            start = None
-    if start is not None:
-        longest = max(longest, int(times[-1]) - start)
-    return float(dd.min()), int(longest)
+    at_peak = equity >= peak
+    peak_idx = np.maximum.accumulate(np.where(at_peak, np.arange(n), 0))
+    recovered = np.flatnonzero(at_peak[1:] & ~at_peak[:-1]) + 1
+    spans = [times[recovered] - times[peak_idx[recovered - 1]]]
+    if not at_peak[-1]:
+        spans.append(np.array([times[-1] - times[peak_idx[-1]]]))
+    longest = int(np.concatenate(spans).max(initial=0))
+    return float((equity / peak - 1.0).min()), longest
 
 
 def summarize(times: np.ndarray, equity: np.ndarray, position: np.ndarray, initial: float, bar_ns: int,
