@@ -402,16 +402,22 @@ def data_fetch(
             bar.console.print(f"{key}: {result.new_rows:,} new rows ({result.skipped} of {result.chunks} pages already complete)")
 
 
+def _open_market(db: Optional[Path]):
+    from tradebus.duck import DuckLockedError
+    from tradebus.replay.marketdata import MarketData, MarketDataError
+
+    try:
+        return MarketData.open(db, read_only=True)
+    except (MarketDataError, DuckLockedError) as exc:
+        _fail(str(exc))
+
+
 @data_app.command("list")
 def data_list(db: Optional[Path] = MarketOpt) -> None:
     """List stored series with their ranges."""
     from tradebus import console as fmt
-    from tradebus.replay.marketdata import MarketData, MarketDataError
 
-    try:
-        md = MarketData.open(db, read_only=True)
-    except MarketDataError as exc:
-        _fail(str(exc))
+    md = _open_market(db)
     table = Table("kind", "venue", "market", "symbol", "timeframe", "rows", "first open", "last open")
     with md:
         for c in md.series():
@@ -424,12 +430,8 @@ def data_list(db: Optional[Path] = MarketOpt) -> None:
 def data_check(db: Optional[Path] = MarketOpt) -> None:
     """Check every stored series for gaps, misaligned times and inconsistent OHLC; exit 1 on problems."""
     from tradebus import console as fmt
-    from tradebus.replay.marketdata import MarketData, MarketDataError
 
-    try:
-        md = MarketData.open(db, read_only=True)
-    except MarketDataError as exc:
-        _fail(str(exc))
+    md = _open_market(db)
     bad = 0
     with md:
         for cov in list(md.series()):
@@ -492,6 +494,7 @@ def replay(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.duck import DuckLockedError
     from tradebus.eventstore.store import EventStore, StoreError
     from tradebus.replay.backtest import record, run_replay, write_outputs
     from tradebus.replay.fetch import fill_command
@@ -506,7 +509,11 @@ def replay(
         _fail(str(exc))
     if window not in ("hygiene", "test") and ":" not in window:
         _fail(f"--window {window!r}: use hygiene, test or START:END (e.g. 2025-01-01:2025-03-01)")
-    with MarketData.open(db) as md:
+    try:
+        market = MarketData.open(db)
+    except DuckLockedError as exc:
+        _fail(str(exc))
+    with market as md:
         try:
             m = load_market(config, window, md)
         except MissingDataError as exc:

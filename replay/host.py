@@ -102,7 +102,7 @@ class NatsHost:
         self._sinks = tuple(sinks)
         self._ahead = ahead
         self._sub: Subscription | None = None
-        self._arrived: dict[str, Event] = {}  # back from NATS, not yet dispatched
+        self._arrived: dict[str, tuple[Event, tuple[tuple[Handler, bool], ...]]] = {}  # back, not yet dispatched
         # event id -> for each of its handlers (in route order), the ids a run-ahead one already produced
         self._early: dict[str, list[list[str]]] = {}
 
@@ -119,8 +119,8 @@ class NatsHost:
         event = await self._sub.next(timeout)
         if event.run != self._run:
             return  # another run's traffic on a shared server
-        self._arrived[event.id] = event
         route = self._router.route(subjects.subject_for(event), type(event))
+        self._arrived[event.id] = (event, route)
         if any(runs_ahead for _, runs_ahead in route):
             early: list[list[str]] = []
             for handle, runs_ahead in route:
@@ -135,16 +135,16 @@ class NatsHost:
     async def _dispatch_step(self, first: Sequence[str], ts: int, timeout: float) -> None:
         self._clock.t = ts
         expected = deque(first)  # the FIFO LocalHost would hold, by id
-        route, sinks, subject_for, arrived = self._router.route, self._sinks, subjects.subject_for, self._arrived
+        sinks, arrived = self._sinks, self._arrived
         while expected:
             eid = expected.popleft()
             while eid not in arrived:
                 await self._receive(timeout)
-            event = arrived.pop(eid)
+            event, route = arrived.pop(eid)
             for sink in sinks:
                 sink(event)
             early = self._early.pop(eid, None)
-            for i, (handle, runs_ahead) in enumerate(route(subject_for(event), type(event))):
+            for i, (handle, runs_ahead) in enumerate(route):
                 if runs_ahead:  # handled on arrival: queue what it produced, in its place
                     expected.extend(early[i])
                     continue

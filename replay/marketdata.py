@@ -197,11 +197,17 @@ class MarketData:
 
     # -- reading --------------------------------------------------------------------------------
 
-    def _where(self, key: SeriesKey) -> tuple[str, list]:
-        return (
-            "venue = ? AND market = ? AND symbol = ? AND timeframe = ?",
-            [key.venue, key.market, key.symbol, key.timeframe],
-        )
+    @staticmethod
+    def _where(key: SeriesKey, start: int | None = None, end: int | None = None) -> tuple[str, list]:
+        where = "venue = ? AND market = ? AND symbol = ? AND timeframe = ?"
+        params: list = [key.venue, key.market, key.symbol, key.timeframe]
+        if start is not None:
+            where += " AND open_time >= ?"
+            params.append(start)
+        if end is not None:
+            where += " AND open_time < ?"
+            params.append(end)
+        return where, params
 
     def _count(self, key: SeriesKey) -> int:
         where, params = self._where(key)
@@ -209,13 +215,7 @@ class MarketData:
 
     def read(self, key: SeriesKey, start: int | None = None, end: int | None = None) -> Columns:
         """Return a series' rows with ``start <= open_time < end`` as numpy columns, in time order."""
-        where, params = self._where(key)
-        if start is not None:
-            where += " AND open_time >= ?"
-            params.append(start)
-        if end is not None:
-            where += " AND open_time < ?"
-            params.append(end)
+        where, params = self._where(key, start, end)
         names = ", ".join(("open_time", *_VALUE_COLUMNS[key.kind]))
         result = self._con.execute(
             f"SELECT {names} FROM {_TABLE[key.kind]} WHERE {where} ORDER BY open_time", params
@@ -224,13 +224,7 @@ class MarketData:
 
     def coverage(self, key: SeriesKey, start: int | None = None, end: int | None = None) -> Coverage:
         """Return how many rows a series has (optionally within [start, end)) and its first/last open time."""
-        where, params = self._where(key)
-        if start is not None:
-            where += " AND open_time >= ?"
-            params.append(start)
-        if end is not None:
-            where += " AND open_time < ?"
-            params.append(end)
+        where, params = self._where(key, start, end)
         rows, first, last = self._con.execute(
             f"SELECT count(*), min(open_time), max(open_time) FROM {_TABLE[key.kind]} WHERE {where}", params
         ).fetchone()
