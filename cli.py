@@ -494,6 +494,7 @@ def replay(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.console import fmt_ns
     from tradebus.duck import DuckLockedError
     from tradebus.eventstore.store import EventStore, StoreError
     from tradebus.replay.backtest import record, run_replay, write_outputs
@@ -530,6 +531,9 @@ def replay(
             else:
                 err.print(f"[yellow]warning:[/] no funding rates stored for {config.symbol} in this window, so none"
                           f" is charged; fill them with: {fill_command(fkey, m.start, m.end)}")
+        if m.start > m.requested_start:
+            err.print(f"[yellow]note:[/] stored history starts too late for a full warm-up before"
+                      f" {fmt_ns(m.requested_start)[:16]}; trading starts at {fmt_ns(m.start)[:16]}")
         with Progress(TextColumn(f"replay {config.system} {window}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("bars"), TimeRemainingColumn(), console=err, transient=True) as bar:
             task = bar.add_task("replay", total=None)

@@ -68,6 +68,8 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
                 mode="markers", name=f"{side} exit", marker={"color": color, "symbol": "x", "size": 7},
                 text=[f"pnl {tr.pnl:,.2f} ({tr.return_pct:.2%})" for tr in chosen]), row=3, col=1)
     fig.update_yaxes(tickformat=".0%", row=2, col=1)
+    if len(equity) and equity.min() > 0 and equity.max() / equity.min() > 5:
+        fig.update_yaxes(type="log", row=1, col=1)  # large moves read better in ratios
     fig.update_layout(height=900, margin={"l": 60, "r": 20, "t": 40, "b": 30}, legend={"orientation": "h"},
                       template="plotly_white")
     rows = "".join(

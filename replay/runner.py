@@ -62,6 +62,7 @@ class MarketSlice:
     funding: Columns | None = None
     marks: Columns | None = None
     source: str = ""  # which stored series the candles came from
+    requested_start: int = 0  # the window's start; ``start`` is later when history was short for warm-up
 
     def data_hash(self) -> str:
         h = hashlib.sha256()
@@ -143,6 +144,7 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
     start, end = resolve_window(spec, cov.first, data_end)
     step = tf_ns(config.timeframe)
     start = -(-start // step) * step
+    requested = start
     warm = warmup_ns(config)
     load_from = start - warm
     base_len = tf_ns(key.timeframe)
@@ -171,7 +173,7 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
         funding = md.read(fkey, start, end)
         mkey = SeriesKey(config.venue, config.market, config.symbol, "1h", "mark")
         marks = md.read(mkey, start, end)
-    return MarketSlice(start, end, candles, first, higher, funding, marks, str(key))
+    return MarketSlice(start, end, candles, first, higher, funding, marks, str(key), requested)
 
 
 def bar_steps(config: SystemConfig, m: MarketSlice, run: str, clock: SimClock) -> Iterable[tuple[int, tuple[ev.BarClosed]]]:
@@ -265,6 +267,7 @@ def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: s
         "window": window,
         "start": _day(m.start),
         "end": _day(m.end),
+        "requested_start": _day(m.requested_start),
         "bus": bus,
         "config": config.model_dump(mode="json"),
         "config_hash": config.config_hash(),
