@@ -248,7 +248,7 @@ def store_info(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(Fa
     table.add_row("seq", f"{info.first_seq:,} .. {info.last_seq:,}")
     table.add_row("size", f"{info.size_bytes / 1e6:.1f} MB (+ {info.wal_bytes / 1e6:.1f} MB WAL)")
     if info.first_ts_init is not None:
-        table.add_row("written", f"{fmt.fmt_ns(info.first_ts_init)} .. {fmt.fmt_ns(info.last_ts_init)}")
+        table.add_row("ts_init", f"{fmt.fmt_ns(info.first_ts_init)} .. {fmt.fmt_ns(info.last_ts_init)} (first, last event)")
     table.add_row("writer", f"pid {info.writer_pid}" if info.writer_pid else "none running")
     table.add_row("by type", ", ".join(f"{k} {v:,}" for k, v in info.by_type.items()) or "-")
     table.add_row("by system", ", ".join(f"{k or '-'} {v:,}" for k, v in info.by_system.items()) or "-")
@@ -518,7 +518,7 @@ def replay(
         try:
             m = load_market(config, window, md)
         except MissingDataError as exc:
-            if not fetch:
+            if not fetch or not exc.keys:
                 _fail(str(exc))
             _fetch_missing(md, exc.keys, endpoint)
             m = load_market(config, window, md)

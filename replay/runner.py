@@ -114,7 +114,7 @@ def resolve_window(spec: WindowSpec | str, data_first: int | None, data_end: int
     if spec.preset is None:
         return (int(np.datetime64(spec.start, "ns").astype(np.int64)), int(np.datetime64(spec.end, "ns").astype(np.int64)))
     if data_first is None or data_end is None:
-        raise ValueError(f"window preset {spec.preset!r} needs stored data to measure; import or fetch some first")
+        raise ValueError(f"window preset {spec.preset!r} is measured on the stored data, and there is none")
     span = data_end - data_first
     kind, _, rest = spec.preset.partition("_")
     if rest.endswith("pct"):
@@ -141,6 +141,13 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
     cov = md.coverage(key)
     spec: WindowSpec | str = config.windows[window] if window in config.windows else window
     data_end = None if cov.last is None else cov.last + tf_ns(key.timeframe)
+    if cov.first is None and isinstance(spec, WindowSpec) and spec.preset is not None:
+        raise MissingDataError(
+            f"{key}: no candles stored, and window preset {spec.preset!r} is measured on them; import a file"
+            f" (tradebus data import FILE --symbol {key.symbol} --timeframe {key.timeframe}) or fetch a range"
+            f" (tradebus data fetch --symbol {key.symbol} --timeframe {key.timeframe} --start YYYY-MM-DD --end YYYY-MM-DD)",
+            [], [],
+        )
     start, end = resolve_window(spec, cov.first, data_end)
     step = tf_ns(config.timeframe)
     start = -(-start // step) * step
