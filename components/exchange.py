@@ -155,7 +155,7 @@ class SimExchange(Component):
         else:
             price = ref
             fee = kernel.fee(qty, price, self._c.maker_fee)
-        order.remaining = 0.0 if intent.reduce_only else max(0.0, order.remaining - qty)
+        order.remaining = max(0.0, order.remaining - qty)
         if order.remaining <= 1e-12 * intent.qty:
             order.remaining = 0.0
         return [self._book(ts, intent.id, intent.order_id, order.venue_id, intent.side, price, qty, fee, taker,
@@ -190,19 +190,21 @@ class SimExchange(Component):
                           0.0)
         return [fill, *self._after_fills(bar.ts_event, bar.id)]
 
-    def _after_fills(self, ts: int, cause: str) -> list[ev.Event]:
-        """Cancel reduce-only orders once the position is flat."""
+    def _after_fills(self, ts: int, cause: str, *more: list[_Order]) -> list[ev.Event]:
+        """Cancel reduce-only orders (resting, waiting for an open, or in ``more``) once the position is flat."""
         if self.position != 0:
             return []
         out: list[ev.Event] = []
-        keep = []
-        for order in self._resting:
-            if order.intent.reduce_only:
-                out.append(ev.OrderCancelled(**self._stamp(ts, cause), order_id=order.intent.order_id,
-                                             reason="position closed"))
-            else:
-                keep.append(order)
-        self._resting = keep
+        for book in (self._resting, self._pending, *more):
+            keep = []
+            for order in book:
+                if order.intent.reduce_only:
+                    order.remaining = 0.0
+                    out.append(ev.OrderCancelled(**self._stamp(ts, cause), order_id=order.intent.order_id,
+                                                 reason="position closed"))
+                else:
+                    keep.append(order)
+            book[:] = keep
         return out
 
     def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Event, ...]:
@@ -218,12 +220,14 @@ class SimExchange(Component):
                 out.append(ev.FundingPaid(**self._stamp(t, bar.id), symbol=self._symbol, rate=rate, mark_price=mark,
                                           position_qty=self.position, amount=amount))
         if self._pending:
-            pending, self._pending = self._pending, []
-            for order in pending:
+            queue, self._pending = self._pending, []
+            while queue:
+                order = queue.pop(0)
                 out += self._fill(order, bar.open, bar.open_time, bar.volume, taker=True)
                 if order.remaining > 0:
                     self._pending.append(order)
-            out += self._after_fills(bar.open_time, bar.id)
+                # After each fill: an exit that flattens cancels the old protection before a new entry.
+                out += self._after_fills(bar.open_time, bar.id, queue)
         if self._resting:
             still = []
             for order in self._resting:

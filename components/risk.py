@@ -56,7 +56,7 @@ class RiskManager(Component):
         self.avg = 0.0
         self._snap: ev.Snapshot | None = None
         self._entries: dict[str, float] = {}  # entry order id -> stop distance decided with it
-        self._filled_entry: float | None = None  # stop distance of an entry that just completed
+        self._protect: dict[str, float] = {}  # id of an entry's final fill -> its stop distance
         self._handlers.update({
             ev.Snapshot: self._on_snapshot, ev.Signal: self._on_signal, ev.PositionChanged: self._on_position,
             ev.AccountState: self._on_account, ev.Fill: self._on_fill,
@@ -79,15 +79,15 @@ class RiskManager(Component):
         stop = self._entries.get(fill.order_id)
         if stop is not None and fill.leaves_qty <= 0:
             del self._entries[fill.order_id]
-            self._filled_entry = stop
+            self._protect[fill.id] = stop  # protect once the portfolio reports this fill's position
         return NO_EVENTS
 
     def _on_position(self, pos: ev.PositionChanged) -> tuple[ev.Event, ...]:
         self.qty, self.avg = pos.qty, pos.avg_price
-        stop, self._filled_entry = self._filled_entry, None
+        stop = self._protect.pop(pos.cause, None)  # the position caused by an entry's final fill
         if stop is None or pos.qty == 0:
             return NO_EVENTS
-        return self._protect(pos, stop)
+        return self._protective_orders(pos, stop)
 
     # -- decisions -----------------------------------------------------------------------------
 
@@ -125,7 +125,7 @@ class RiskManager(Component):
         target = _SIGN[sig.direction]
         out: list[ev.Event] = []
         q = self.qty
-        if q != 0 and (q > 0) != (target > 0):
+        if q != 0 and target != (1 if q > 0 else -1):  # flat, or the other side
             out.append(self._intent(sig, "exit", "sell" if q > 0 else "buy", abs(q), reduce_only=True))
             q = 0.0
         if target != 0 and q == 0:
@@ -142,7 +142,7 @@ class RiskManager(Component):
                 out.append(intent)
         return tuple(out)
 
-    def _protect(self, pos: ev.PositionChanged, stop_distance: float) -> tuple[ev.Event, ...]:
+    def _protective_orders(self, pos: ev.PositionChanged, stop_distance: float) -> tuple[ev.Event, ...]:
         if not (stop_distance > 0):
             return NO_EVENTS
         side = "sell" if pos.qty > 0 else "buy"

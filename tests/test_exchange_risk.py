@@ -205,3 +205,80 @@ def test_a_leveraged_long_is_liquidated_at_maintenance_margin():
     assert wallet + 100.0 * (liq[0].price - 100.0) == pytest.approx(0.005 * 100.0 * liq[0].price, rel=1e-9)
     assert [e.order_id for e in crash if isinstance(e, ev.OrderCancelled)] == ["sl"]
     assert x.position == 0
+
+
+def snapshot(close: float = 100.0, atr: float = 1.0) -> ev.Snapshot:
+    return ev.Snapshot(id="s", ts_event=1, ts_init=1, bar=bar(0, close, close, close, close),
+                       features={"close": close, "atr_14": atr})
+
+
+def position(qty: float, avg: float, cause: str) -> ev.PositionChanged:
+    return ev.PositionChanged(id=f"p-{cause}", ts_event=1, ts_init=1, system="s", cause=cause, symbol="X", qty=qty,
+                              avg_price=avg)
+
+
+def signal(direction: str, sid: str = "sig") -> ev.Signal:
+    return ev.Signal(id=sid, ts_event=1, ts_init=1, system="s", strategy="x", symbol="X", timeframe="5m",
+                     direction=direction)
+
+
+def test_a_flat_signal_closes_a_short():
+    r = risk()
+    r.on_event(snapshot())
+    r.on_event(position(-2.0, 100.0, "f0"))
+
+    out = r.on_event(signal("flat"))
+
+    assert len(out) == 1 and isinstance(out[0], ev.OrderIntent)
+    assert (out[0].side, out[0].qty, out[0].reduce_only, out[0].label) == ("buy", 2.0, True, "exit")
+
+
+def test_a_reversal_protects_the_new_position():
+    r = risk(take_profit_rr=2.0)
+    r.on_event(snapshot(close=100.0, atr=1.5))
+    r.on_event(position(1.0, 100.0, "f0"))
+    exit_, entry = r.on_event(signal("short"))
+    fills_ = [ev.Fill(id=f"fill-{o.label}", ts_event=1, ts_init=1, system="s", order_id=o.order_id, exec_id=o.label,
+                      symbol="X", side=o.side, price=99.0, qty=o.qty, fee=0.0, liquidity="taker")
+              for o in (exit_, entry)]
+    for fl in fills_:
+        r.on_event(fl)
+
+    after_exit = r.on_event(position(0.0, 0.0, "fill-exit"))
+    after_entry = r.on_event(position(-entry.qty, 99.0, "fill-entry"))
+
+    assert after_exit == ()
+    sl, tp = after_entry
+    assert (sl.order_type, sl.side, sl.trigger_price, sl.reduce_only) == ("stop", "buy", 99.0 + 3.0, True)
+    assert (tp.order_type, tp.price) == ("limit", 99.0 - 2.0 * 3.0)
+
+
+def test_a_reversal_at_the_open_cancels_the_old_protection_before_the_new_entry():
+    x = exchange(taker=0.0)
+    x.on_event(bar(0, 100, 100, 100, 100))
+    x.on_event(intent("long", "buy", 1.0))
+    x.on_event(bar(1, 100, 100, 100, 100))
+    x.on_event(intent("sl", "sell", 1.0, "stop", trigger=90.0, reduce_only=True))
+    x.on_event(intent("tp", "sell", 1.0, "limit", price=130.0, reduce_only=True))
+    x.on_event(intent("exit", "sell", 1.0, reduce_only=True))
+    x.on_event(intent("short", "sell", 2.0))
+
+    out = x.on_event(bar(2, 101, 101, 101, 101))
+    later = x.on_event(bar(3, 131, 131, 89, 100))  # would hit both old orders
+
+    assert [f.order_id for f in fills(out)] == ["exit", "short"]
+    assert {e.order_id for e in out if isinstance(e, ev.OrderCancelled)} == {"sl", "tp"}
+    assert fills(later) == [] and x.position == -2.0
+
+
+def test_a_reduce_only_exit_under_a_participation_cap_fills_across_bars():
+    x = exchange(participation=0.1, taker=0.0)
+    x.on_event(bar(0, 100, 100, 100, 100, v=1_000))
+    x.on_event(intent("long", "buy", 25.0))
+    x.on_event(bar(1, 100, 100, 100, 100, v=1_000))
+    x.on_event(intent("exit", "sell", 25.0, reduce_only=True))
+
+    got = [f for i in range(2, 5) for f in fills(x.on_event(bar(i, 100, 100, 100, 100, v=100)))]
+
+    assert [(f.qty, f.leaves_qty) for f in got] == [(10.0, 15.0), (10.0, 5.0), (5.0, 0.0)]
+    assert x.position == 0
