@@ -97,8 +97,9 @@ class SimExchange(Component):
     # -- orders --------------------------------------------------------------------------------
 
     def _next_id(self, prefix: str) -> str:
+        """Venue ids, unique across runs (projections deduplicate fills by exec id)."""
         self._seq += 1
-        return f"{prefix}{self._seq}"
+        return f"{prefix}{self._stamp.run}-{self._seq}"
 
     def _reject(self, intent: ev.OrderIntent, reason: str) -> tuple[ev.Event, ...]:
         return (ev.OrderRejected(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id, reason=reason),)

@@ -157,8 +157,11 @@ class SystemConfig(_Strict):
         return tuple(sorted(needed, key=TIMEFRAMES.__getitem__))
 
     def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of the validated config (defaults included)."""
-        return hashlib.sha256(msgspec.json.encode(self.model_dump(mode="json"), order="sorted")).hexdigest()
+        """SHA-256 of the canonical JSON of the validated config, strategy parameters included with their
+        defaults and types, so equal configs written differently hash the same."""
+        data = self.model_dump(mode="json")
+        data["strategy"]["params"] = self.params().model_dump(mode="json")
+        return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
 
 
 def _format(path: Path | str, exc: ValidationError, prefix: str = "") -> list[str]:

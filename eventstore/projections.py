@@ -1,8 +1,10 @@
 """Projections: the state tradebus rebuilds by folding the event store from seq 1.
 
-``rebuild`` folds events into a ``State``: positions per system from fills (deduplicated by the venue's
+``rebuild`` folds events into a ``State``: positions per account from fills (deduplicated by the venue's
 exec id), the last reported venue position and account, open orders, each system's lifecycle status and
-risk state, and runs. ``state_hash`` is a SHA-256 of the state's canonical JSON, so two rebuilds of the
+risk state, and runs. An account is the system itself for demo and live runs (its positions carry over
+from one daemon session to the next) and ``system/run`` for a replay or sweep run, each of which trades
+its own simulated account. ``state_hash`` is a SHA-256 of the state's canonical JSON, so two rebuilds of the
 same store print the same hash, and a daemon can prove its in-memory state equals the store's.
 """
 
@@ -46,8 +48,15 @@ class State(msgspec.Struct, kw_only=True):
     lifecycle: dict[str, str] = {}
     risk: dict[str, str] = {}
     runs: dict[str, str] = {}
+    run_modes: dict[str, str] = {}
     exec_ids: set[str] = set()
     duplicate_fills: int = 0
+
+
+def account(s: State, e: ev.Event) -> str:
+    """The account an event belongs to: the system live, ``system/run`` for simulated runs."""
+    mode = s.run_modes.get(e.run)
+    return e.system if mode is None or mode in ("demo", "live") else f"{e.system}/{e.run}"
 
 
 def _intent(s: State, e: ev.OrderIntent) -> None:
@@ -74,11 +83,13 @@ def _close_order(s: State, e: ev.Event) -> None:
 
 
 def _fill(s: State, e: ev.Fill) -> None:
-    if e.exec_id in s.exec_ids:
+    acct = account(s, e)
+    key = f"{acct}|{e.exec_id}"
+    if key in s.exec_ids:
         s.duplicate_fills += 1
         return
-    s.exec_ids.add(e.exec_id)
-    book = s.positions.setdefault(e.system, {})
+    s.exec_ids.add(key)
+    book = s.positions.setdefault(acct, {})
     pos = book.get(e.symbol) or Position(symbol=e.symbol)
     book[e.symbol] = apply_fill(pos, e.side, e.qty, e.price, e.fee)
     order = s.open_orders.get(e.order_id)
@@ -91,11 +102,11 @@ def _fill(s: State, e: ev.Fill) -> None:
 
 
 def _venue_position(s: State, e: ev.PositionChanged) -> None:
-    s.venue_positions.setdefault(e.system, {})[e.symbol] = e
+    s.venue_positions.setdefault(account(s, e), {})[e.symbol] = e
 
 
 def _account(s: State, e: ev.AccountState) -> None:
-    s.accounts[e.system] = e
+    s.accounts[account(s, e)] = e
 
 
 def _promotion(s: State, e: ev.Promotion) -> None:
@@ -108,6 +119,7 @@ def _risk(s: State, e: ev.RiskStateChanged) -> None:
 
 def _run_started(s: State, e: ev.RunStarted) -> None:
     s.runs[e.run] = "running"
+    s.run_modes[e.run] = e.mode
 
 
 def _run_finished(s: State, e: ev.RunFinished) -> None:

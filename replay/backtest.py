@@ -123,9 +123,6 @@ def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False
            result.times, result.curve, result.trades, result.metrics)
 
 
-def record(result: ReplayResult, store: EventStore, batch: int = 10_000) -> int:
-    """Append the run's events to the store; a rerun of the same replay appends nothing new."""
-    appended = 0
-    for i in range(0, len(result.events), batch):
-        appended += store.append(result.events[i : i + batch]).appended
-    return appended
+def record(result: ReplayResult, store: EventStore) -> int:
+    """Append the run's events to the store in one transaction (all or nothing); a rerun appends nothing."""
+    return store.append(result.events).appended

@@ -65,9 +65,12 @@ class MarketSlice:
     requested_start: int = 0  # the window's start; ``start`` is later when history was short for warm-up
 
     def data_hash(self) -> str:
+        """SHA-256 over every input the replay reads: candles, higher-timeframe candles, funding, marks."""
         h = hashlib.sha256()
-        for name in ("open_time", "open", "high", "low", "close", "volume"):
-            h.update(np.ascontiguousarray(self.candles[name]).tobytes())
+        for cols in (self.candles, *(self.higher[tf] for tf in sorted(self.higher)), self.funding, self.marks):
+            for name in sorted(cols or {}):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(cols[name]).tobytes())
         return h.hexdigest()
 
 
@@ -262,8 +265,9 @@ def _row(defn, params, own: FeatureTable, higher: list[FeatureTable], i: int) ->
 
 
 def run_id_for(config: SystemConfig, m: MarketSlice, window: str) -> str:
-    """A run id that is a pure function of config, window and data: a rerun is the same run."""
-    digest = hashlib.sha256(f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash()}".encode()).hexdigest()
+    """A run id that is a pure function of config, window, data and code: a rerun is the same run."""
+    key = f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash()}|{__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{config.system}-{digest[:12]}"
 
 

@@ -126,3 +126,22 @@ def test_rebuild_from_store_equals_fold_of_the_same_events(tmp_path, make):
         from_store = rebuild(st.read())
 
     assert state_hash(from_store) == state_hash(fold(events))
+
+
+def test_each_replay_run_is_its_own_account_and_live_sessions_share_the_systems(make):
+    def run(run_id: str, mode: str) -> ev.RunStarted:
+        return ev.RunStarted(id=f"start-{run_id}", ts_event=1, ts_init=1, system="s", run=run_id, mode=mode)
+
+    def fill(run_id: str, side: str) -> ev.Fill:
+        return ev.Fill(id=f"f-{run_id}-{side}", ts_event=2, ts_init=2, system="s", run=run_id, order_id="o",
+                       exec_id="simx-1", symbol="BTCUSDT", side=side, price=100.0, qty=1.0, fee=0.0,
+                       liquidity="taker")
+
+    state = fold([run("r1", "replay"), fill("r1", "buy"), run("r2", "replay"), fill("r2", "sell"),
+                  run("d1", "demo"), fill("d1", "buy"), run("d2", "demo"), fill("d2", "buy")])
+
+    assert state.positions["s/r1"]["BTCUSDT"].qty == 1.0
+    assert state.positions["s/r2"]["BTCUSDT"].qty == -1.0
+    # Live, an exec id is the venue's: seen again after a restart it is the same execution, counted once.
+    assert state.positions["s"]["BTCUSDT"].qty == 1.0
+    assert state.duplicate_fills == 1

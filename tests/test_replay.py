@@ -112,7 +112,8 @@ def test_the_store_keeps_a_run_once(md, tmp_path):
     assert stored == result.events
 
 
-def test_decisions_never_see_the_future(tmp_path):
+@pytest.mark.parametrize("fill", ["on_close", "next_open"])
+def test_decisions_never_see_the_future(tmp_path, fill):
     """Change every bar after t; nothing decided at or before t may change."""
     cols = synthetic(N_BARS, seed=11)
     t_cut = T0 + 20 * DAY
@@ -121,7 +122,7 @@ def test_decisions_never_see_the_future(tmp_path):
     for k in ("open", "high", "low", "close"):
         changed[k][after] *= 1.37
     changed["volume"][after] *= 3
-    config = parse_config(system(fill="on_close"))
+    config = parse_config(system(fill=fill))
     runs = []
     for i, data in enumerate((cols, changed)):
         with MarketData.open(tmp_path / f"m{i}.duckdb") as m:
@@ -136,8 +137,9 @@ def test_decisions_never_see_the_future(tmp_path):
             if e.ts_init > t_cut or isinstance(e, (ev.RunStarted, ev.RunFinished)):
                 continue
             e = msgspec.structs.replace(e, id="", run="", cause="")
-            if hasattr(e, "order_id"):
-                e = msgspec.structs.replace(e, order_id="")
+            for derived in ("order_id", "exec_id", "venue_order_id"):  # all carry the run id
+                if hasattr(e, derived):
+                    e = msgspec.structs.replace(e, **{derived: ""})
             out.append(e)
         return out
 
@@ -176,8 +178,7 @@ def test_bad_strategy_params_are_reported_under_their_path(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
 
-    assert "strategy.params.speed" in str(info.value) or "strategy.params" in str(info.value)
-    assert "speed" in str(info.value)
+    assert str(info.value) == f"{path}: strategy.params.speed: Extra inputs are not permitted; got 3"
 
 
 def test_every_example_config_is_valid():
@@ -228,7 +229,7 @@ def test_training_rows_hold_snapshot_features_and_forward_targets(md, tmp_path):
         snap = snapshots[i]
         assert rows["time"][i].value == snap.ts_event
         assert rows["f.ema_10"][i] == snap.features["ema_10"]
-        assert rows["f.1h.adx_14"][i] == snap.htf["1h"]["adx_14"] or np.isnan(snap.htf["1h"]["adx_14"])
+        assert rows["f.1h.adx_14"][i] == snap.htf["1h"]["adx_14"]  # warm-up covers the 1h ADX: never NaN
     close = result.curve[:, 0]
     i = 50
     assert rows["target_return_6"][i] == pytest.approx(close[i + 6] / close[i] - 1)
