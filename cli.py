@@ -175,9 +175,14 @@ def record(
         recorder = Recorder(bus, st, pattern=pat)
         await recorder.start()
         err.print(f"recording {pat} from {url} into {st.path} (seq {st.last_seq:,})", style="dim")
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopping, recorder.task}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         await bus.close()  # drains in-flight messages into the recorder's queue first
-        await recorder.stop()
+        try:
+            await recorder.stop()
+        except Exception as exc:  # the recorder died: say so and exit non-zero, nothing is hidden
+            _fail(f"recorder stopped: {exc!r}; last committed seq {recorder.last_seq:,}")
         err.print(f"recorded {recorder.appended:,} events ({recorder.duplicates:,} already stored); last seq {recorder.last_seq:,}")
 
     try:
@@ -521,7 +526,10 @@ def replay(
             if not fetch or not exc.keys:
                 _fail(str(exc))
             _fetch_missing(md, exc.keys, endpoint)
-            m = load_market(config, window, md)
+            try:
+                m = load_market(config, window, md)
+            except MissingDataError as again:
+                _fail(f"after fetching, data is still missing (the venue has none for part of the range): {again}")
         except (MarketDataError, ValueError) as exc:
             _fail(str(exc))
         if config.costs.funding and config.market == "linear" and m.funding is not None and len(m.funding["open_time"]) == 0:

@@ -89,8 +89,12 @@ def export(store: EventStore, out: Path, fmt: str = "parquet", **filters: Any) -
     try:
         n = load(store, con, **filters)
         options = {"parquet": "FORMAT parquet, COMPRESSION zstd", "csv": "FORMAT csv, HEADER", "jsonl": "FORMAT json"}[fmt]
-        con.execute(f"COPY (SELECT * FROM events ORDER BY seq) TO '{tmp}' ({options})")
+        target = str(tmp).replace("'", "''")
+        con.execute(f"COPY (SELECT * FROM events ORDER BY seq) TO '{target}' ({options})")
+        tmp.replace(out)  # a reader never sees a half-written export
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     finally:
         con.close()
-    tmp.replace(out)  # a reader never sees a half-written export
     return n

@@ -81,6 +81,12 @@ class Recorder:
         await asyncio.wait_for(_wait(), timeout)
         self._raise_if_failed()
 
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The appending task (done when the subscription ends or the recorder fails)."""
+        assert self._task is not None, "start() first"
+        return self._task
+
     def _task_done(self) -> bool:
         return self._task is not None and self._task.done()
 

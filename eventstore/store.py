@@ -129,21 +129,26 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def writer_pid(path: Path) -> int | None:
-    """Return the pid holding the store's writer lock, or None if no writer is running."""
+    """Return the pid of the process writing the store, or None if no writer is running.
+
+    Reads the pid the writer left in its lock file and checks that process is alive; it takes no lock,
+    so it can never get in a starting writer's way.
+    """
     lock_path = Path(str(path) + ".writer.lock")
-    if not lock_path.exists():
-        return None
-    fd = os.open(lock_path, os.O_RDONLY)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = lock_path.read_text().strip()
-            return int(text) if text.isdigit() else -1
-        fcntl.flock(fd, fcntl.LOCK_UN)
+        text = lock_path.read_text().strip()
+    except OSError:
         return None
-    finally:
-        os.close(fd)
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return pid
 
 
 class EventStore:
@@ -171,7 +176,7 @@ class EventStore:
         try:
             conn = _connect(path)
         except BaseException:
-            os.close(lock_fd)
+            _release_lock(lock_fd)
             raise
         return cls._open(path, conn, lock_fd, check)
 
@@ -212,7 +217,7 @@ class EventStore:
             else:
                 conn.close()
                 if lock_fd is not None:
-                    os.close(lock_fd)
+                    _release_lock(lock_fd)
             raise
 
     def _check_open(self) -> None:
@@ -373,8 +378,12 @@ class EventStore:
 
     def get(self, event_id: str) -> Record | None:
         """Return the event stored under ``event_id``, if any."""
-        row = self._conn.execute("SELECT seq, payload FROM events WHERE id = ?", (event_id,)).fetchone()
-        return None if row is None else Record(row[0], codec.decode(row[1]))
+        row = self._conn.execute("SELECT seq, crc, payload FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is None:
+            return None
+        if zlib.crc32(row[2]) != row[1]:
+            raise StoreCorruptError(f"{self.path}: event at seq {row[0]} fails its CRC check; run `tradebus store verify`")
+        return Record(row[0], codec.decode(row[2]))
 
     @property
     def last_seq(self) -> int:
@@ -449,7 +458,7 @@ class EventStore:
             self._closed = True
             self._conn.close()
             if self._lock_fd is not None:
-                os.close(self._lock_fd)
+                _release_lock(self._lock_fd)
                 self._lock_fd = None
 
     def __enter__(self) -> "EventStore":
@@ -457,6 +466,12 @@ class EventStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _release_lock(fd: int) -> None:
+    """Drop the writer lock, clearing the pid first so writer_pid() finds no stale one."""
+    os.ftruncate(fd, 0)
+    os.close(fd)
 
 
 def _take_writer_lock(path: Path) -> int:

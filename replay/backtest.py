@@ -100,6 +100,8 @@ def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False
                   log_features: int | None = None) -> None:
     """Write every artifact of a replay into ``out``; ``log_features`` = horizon of the training rows."""
     out.mkdir(parents=True, exist_ok=True)
+    for optional in ("events.jsonl", "training_rows.parquet"):  # never leave a previous run's beside this one
+        (out / optional).unlink(missing_ok=True)
     config = result.config
     artifacts.write_json(out / "result.json", {
         "run": result.run, "system": config.system, "symbol": config.symbol, "timeframe": config.timeframe,

@@ -17,7 +17,8 @@ from tradebus.components.timeframes import HOUR, bucket_start, tf_ns
 from tradebus.replay.marketdata import Columns, MarketData, SeriesKey
 
 MS = 1_000_000
-FUNDING_CHUNK = 200 * 8 * HOUR  # one page of 8-hourly funding
+FUNDING_INTERVAL = 8 * HOUR  # Bybit's usual; symbols settling more often simply have more rows
+FUNDING_CHUNK = 200 * FUNDING_INTERVAL  # one page
 
 
 class PublicClient(Protocol):
@@ -107,26 +108,27 @@ def fetch_klines(client: PublicClient, md: MarketData, key: SeriesKey, start_ns:
 
 def fetch_funding(client: PublicClient, md: MarketData, key: SeriesKey, start_ns: int, end_ns: int,
                   progress: Progress | None = None) -> FetchResult:
-    """Fetch funding rates over [start, end), resuming after the last stored one."""
-    have = md.coverage(key, start_ns, end_ns)
-    begin = start_ns if have.last is None else have.last + 1
-    chunks = [(s, min(s + FUNDING_CHUNK, end_ns)) for s in range(begin, end_ns, FUNDING_CHUNK)]
-    new = 0
+    """Fetch funding rates over [start, end), skipping chunks already complete (every 8 hours covered)."""
+    chunks = [(s, min(s + FUNDING_CHUNK, end_ns)) for s in range(start_ns, end_ns, FUNDING_CHUNK)]
+    skipped = new = 0
     for done, (s, e) in enumerate(chunks, start=1):
-        page_end = e - 1
-        while True:
-            rows = client.funding(key.symbol, s // MS, page_end // MS, category=key.market)
-            cols = parse_funding(rows)
-            inside = (cols["open_time"] >= s) & (cols["open_time"] < e)
-            new += md.write(key, {k: v[inside] for k, v in cols.items()})
-            if len(rows) < client.FUNDING_LIMIT or len(cols["open_time"]) == 0:
-                break
-            page_end = int(cols["open_time"][0]) - 1  # older page within this chunk
-            if page_end < s:
-                break
+        if md.coverage(key, s, e).rows >= (e - s) // FUNDING_INTERVAL:
+            skipped += 1
+        else:
+            page_end = e - 1
+            while True:
+                rows = client.funding(key.symbol, s // MS, page_end // MS, category=key.market)
+                cols = parse_funding(rows)
+                inside = (cols["open_time"] >= s) & (cols["open_time"] < e)
+                new += md.write(key, {k: v[inside] for k, v in cols.items()})
+                if len(rows) < client.FUNDING_LIMIT or len(cols["open_time"]) == 0:
+                    break
+                page_end = int(cols["open_time"][0]) - 1  # older page within this chunk
+                if page_end < s:
+                    break
         if progress:
             progress(done, len(chunks))
-    return FetchResult(key, len(chunks), 0, new)
+    return FetchResult(key, len(chunks), skipped, new)
 
 
 def fill_command(key: SeriesKey, start_ns: int, end_ns: int) -> str:

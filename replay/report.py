@@ -91,5 +91,5 @@ td {{ text-align: right; font-variant-numeric: tabular-nums; }}
 </body></html>
 """
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page)
+    tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)

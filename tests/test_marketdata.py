@@ -334,3 +334,17 @@ def test_fill_command_names_the_fetch_to_run():
     cmd = fill_command(BTC, T0, T0 + 31 * DAY)
 
     assert cmd == "tradebus data fetch --symbol BTCUSDT --timeframe 5m --start 2025-01-01 --end 2025-02-01"
+
+
+def test_funding_fetch_fills_an_earlier_gap(fake, md):
+    server, _ = fake
+    client = BybitPublic(endpoint=server.url, max_rps=1000)
+    key = SeriesKey("bybit", "linear", "BTCUSDT", "-", "funding")
+
+    fetch_funding(client, md, key, T0 + 6 * DAY, T0 + 10 * DAY)
+    later = md.coverage(key).rows
+    result = fetch_funding(client, md, key, T0, T0 + 10 * DAY)
+
+    served = server.state.funding["BTCUSDT"]["open_time"]
+    expected = int(((served >= T0) & (served < T0 + 10 * DAY)).sum())
+    assert later < expected and md.coverage(key).rows == expected and result.new_rows == expected - later
