@@ -459,6 +459,18 @@ def data_check(db: Optional[Path] = MarketOpt) -> None:
 # --- replay --------------------------------------------------------------------------------------
 
 
+@app.command()
+def strategies() -> None:
+    """List the built-in strategies with their parameters and defaults."""
+    from tradebus.components.strategies import REGISTRY
+
+    table = Table("strategy", "what it does", "params (default)")
+    for sid, defn in sorted(REGISTRY.items()):
+        params = ", ".join(f"{name}={field.default!r}" for name, field in defn.params.model_fields.items())
+        table.add_row(sid, defn.description, params)
+    out.print(table)
+
+
 def _fetch_missing(md, keys, endpoint: str | None) -> None:
     """Fetch (key, start, end) ranges from Bybit with a progress bar."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -503,7 +515,7 @@ def replay(
     from tradebus.duck import DuckLockedError
     from tradebus.eventstore.store import EventStore, StoreError
     from tradebus.replay.backtest import record, run_replay, write_outputs
-    from tradebus.replay.fetch import fill_command
+    from tradebus.replay.fetch import FUNDING_INTERVAL, fill_command
     from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
     from tradebus.replay.runner import MissingDataError, load_market
 
@@ -532,13 +544,17 @@ def replay(
                 _fail(f"after fetching, data is still missing (the venue has none for part of the range): {again}")
         except (MarketDataError, ValueError) as exc:
             _fail(str(exc))
-        if config.costs.funding and config.market == "linear" and m.funding is not None and len(m.funding["open_time"]) == 0:
+        expected_funding = (m.end - m.start) // FUNDING_INTERVAL
+        if (config.costs.funding and config.market == "linear" and m.funding is not None
+                and len(m.funding["open_time"]) < expected_funding):
             fkey = SeriesKey(config.venue, config.market, config.symbol, "-", "funding")
             if fetch:
                 _fetch_missing(md, [(fkey, m.start, m.end)], endpoint)
+                m = load_market(config, window, md)
             else:
-                err.print(f"[yellow]warning:[/] no funding rates stored for {config.symbol} in this window, so none"
-                          f" is charged; fill them with: {fill_command(fkey, m.start, m.end)}")
+                err.print(f"[yellow]warning:[/] {len(m.funding['open_time'])} of about {expected_funding} funding"
+                          f" rates stored for {config.symbol} in this window, so funding is under-charged; fill"
+                          f" them with: {fill_command(fkey, m.start, m.end)}")
         if m.start > m.requested_start:
             err.print(f"[yellow]note:[/] stored history starts too late for a full warm-up before"
                       f" {fmt_ns(m.requested_start)[:16]}; trading starts at {fmt_ns(m.start)[:16]}")

@@ -1,8 +1,8 @@
 """Where tradebus keeps its files, and the environment variables that move them.
 
 - ``TRADEBUS_HOME``: the data home. Default ``$XDG_DATA_HOME/tradebus`` (``~/.local/share/tradebus``).
-  It holds ``store/events.sqlite`` (the default event store), ``nats/`` (the embedded server's
-  JetStream storage, log and discovery file) and, later, ``market.duckdb`` and experiments.
+  It holds ``store/events.sqlite`` (the default event store), ``market.duckdb`` (candles, mark prices,
+  funding) and ``nats/`` (the embedded server's JetStream storage, log and discovery file).
 - ``TRADEBUS_NATS_URL``: a NATS server to use instead of starting or discovering an embedded one.
 - ``TRADEBUS_LOG_FORMAT``: ``console`` (default) or ``json``; ``TRADEBUS_LOG_LEVEL``: default ``info``.
 """

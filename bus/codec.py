@@ -7,8 +7,6 @@ was wrong, never a half-built event.
 
 from __future__ import annotations
 
-from typing import Iterable
-
 import msgspec
 
 from tradebus.bus.events import AnyEvent, Event
@@ -33,11 +31,6 @@ def decode(data: bytes | memoryview) -> Event:
         return _mp_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise EventDecodeError(f"not a valid event ({len(data)} bytes of msgpack): {exc}") from None
-
-
-def decode_many(items: Iterable[bytes]) -> list[Event]:
-    """Decode a batch of msgpack payloads."""
-    return [decode(item) for item in items]
 
 
 def to_json(event: Event) -> bytes:

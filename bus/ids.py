@@ -78,7 +78,7 @@ class IdGenerator:
     and two generators with different seeds never meet.
     """
 
-    __slots__ = ("_last_ms", "_rand", "_random", "_prefix", "_seed_text", "_seed_hi", "_n")
+    __slots__ = ("_last_ms", "_rand", "_random", "_prefix", "_seed_text", "_n")
 
     def __init__(self, seed: str | None = None) -> None:
         self._random = seed is None
@@ -87,8 +87,7 @@ class IdGenerator:
         self._prefix = ""
         self._n = 0
         base = 0 if seed is None else int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=10).digest(), "big")
-        self._seed_hi = base & ~_LOW_MASK & _RAND_START_MASK
-        self._seed_text = _encode_rand(self._seed_hi)[:12]  # the 60 bits above the low 20
+        self._seed_text = _encode_rand(base & ~_LOW_MASK & _RAND_START_MASK)[:12]  # the 60 bits above the low 20
 
     def next(self, ts_ns: int) -> str:
         """Return a new id for an event initialised at ``ts_ns`` (nanoseconds)."""

@@ -83,10 +83,6 @@ class NatsBus:
         nc = self._require()
         await nc.publish(subject or subjects.subject_for(event), codec.encode(event))
 
-    async def publish_raw(self, subject: str, payload: bytes) -> None:
-        """Publish bytes as they are (for tools and tests that need a malformed message)."""
-        await self._require().publish(subject, payload)
-
     async def subscribe(self, pattern: str, *, maxsize: int = DEFAULT_MAXSIZE) -> Subscription:
         nc = self._require()
         subjects.validate_pattern(pattern)

@@ -7,7 +7,6 @@ in the host's bus, the clock and the venue component.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from tradebus.bus.events import Event
@@ -32,14 +31,6 @@ class SimClock:
 
     def now(self) -> int:
         return self.t
-
-
-class WallClock:
-    """Real time."""
-
-    @staticmethod
-    def now() -> int:
-        return time.time_ns()
 
 
 class Stamper:

@@ -1,7 +1,7 @@
-"""The numeric core shared by the event-driven components and the sweep kernel (numba).
+"""The numeric core (numba): fill prices, fees and position accounting, computed here and only here.
 
-Fill prices, fees and position accounting are computed here and only here, so the event-driven replay
-and the array kernel cannot disagree by even one ulp.
+The event-driven components call these functions; the sweep engine (strategy factory) is to call the
+same compiled functions over arrays, so the two paths cannot disagree by even one ulp.
 """
 
 from __future__ import annotations

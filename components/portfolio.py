@@ -11,7 +11,7 @@ import numpy as np
 from tradebus.bus import events as ev
 from tradebus.bus.events import Side
 from tradebus.components import kernel
-from tradebus.components.base import NO_EVENTS, Component, Stamper
+from tradebus.components.base import Component, Stamper
 
 
 class Position(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,7 +45,6 @@ class Portfolio(Component):
     """
 
     name = "portfolio"
-    CHANGE_COLUMNS = ("ts", "qty", "avg_price", "balance", "realized", "fees", "funding")
 
     def __init__(self, stamp: Stamper, *, symbol: str, initial_capital: float, max_leverage: float = 1.0) -> None:
         super().__init__()

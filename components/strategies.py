@@ -3,8 +3,8 @@
 A strategy's step is ``decide(cur, prev, pos, p) -> target``: ``cur``/``prev`` are the feature rows of
 this bar and the previous one (own-timeframe features in declared order, then each higher timeframe's),
 ``pos`` is the current direction (-1, 0, 1) and ``p`` the parameter vector. It returns LONG, SHORT,
-FLAT or HOLD (no opinion). The same compiled function serves the event-driven strategy host, bar by bar,
-and the sweep kernel, over whole arrays, so the two can only agree.
+FLAT or HOLD (no opinion). The event-driven strategy host calls the compiled function bar by bar; the
+sweep engine is to call the same function over whole arrays, so the two can only agree.
 """
 
 from __future__ import annotations

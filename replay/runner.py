@@ -11,7 +11,6 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
