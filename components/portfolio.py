@@ -58,7 +58,9 @@ class Portfolio(Component):
         self.fees = 0.0
         self.funding = 0.0
         self.positions: dict[str, Position] = {}
-        self.marks: dict[str, float] = {}  # last fill price per symbol
+        # The last price seen per symbol (fills, funding marks): AccountState's equity is marked there,
+        # which is the market at that moment; the per-bar curve is marked at closes.
+        self.marks: dict[str, float] = {}
         self.changes: list[tuple[int, float, float, float, float, float, float]] = []
         self._handlers.update({ev.Fill: self._on_fill, ev.FundingPaid: self._on_funding})
 
@@ -97,6 +99,7 @@ class Portfolio(Component):
         )
 
     def _on_funding(self, paid: ev.FundingPaid) -> tuple[ev.Event, ...]:
+        self.marks[paid.symbol] = paid.mark_price
         self.funding += paid.amount
         self.balance -= paid.amount
         return (self._changed(paid.ts_event, paid.id),)

@@ -241,3 +241,31 @@ def test_training_rows_hold_snapshot_features_and_forward_targets(md, tmp_path):
     assert set(rows["target_regime_6"][:-6]) <= {"crash", "trend_up", "trend_down", "chop"}
     assert rows["target_regime_6"][-6:] == [""] * 6 and all(np.isnan(rows["target_return_6"][-6:]))
     assert rows["position_side"][i] == int(np.sign(result.curve[i, 3]))
+
+
+def test_equity_equals_an_independent_cash_flow_ledger(md):
+    """Recompute equity without average prices: cash from every fill and funding payment, plus the
+    position marked at each close. It must match the portfolio's curve at every bar."""
+    result = run_replay(parse_config(system()), "hygiene", md)
+    steps = result.times
+    cash_at, qty_at = np.zeros(len(steps)), np.zeros(len(steps))
+    cash, qty = 10_000.0, 0.0
+    flows = [e for e in result.events if isinstance(e, (ev.Fill, ev.FundingPaid))]
+    j = 0
+    for i, t in enumerate(steps):
+        while j < len(flows) and flows[j].ts_init <= t:
+            e = flows[j]
+            if isinstance(e, ev.Fill):
+                signed = e.qty if e.side == "buy" else -e.qty
+                cash -= signed * e.price + e.fee
+                qty += signed
+            else:
+                cash -= e.amount
+            j += 1
+        cash_at[i], qty_at[i] = cash, qty
+
+    equity = cash_at + qty_at * result.curve[:, 0]
+
+    assert len(flows) > 100
+    np.testing.assert_allclose(result.curve[:, 2], equity, rtol=0, atol=1e-6 * 10_000)
+    np.testing.assert_allclose(result.curve[:, 3], qty_at, rtol=0, atol=1e-9)
