@@ -345,25 +345,15 @@ class EventStore:
         """Yield (seq, msgpack payload) for events matching every filter given, in seq order."""
         clauses: list[str] = []
         params: list = []
-        if to_seq is not None:
-            clauses.append("seq <= ?")
-            params.append(to_seq)
-        if system is not None:
-            clauses.append("system = ?")
-            params.append(system)
-        if run is not None:
-            clauses.append("run = ?")
-            params.append(run)
+        for clause, value in (("seq <= ?", to_seq), ("system = ?", system), ("run = ?", run),
+                              ("ts_event >= ?", ts_from), ("ts_event < ?", ts_to)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
         if types is not None:
             type_list = list(types)
             clauses.append(f"type IN ({','.join('?' * len(type_list))})")
             params.extend(type_list)
-        if ts_from is not None:
-            clauses.append("ts_event >= ?")
-            params.append(ts_from)
-        if ts_to is not None:
-            clauses.append("ts_event < ?")
-            params.append(ts_to)
         try:
             where = "".join(f" AND {c}" for c in clauses)
             yield from self._iter_rows(where, tuple(params), after=from_seq - 1, batch=batch)

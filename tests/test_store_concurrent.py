@@ -16,29 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from tradebus.eventstore.projections import rebuild, state_hash
 from tradebus.eventstore.store import EventStore
-from tradebus.tests.test_store_crash import Stream, Writer
+from tradebus.tests.test_store_crash import Stream, writers  # noqa: F401 - writers is a fixture
 
 ROUNDS = 5
 WRITER_PAUSE_S = 0.01  # ~20k events/s: continuous appends that leave CPU for the readers on 2 cores
 CLI_TIMEOUT_S = 120
-
-
-@pytest.fixture
-def writers():
-    started: list[Writer] = []
-
-    def start(*args, **kwargs) -> Writer:
-        w = Writer(*args, **kwargs)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.close()
 
 
 def _cli_env() -> dict[str, str]:

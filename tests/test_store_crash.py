@@ -143,7 +143,6 @@ from tradebus.eventstore.store import (  # noqa: E402
     TAIL_CHECK_ROWS,
     EventStore,
     StoreCorruptError,
-    StoreError,
     StoreLockedError,
     writer_pid,
 )
