@@ -269,3 +269,22 @@ def test_equity_equals_an_independent_cash_flow_ledger(md):
     assert len(flows) > 100
     np.testing.assert_allclose(result.curve[:, 2], equity, rtol=0, atol=1e-6 * 10_000)
     np.testing.assert_allclose(result.curve[:, 3], qty_at, rtol=0, atol=1e-9)
+
+
+def test_replay_command_over_an_embedded_nats_matches_in_process(md, tmp_path):
+    config = tmp_path / "sys.yaml"
+    config.write_text(json.dumps(system()))
+    env = {"TRADEBUS_HOME": str(tmp_path / "home")}
+    db = str(tmp_path / "m.duckdb")
+    md.close()  # the command opens the market data itself
+
+    local = run_tradebus("replay", str(config), "--db", db, "--out", str(tmp_path / "a"), "--no-store", env=env)
+    nats = run_tradebus("replay", str(config), "--db", db, "--out", str(tmp_path / "b"), "--no-store",
+                        "--bus", "nats", env=env)
+
+    assert local.returncode == 0 and nats.returncode == 0, nats.stderr
+    assert "bus nats" in nats.stdout
+    for name in ("trades.csv", "equity.csv", "account_curve.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in "ab")
+    assert a == b
