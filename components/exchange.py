@@ -81,6 +81,7 @@ class SimExchange(Component):
         self._realized = 0.0
         self._wallet = initial_capital
         self._mm = maintenance_margin
+        self._liq_price = math.nan  # where equity meets maintenance margin; NaN when flat
         self.liquidations = 0
         self._bar: ev.BarClosed | None = None
         self._seq = 0
@@ -169,21 +170,25 @@ class SimExchange(Component):
         self.position, self._avg, self._realized = kernel.apply_fill(
             self.position, self._avg, self._realized, qty if side == "buy" else -qty, price)
         self._wallet += self._realized - before - fee
+        self._update_liquidation_price()
         return ev.Fill(**self._stamp(ts, cause), order_id=order_id, venue_order_id=venue_id,
                        exec_id=self._next_id("simx-"), symbol=self._symbol, side=side, price=price, qty=qty, fee=fee,
                        liquidity="taker" if taker else "maker", leaves_qty=leaves)
 
-    def _liquidate(self, bar: ev.BarClosed) -> list[ev.Event]:
-        """Close the whole position if the bar's worst price takes equity below maintenance margin."""
+    def _update_liquidation_price(self) -> None:
+        """Solve wallet + q (p - avg) = mm |q| p for p, once per change rather than on every bar."""
         q = self.position
         if q == 0 or self._mm <= 0 or not math.isfinite(self._wallet):
+            self._liq_price = math.nan
+        else:
+            self._liq_price = (q * self._avg - self._wallet) / (q * (1.0 - self._mm if q > 0 else 1.0 + self._mm))
+
+    def _liquidate(self, bar: ev.BarClosed) -> list[ev.Event]:
+        """Close the whole position if the bar traded through the liquidation price."""
+        q, liq = self.position, self._liq_price
+        if not ((q > 0 and bar.low <= liq) or (q < 0 and bar.high >= liq)):
             return []
-        worst = bar.low if q > 0 else bar.high
-        if self._wallet + q * (worst - self._avg) > self._mm * abs(q) * worst:
-            return []
-        # The price at which equity meets maintenance margin, or the open if the bar gapped past it.
-        liq = (q * self._avg - self._wallet) / (q * (1.0 - self._mm if q > 0 else 1.0 + self._mm))
-        price = min(bar.open, liq) if q > 0 else max(bar.open, liq)
+        price = min(bar.open, liq) if q > 0 else max(bar.open, liq)  # or the open, if it gapped past
         qty = abs(q)
         self.liquidations += 1
         fill = self._book(bar.ts_event, bar.id, f"liquidation-{self.liquidations}", self._next_id("sim-"),
@@ -218,6 +223,7 @@ class SimExchange(Component):
                 mark = self._marks.get(t, bar.open)
                 amount = self.position * mark * rate
                 self._wallet -= amount
+                self._update_liquidation_price()
                 out.append(ev.FundingPaid(**self._stamp(t, bar.id), symbol=self._symbol, rate=rate, mark_price=mark,
                                           position_qty=self.position, amount=amount))
         if self._pending:
@@ -242,7 +248,7 @@ class SimExchange(Component):
                     still.append(order)
             self._resting = still
             out += self._after_fills(bar.ts_event, bar.id)
-        if self.position != 0 and self._mm > 0:
+        if self.position != 0:
             out += self._liquidate(bar)
         return tuple(out)
 
