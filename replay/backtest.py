@@ -73,7 +73,7 @@ def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Litera
                             mode="replay", manifest=artifacts.clean(man))
     collector(started)
     total = len(m.candles["close"]) - m.first
-    steps = bar_steps(config, m, run, w.clock)
+    steps = bar_steps(config, m, run)
     tick = None if progress is None else (lambda done: progress(done, total))
     t0 = time.perf_counter()
     if bus == "local":

@@ -1,8 +1,9 @@
-"""``tradebus replay``: load data, wire the components, drive the clock, write the artifacts.
+"""``tradebus replay``'s pieces: load the data, wire the components, publish the bars.
 
-The replay publisher is the driver here: it sets the simulated clock to each bar's close and publishes
-that ``BarClosed``; the host runs the step to quiescence. Warm-up bars (3x the slowest feature's
-lookback) are loaded and fed to the indicators but never published, so they are never traded.
+The replay publisher (``bar_steps``) yields one step per traded bar, at its close, with that bar's
+``BarClosed`` stamped with the bar's own time; the host sets the simulated clock to each step and runs
+it to quiescence. Warm-up bars (3x the slowest feature's lookback) are loaded and fed to the indicators
+but never published, so they are never traded.
 """
 
 from __future__ import annotations
@@ -185,9 +186,9 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
     return MarketSlice(start, end, candles, first, higher, funding, marks, str(key), requested)
 
 
-def bar_steps(config: SystemConfig, m: MarketSlice, run: str, clock: SimClock) -> Iterable[tuple[int, tuple[ev.BarClosed]]]:
+def bar_steps(config: SystemConfig, m: MarketSlice, run: str) -> Iterable[tuple[int, tuple[ev.BarClosed]]]:
     """The replay publisher: one step per traded bar, at its close, publishing its BarClosed."""
-    stamp = Stamper(clock, f"{run}:publisher", "", run)
+    stamp = Stamper(SimClock(), f"{run}:publisher", "", run)  # stamps with each bar's own time
     tpl = stamp.template(ev.BarClosed, venue=config.venue, market=config.market, symbol=config.symbol,
                          timeframe=config.timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
     step = tf_ns(config.timeframe)
