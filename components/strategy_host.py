@@ -6,8 +6,6 @@ is followed from the system's own fills, which reach the host before the next sn
 
 from __future__ import annotations
 
-import numpy as np
-
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.components.base import NO_EVENTS, Component, Stamper
@@ -29,7 +27,7 @@ class StrategyHost(Component):
     name = "strategy"
 
     def __init__(self, stamp: Stamper, defn: StrategyDef, params: Params, venue: str, symbol: str,
-                 timeframe: str, prev_row: np.ndarray | None = None) -> None:
+                 timeframe: str, prev_row: tuple[float, ...] | None = None) -> None:
         """``prev_row``: the feature row of the bar before the first one published (end of warm-up)."""
         super().__init__()
         self._stamp = stamp
@@ -40,7 +38,7 @@ class StrategyHost(Component):
         self._symbol = symbol
         self._timeframe = timeframe
         self._patterns = (f"tb.md.snap.{venue}.{symbol}.{timeframe}", f"tb.fill.{subjects.token(stamp.system, 'system')}")
-        self._prev = prev_row
+        self._prev = None if prev_row is None else tuple(float(x) for x in prev_row)
         self.qty = 0.0
         self._handlers[ev.Snapshot] = self._on_snapshot
         self._handlers[ev.Fill] = self._on_fill
@@ -60,7 +58,7 @@ class StrategyHost(Component):
         values = [feats[n] for n in self._own]
         if self._higher:
             values += [snap.htf[tf][n] for tf, n in self._higher]
-        cur = np.array(values)
+        cur = tuple(values)  # a tuple reaches compiled code cheaper than a fresh array
         prev, self._prev = self._prev, cur
         if prev is None:
             return NO_EVENTS
