@@ -9,10 +9,12 @@ but never published, so they are never traded.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterator
 
 import numpy as np
 from msgspec.structs import replace
@@ -186,21 +188,45 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
     return MarketSlice(start, end, candles, first, higher, funding, marks, str(key), requested)
 
 
-def bar_steps(config: SystemConfig, m: MarketSlice, run: str) -> Iterable[tuple[int, tuple[ev.BarClosed]]]:
-    """The replay publisher: one step per traded bar, at its close, publishing its BarClosed."""
-    stamp = Stamper(SimClock(), f"{run}:publisher", "", run)  # stamps with each bar's own time
+def _series_bars(config: SystemConfig, timeframe: str, candles: Columns, first: int, run: str
+                 ) -> Iterator[tuple[int, int, ev.BarClosed]]:
+    """(close time, timeframe length, BarClosed) for one series from index ``first``, in time order."""
+    # One id generator per series, so each sees its own times in order (a merge pulls series ahead).
+    stamp = Stamper(SimClock(), f"{run}:publisher:{timeframe}", "", run)  # stamps with each bar's own time
     tpl = stamp.template(ev.BarClosed, venue=config.venue, market=config.market, symbol=config.symbol,
-                         timeframe=config.timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
-    step = tf_ns(config.timeframe)
-    c, i = m.candles, m.first
+                         timeframe=timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
+    step = tf_ns(timeframe)
+    c, i = candles, first
     turnover = c["turnover"] if "turnover" in c else np.zeros(len(c["close"]))
     rows = zip(c["open_time"][i:].tolist(), c["open"][i:].tolist(), c["high"][i:].tolist(), c["low"][i:].tolist(),
                c["close"][i:].tolist(), c["volume"][i:].tolist(), turnover[i:].tolist())
     next_id = stamp.next_id
     for t, o, h, l, cl, v, tv in rows:
         close_time = t + step
-        yield close_time, (replace(tpl, id=next_id(close_time), ts_event=close_time, ts_init=close_time, open_time=t,
-                                   open=o, high=h, low=l, close=cl, volume=v, turnover=tv),)
+        yield close_time, step, replace(tpl, id=next_id(close_time), ts_event=close_time, ts_init=close_time,
+                                        open_time=t, open=o, high=h, low=l, close=cl, volume=v, turnover=tv)
+
+
+def bar_steps(config: SystemConfig, m: MarketSlice, run: str) -> Iterator[tuple[int, tuple[ev.BarClosed, ...]]]:
+    """The replay publisher: one step per close time, publishing every bar that closes then.
+
+    The system's own bars and those of its higher timeframes are merged in time order; bars closing at
+    the same moment share a step, the shorter timeframe first. Only bars of the traded window are
+    published (warm-up bars feed the indicators but are never traded).
+    """
+    own = _series_bars(config, config.timeframe, m.candles, m.first, run)
+    if not m.higher:
+        for close_time, _, bar in own:  # the common case, without merging
+            yield close_time, (bar,)
+        return
+    first_close = m.start + tf_ns(config.timeframe)
+    streams = [own]
+    for tf, cols in sorted(m.higher.items(), key=lambda kv: tf_ns(kv[0])):
+        j = int(np.searchsorted(cols["open_time"] + tf_ns(tf), first_close))
+        streams.append(_series_bars(config, tf, cols, j, run))
+    merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
+    for close_time, group in itertools.groupby(merged, key=lambda item: item[0]):
+        yield close_time, tuple(bar for _, _, bar in group)
 
 
 @dataclass

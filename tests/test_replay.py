@@ -288,3 +288,22 @@ def test_replay_command_over_an_embedded_nats_matches_in_process(md, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     a, b = (json.loads((tmp_path / d / "result.json").read_text()) for d in "ab")
     assert a == b
+
+
+def test_the_publisher_merges_timeframes_in_time_order(md):
+    from tradebus.replay.runner import bar_steps, load_market
+
+    config = parse_config(system(higher_timeframes=["15m", "1h"]))
+    m = load_market(config, "hygiene", md)
+
+    steps = list(bar_steps(config, m, "r"))
+
+    closes = [ts for ts, _ in steps]
+    assert closes == sorted(closes) and len(set(closes)) == len(closes)
+    assert all(bar.ts_event == ts for ts, bars in steps for bar in bars)
+    on_the_hour = [bars for ts, bars in steps if ts % HOUR == 0]
+    assert on_the_hour and all([b.timeframe for b in bars] == ["5m", "15m", "1h"] for bars in on_the_hour)
+    assert sum(len(bars) for _, bars in steps) == len(steps) + len(steps) // 3 + len(steps) // 12
+    ids = [b.id for _, bars in steps for b in bars if b.timeframe == "1h"]
+    assert ids == sorted(ids)
+    assert steps[0][1][0].open_time == m.start  # warm-up bars are never published
