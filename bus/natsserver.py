@@ -166,95 +166,95 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _wait_ready(proc: subprocess.Popen, ports_dir: Path, log_path: Path, ready_timeout: float) -> str:
-    deadline = time.monotonic() + ready_timeout
-    url = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
+@dataclass
+class _Starting:
+    """A server process launched but not yet ready: wait for it, then finish or abort."""
+
+    store_dir: Path
+    process: subprocess.Popen
+    ports_dir: Path
+    log_path: Path
+    lock_fd: int
+    aborted: bool = False
+
+    @classmethod
+    def launch(cls, store_dir: Path, host: str, port: int, jetstream: bool) -> "_Starting":
+        store_dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock(store_dir)
+        try:
+            proc, ports_dir, log_path = _spawn(store_dir, host, port, jetstream)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return cls(store_dir, proc, ports_dir, log_path, lock_fd)
+
+    def wait_ready(self, ready_timeout: float) -> str:
+        """Block until the server accepts clients; return its URL. On failure, kill it and release the lock."""
+        proc, log_path = self.process, self.log_path
+        deadline = time.monotonic() + ready_timeout
+        url = None
+        try:
+            while time.monotonic() < deadline:
+                if proc.poll() is not None:
+                    raise NatsServerError(
+                        f"nats-server exited with code {proc.returncode} at start; log {log_path}:\n{_tail(log_path)}"
+                    )
+                url = url or _read_ports(self.ports_dir, proc.pid)
+                if url and _probe(url):
+                    return url
+                time.sleep(0.01)
             raise NatsServerError(
-                f"nats-server exited with code {proc.returncode} at start; log {log_path}:\n{_tail(log_path)}"
+                f"nats-server did not become ready in {ready_timeout}s; log {log_path}:\n{_tail(log_path)}"
             )
-        url = url or _read_ports(ports_dir, proc.pid)
-        if url and _probe(url):
-            return url
-        time.sleep(0.01)
-    raise NatsServerError(f"nats-server did not become ready in {ready_timeout}s; log {log_path}:\n{_tail(log_path)}")
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Kill the process and release the folder lock (idempotent)."""
+        if self.aborted:
+            return
+        self.aborted = True
+        shutil.rmtree(self.ports_dir, ignore_errors=True)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        os.close(self.lock_fd)
+
+    def finish(self, url: str, announce: bool) -> NatsServer:
+        shutil.rmtree(self.ports_dir, ignore_errors=True)
+        server = NatsServer(url=url, process=self.process, store_dir=self.store_dir, log_path=self.log_path,
+                            lock_fd=self.lock_fd)
+        atexit.register(server.stop)
+        if announce:
+            server.discovery_path = self.store_dir / DISCOVERY_FILE
+            tmp = server.discovery_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"url": url, "pid": self.process.pid, "owner_pid": os.getpid()}))
+            os.replace(tmp, server.discovery_path)
+        return server
 
 
-def _launch(store_dir: Path, host: str, port: int, jetstream: bool) -> tuple[subprocess.Popen, Path, Path, int]:
-    store_dir.mkdir(parents=True, exist_ok=True)
-    lock_fd = _lock(store_dir)
-    try:
-        proc, ports_dir, log_path = _spawn(store_dir, host, port, jetstream)
-    except BaseException:
-        os.close(lock_fd)
-        raise
-    return proc, ports_dir, log_path, lock_fd
-
-
-def _abort(proc: subprocess.Popen, ports_dir: Path, lock_fd: int) -> None:
-    shutil.rmtree(ports_dir, ignore_errors=True)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    os.close(lock_fd)
-
-
-def _finish(
-    proc: subprocess.Popen, ports_dir: Path, log_path: Path, lock_fd: int, store_dir: Path, url: str,
-    announce: bool,
-) -> NatsServer:
-    shutil.rmtree(ports_dir, ignore_errors=True)
-    server = NatsServer(url=url, process=proc, store_dir=store_dir, log_path=log_path, lock_fd=lock_fd)
-    atexit.register(server.stop)
-    if announce:
-        server.discovery_path = store_dir / DISCOVERY_FILE
-        tmp = server.discovery_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"url": url, "pid": proc.pid, "owner_pid": os.getpid()}))
-        os.replace(tmp, server.discovery_path)
-    return server
-
-
-def start_server_sync(
-    store_dir: Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = -1,
-    jetstream: bool = True,
-    ready_timeout: float = 15.0,
-    announce: bool = False,
-) -> NatsServer:
+def start_server_sync(store_dir: Path, *, host: str = "127.0.0.1", port: int = -1, jetstream: bool = True,
+                      ready_timeout: float = 15.0, announce: bool = False) -> NatsServer:
     """Start nats-server and return once it accepts clients (blocking).
 
     Call it from the thread that will outlive the server: the kernel's parent-death signal is tied
     to the thread that forked.
     """
-    proc, ports_dir, log_path, lock_fd = _launch(store_dir, host, port, jetstream)
-    try:
-        url = _wait_ready(proc, ports_dir, log_path, ready_timeout)
-    except BaseException:
-        _abort(proc, ports_dir, lock_fd)
-        raise
-    return _finish(proc, ports_dir, log_path, lock_fd, store_dir, url, announce)
+    starting = _Starting.launch(store_dir, host, port, jetstream)
+    return starting.finish(starting.wait_ready(ready_timeout), announce)
 
 
-async def start_server(
-    store_dir: Path,
-    *,
-    host: str = "127.0.0.1",
-    port: int = -1,
-    jetstream: bool = True,
-    ready_timeout: float = 15.0,
-    announce: bool = False,
-) -> NatsServer:
+async def start_server(store_dir: Path, *, host: str = "127.0.0.1", port: int = -1, jetstream: bool = True,
+                       ready_timeout: float = 15.0, announce: bool = False) -> NatsServer:
     """Start nats-server from the event loop's thread; wait for readiness without blocking the loop."""
-    proc, ports_dir, log_path, lock_fd = _launch(store_dir, host, port, jetstream)
+    starting = _Starting.launch(store_dir, host, port, jetstream)
     try:
-        url = await asyncio.to_thread(_wait_ready, proc, ports_dir, log_path, ready_timeout)
-    except BaseException:
-        _abort(proc, ports_dir, lock_fd)
+        url = await asyncio.to_thread(starting.wait_ready, ready_timeout)
+    except BaseException:  # cancelled while waiting: the thread may still be polling, so stop it here
+        starting.abort()
         raise
-    return _finish(proc, ports_dir, log_path, lock_fd, store_dir, url, announce)
+    return starting.finish(url, announce)
 
 
 def discover(store_dir: Path) -> str | None:

@@ -64,22 +64,21 @@ def test_on_close_timing_fills_at_the_signal_bars_close():
     assert got[0].price == 100.5 and got[0].ts_event == T + M5
 
 
-def test_stop_fills_at_trigger_or_at_a_gapped_open():
+def long_with_stop(trigger: float) -> SimExchange:
+    """An exchange holding 1 long (filled at 100) with a reduce-only sell stop resting at ``trigger``."""
     x = exchange(taker=0.0)
     x.on_event(bar(0, 100, 100, 100, 100))
     x.on_event(intent("long", "buy", 1.0))
     x.on_event(bar(1, 100, 100, 100, 100))
-    x.on_event(intent("sl", "sell", 1.0, "stop", trigger=95.0, reduce_only=True))
+    x.on_event(intent("sl", "sell", 1.0, "stop", trigger=trigger, reduce_only=True))
+    return x
 
-    touched = fills(x.on_event(bar(2, 99, 99.5, 94, 96)))
+
+def test_stop_fills_at_trigger_or_at_a_gapped_open():
+    touched = fills(long_with_stop(95.0).on_event(bar(2, 99, 99.5, 94, 96)))
+    gapped = fills(long_with_stop(95.0).on_event(bar(2, 90, 91, 88, 89)))
 
     assert touched[0].price == 95.0  # traded through: at the trigger
-    y = exchange(taker=0.0)
-    y.on_event(bar(0, 100, 100, 100, 100))
-    y.on_event(intent("long", "buy", 1.0))
-    y.on_event(bar(1, 100, 100, 100, 100))
-    y.on_event(intent("sl", "sell", 1.0, "stop", trigger=95.0, reduce_only=True))
-    gapped = fills(y.on_event(bar(2, 90, 91, 88, 89)))
     assert gapped[0].price == 90.0  # opened below the stop: at the open
 
 

@@ -467,13 +467,19 @@ def test_file_that_is_not_sqlite_open_raises_store_corrupt_and_file_untouched(tm
     assert cli.returncode == 1 and "not a readable" in cli.stderr, cli
 
 
-def test_sqlite_file_of_another_app_open_reader_raises_store_corrupt(tmp_path):
-    # Arrange
+def _other_apps_sqlite(tmp_path: Path) -> Path:
+    """A valid SQLite file that some other program owns."""
     path = tmp_path / "other.sqlite"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE users (name TEXT)")
         conn.execute("INSERT INTO users VALUES ('alice')")
     conn.close()
+    return path
+
+
+def test_sqlite_file_of_another_app_open_reader_raises_store_corrupt(tmp_path):
+    # Arrange
+    path = _other_apps_sqlite(tmp_path)
 
     # Act / Assert
     with pytest.raises(StoreCorruptError, match="not a tradebus event store"):
@@ -482,11 +488,7 @@ def test_sqlite_file_of_another_app_open_reader_raises_store_corrupt(tmp_path):
 
 def test_sqlite_file_of_another_app_open_writer_raises_and_leaves_it_untouched(tmp_path):
     # Arrange
-    path = tmp_path / "other.sqlite"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE users (name TEXT)")
-        conn.execute("INSERT INTO users VALUES ('alice')")
-    conn.close()
+    path = _other_apps_sqlite(tmp_path)
     before = path.read_bytes()
 
     # Act
