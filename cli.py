@@ -561,7 +561,7 @@ def replay(
         with Progress(TextColumn(f"replay {config.system} {window}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("bars"), TimeRemainingColumn(), console=err, transient=True) as bar:
             task = bar.add_task("replay", total=None)
-            result = run_replay(config, window, md, bus=bus, nats_url=nats_url,
+            result = run_replay(config, window, md, bus=bus, nats_url=nats_url, market=m,
                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
     dest = out_dir or Path("runs") / config.system / window.replace(":", "_")
     write_outputs(result, dest, events_jsonl=events, log_features=horizon if log_features else None)

@@ -61,9 +61,12 @@ async def _run_nats(w, steps, sinks, run: str, nats_url: str | None, progress) -
 
 def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Literal["local", "nats"] = "local",
                nats_url: str | None = None, progress: Progress | None = None,
-               keep_market_data: bool = False) -> ReplayResult:
-    """Run one replay and return everything it produced (nothing is written here)."""
-    m = load_market(config, window, md)
+               keep_market_data: bool = False, market: MarketSlice | None = None) -> ReplayResult:
+    """Run one replay and return everything it produced (nothing is written here).
+
+    ``market``: the data already loaded by ``load_market`` for this config and window, if the caller has it.
+    """
+    m = market if market is not None else load_market(config, window, md)
     run = run_id_for(config, m, window)
     man = manifest(config, m, window, run, bus)
     w = wire(config, m, run)
