@@ -34,6 +34,19 @@ class Params(BaseModel):
         return np.array([float(getattr(self, k)) for k in type(self).model_fields], dtype=np.float64)
 
 
+class FastSlowParams(Params):
+    """Parameters of a strategy built on a fast and a slow average; fast must be the shorter."""
+
+    fast: int = Field(10, ge=1)
+    slow: int = Field(30, ge=2)
+
+    @model_validator(mode="after")
+    def _fast_below_slow(self) -> "FastSlowParams":
+        if self.fast >= self.slow:
+            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
+        return self
+
+
 @dataclass(frozen=True)
 class StrategyDef:
     """A registered strategy."""
@@ -65,15 +78,9 @@ def get(strategy_id: str) -> StrategyDef:
 # --- sma_cross -----------------------------------------------------------------------------------
 
 
-class SmaCrossParams(Params):
+class SmaCrossParams(FastSlowParams):
     fast: int = Field(10, ge=1)
     slow: int = Field(30, ge=2)
-
-    @model_validator(mode="after")
-    def _order(self) -> "SmaCrossParams":
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
-        return self
 
 
 @_jit
@@ -95,18 +102,12 @@ register(StrategyDef(
 # --- ema_rsi_atr ---------------------------------------------------------------------------------
 
 
-class EmaRsiAtrParams(Params):
+class EmaRsiAtrParams(FastSlowParams):
     fast: int = Field(20, ge=1)
     slow: int = Field(50, ge=2)
     rsi_period: int = Field(14, ge=2)
     rsi_long: float = Field(55.0, ge=0, le=100)
     rsi_short: float = Field(45.0, ge=0, le=100)
-
-    @model_validator(mode="after")
-    def _order(self) -> "EmaRsiAtrParams":
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
-        return self
 
 
 @_jit
@@ -201,16 +202,10 @@ register(StrategyDef(
 # --- macd_cross ----------------------------------------------------------------------------------
 
 
-class MacdParams(Params):
+class MacdParams(FastSlowParams):
     fast: int = Field(12, ge=1)
     slow: int = Field(26, ge=2)
     signal: int = Field(9, ge=1)
-
-    @model_validator(mode="after")
-    def _order(self) -> "MacdParams":
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
-        return self
 
 
 @_jit
@@ -281,7 +276,7 @@ register(StrategyDef(
 # --- regime-gated trend --------------------------------------------------------------------------
 
 
-class RegimeGatedParams(Params):
+class RegimeGatedParams(FastSlowParams):
     fast: int = Field(20, ge=1)
     slow: int = Field(50, ge=2)
     chop_period: int = Field(14, ge=2)
@@ -289,12 +284,6 @@ class RegimeGatedParams(Params):
     adx_period: int = Field(14, ge=2)
     adx_min: float = Field(20.0, ge=0, le=100)
     regime_timeframe: str = "1h"
-
-    @model_validator(mode="after")
-    def _order(self) -> "RegimeGatedParams":
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
-        return self
 
     def vector(self) -> np.ndarray:
         return np.array([float(self.allow_short), self.fast, self.slow, self.chop_period, self.chop_max,
