@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -25,6 +27,20 @@ from tradebus.replay.runner import Collector, MarketSlice, bar_steps, load_marke
 from tradebus.replay.trades import Trade, build_trades
 
 Progress = Callable[[int, int], None]
+
+
+@contextmanager
+def _gc_paused():
+    """Pause the cycle collector. A replay allocates millions of acyclic objects (feature rows, events),
+    and each collector pass walks the whole growing heap: a numpy ``tolist`` of the features took 0.15 s
+    with it on and 0.013 s with it off (measured). Garbage is collected when the collector resumes."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass
@@ -66,6 +82,13 @@ def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Litera
 
     ``market``: the data already loaded by ``load_market`` for this config and window, if the caller has it.
     """
+    with _gc_paused():
+        return _run_replay(config, window, md, bus, nats_url, progress, keep_market_data, market)
+
+
+def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal["local", "nats"],
+                nats_url: str | None, progress: Progress | None, keep_market_data: bool,
+                market: MarketSlice | None) -> ReplayResult:
     m = market if market is not None else load_market(config, window, md)
     run = run_id_for(config, m, window)
     man = manifest(config, m, window, run, bus)
@@ -130,4 +153,5 @@ def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False
 
 def record(result: ReplayResult, store: EventStore) -> int:
     """Append the run's events to the store in one transaction (all or nothing); a rerun appends nothing."""
-    return store.append(result.events).appended
+    with _gc_paused():
+        return store.append(result.events).appended
