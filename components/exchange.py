@@ -6,7 +6,8 @@ Order of work at each bar of its symbol:
    (``amount = qty x mark x rate``: longs pay positive rates), before anything trades at that open;
 2. market orders waiting for the next open fill at the open;
 3. resting orders, in the order they were placed: stops trigger when the bar trades through the
-   trigger and fill at the trigger, or at the open if the bar gapped past it; limits fill at their price
+   trigger and fill at the trigger, or at the open if the bar gapped past it (a triggered stop is a
+   market order: what a participation cap leaves fills at the next open); limits fill at their price
    (or the better open) as maker; a stop-limit becomes a limit once triggered;
 4. when the position is flat, reduce-only orders left over are cancelled (like position-attached TP/SL);
 5. liquidation: if the bar's worst price takes equity (the venue's own wallet balance plus unrealised
@@ -68,6 +69,7 @@ class SimExchange(Component):
         self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{stamp.system}")
         self._on_close = fill_timing == "on_close"
         self._c = costs
+        self._slip_model = kernel.SLIPPAGE_MODELS[costs.slippage_model]
         self._participation = participation
         self._funding_t = [] if funding_times is None else funding_times.tolist()
         self._funding_r = [] if funding_rates is None else funding_rates.tolist()
@@ -147,11 +149,7 @@ class SimExchange(Component):
             if qty <= 0:
                 return []
         if taker:
-            slip = self._c.slippage_bps
-            if self._c.slippage_model == "volume":
-                slip = self._c.slippage_impact * (100.0 * qty / bar_volume if bar_volume > 0 else 0.0)
-            elif self._c.slippage_model == "none":
-                slip = 0.0
+            slip = kernel.slippage_bps(self._slip_model, self._c.slippage_bps, self._c.slippage_impact, qty, bar_volume)
             price = kernel.fill_price(side, ref, self._c.spread_bps, slip)
             fee = kernel.fee(qty, price, self._c.taker_fee)
         else:
@@ -176,12 +174,8 @@ class SimExchange(Component):
                        liquidity="taker" if taker else "maker", leaves_qty=leaves)
 
     def _update_liquidation_price(self) -> None:
-        """Solve wallet + q (p - avg) = mm |q| p for p, once per change rather than on every bar."""
-        q = self.position
-        if q == 0 or self._mm <= 0 or not math.isfinite(self._wallet):
-            self._liq_price = math.nan
-        else:
-            self._liq_price = (q * self._avg - self._wallet) / (q * (1.0 - self._mm if q > 0 else 1.0 + self._mm))
+        """Once per change of position or wallet rather than on every bar."""
+        self._liq_price = kernel.liquidation_price(self.position, self._avg, self._wallet, self._mm)
 
     def _liquidate(self, bar: ev.BarClosed) -> list[ev.Event]:
         """Close the whole position if the bar traded through the liquidation price."""
@@ -256,22 +250,8 @@ class SimExchange(Component):
     def _crossed(order: _Order, bar: ev.BarClosed) -> tuple[float | None, bool]:
         """Return (reference price, taker) if the bar fills the order, else (None, _)."""
         intent = order.intent
-        buy = intent.side == "buy"
-        if intent.order_type in ("stop", "stop_limit") and not order.triggered:
-            trig = intent.trigger_price
-            if (buy and bar.high >= trig) or (not buy and bar.low <= trig):
-                order.triggered = True
-                if intent.order_type == "stop":
-                    return (max(bar.open, trig) if buy else min(bar.open, trig)), True
-                # Triggered inside this bar: the open came before the trigger, so only the limit counts.
-                limit = intent.price
-                if (buy and bar.low <= limit) or (not buy and bar.high >= limit):
-                    return limit, False
-                return None, False
-            return None, True
-        limit = intent.price
-        if buy and bar.low <= limit:
-            return min(bar.open, limit), False
-        if not buy and bar.high >= limit:
-            return max(bar.open, limit), False
-        return None, False
+        ref, taker, order.triggered = kernel.crossed(
+            kernel.ORDER_TYPES[intent.order_type], _SIDE[intent.side], order.triggered,
+            math.nan if intent.price is None else intent.price,
+            math.nan if intent.trigger_price is None else intent.trigger_price, bar.open, bar.high, bar.low)
+        return (None if math.isnan(ref) else ref), taker

@@ -6,6 +6,8 @@ same compiled functions over arrays, so the two paths cannot disagree by even on
 
 from __future__ import annotations
 
+import math
+
 import numba as nb
 
 _jit = nb.njit(cache=True, nogil=True)
@@ -42,3 +44,82 @@ def apply_fill(qty: float, avg: float, realized: float, signed: float, price: fl
     if (new > 0.0) == (qty > 0.0):
         return new, avg, realized
     return new, price, realized
+
+
+# Order types and slippage models as the compiled code sees them.
+MARKET, LIMIT, STOP, STOP_LIMIT = 0, 1, 2, 3
+ORDER_TYPES = {"market": MARKET, "limit": LIMIT, "stop": STOP, "stop_limit": STOP_LIMIT}
+SLIP_NONE, SLIP_FIXED, SLIP_VOLUME = 0, 1, 2
+SLIPPAGE_MODELS = {"none": SLIP_NONE, "fixed_bps": SLIP_FIXED, "volume": SLIP_VOLUME}
+
+
+@_jit
+def slippage_bps(model: int, bps: float, impact: float, qty: float, bar_volume: float) -> float:
+    """Slippage of a taker fill: fixed bps, or ``impact`` bps per percent of the bar's volume taken."""
+    if model == SLIP_FIXED:
+        return bps
+    if model == SLIP_VOLUME:
+        return impact * (100.0 * qty / bar_volume if bar_volume > 0 else 0.0)
+    return 0.0
+
+
+@_jit
+def crossed(order_type: int, side: int, triggered: bool, price: float, trigger: float,
+            o: float, h: float, l: float) -> tuple[float, bool, bool]:
+    """Does a bar fill a resting order? Return (reference price or NaN, taker, triggered after this bar).
+
+    A stop triggers when the bar trades through it and fills at the trigger, or at the open if the bar
+    gapped past it; once triggered it is a market order (a remainder left by a participation cap fills
+    at the next open). A stop-limit triggered inside a bar counts only its limit (the open came before
+    the trigger). A limit fills at its price, or the better open, as maker.
+    """
+    buy = side > 0
+    if order_type == STOP or order_type == STOP_LIMIT:
+        if not triggered:
+            if (buy and h >= trigger) or ((not buy) and l <= trigger):
+                if order_type == STOP:
+                    return (max(o, trigger) if buy else min(o, trigger)), True, True
+                if (buy and l <= price) or ((not buy) and h >= price):
+                    return price, False, True
+                return math.nan, False, True
+            return math.nan, True, False
+        if order_type == STOP:
+            return o, True, True
+    if buy and l <= price:
+        return min(o, price), False, triggered
+    if (not buy) and h >= price:
+        return max(o, price), False, triggered
+    return math.nan, False, triggered
+
+
+@_jit
+def liquidation_price(qty: float, avg: float, wallet: float, mm: float) -> float:
+    """Where wallet + q (p - avg) = mm |q| p: the price at which equity meets maintenance margin (NaN: none)."""
+    if qty == 0.0 or mm <= 0.0 or not math.isfinite(wallet):
+        return math.nan
+    return (qty * avg - wallet) / (qty * ((1.0 - mm) if qty > 0.0 else (1.0 + mm)))
+
+
+# Sizing rules and why an order is refused.
+FIXED_FRACTION, RISK_PER_TRADE = 0, 1
+SIZINGS = {"fixed_fraction": FIXED_FRACTION, "risk_per_trade": RISK_PER_TRADE}
+SIZE_OK, SIZE_NO_EQUITY, SIZE_NO_STOP, SIZE_TOO_SMALL = 0, 1, 2, 3
+MIN_NOTIONAL = 1.0  # below this an order is noise, not a trade
+
+
+@_jit
+def size(sizing: int, equity: float, price: float, stop_distance: float, fraction: float, risk: float,
+         max_leverage: float, max_notional: float) -> tuple[float, float, int]:
+    """Return (qty, notional, SIZE_* code): notional from the rule, capped by leverage and max notional."""
+    if not (equity > 0.0 and price > 0.0):
+        return 0.0, 0.0, SIZE_NO_EQUITY
+    if sizing == RISK_PER_TRADE:
+        if not (stop_distance > 0.0):
+            return 0.0, 0.0, SIZE_NO_STOP
+        notional = equity * risk / stop_distance * price
+    else:
+        notional = equity * fraction
+    notional = min(notional, equity * max_leverage, max_notional)
+    if notional < MIN_NOTIONAL:
+        return 0.0, notional, SIZE_TOO_SMALL
+    return notional / price, notional, SIZE_OK

@@ -13,11 +13,11 @@ import math
 
 from tradebus.bus import events as ev
 from tradebus.bus.ids import order_id_for
+from tradebus.components import kernel
 from tradebus.components.base import NO_EVENTS, Component, Stamper
 from tradebus.components.features import Feature, f
 
 _SIGN = {"long": 1, "short": -1, "flat": 0}
-MIN_NOTIONAL = 1.0  # below this an order is noise, not a trade
 
 
 def risk_features(stop_kind: str, atr_period: int) -> list[Feature]:
@@ -41,7 +41,7 @@ class RiskManager(Component):
         system = stamp.system
         self._patterns = (f"tb.md.snap.{venue}.{symbol}.{timeframe}", f"tb.sig.{system}", f"tb.pos.{system}",
                           f"tb.acct.{system}", f"tb.fill.{system}")
-        self._sizing = sizing
+        self._sizing = kernel.SIZINGS[sizing]
         self._fraction = fraction
         self._risk = risk_per_trade
         self._max_leverage = max_leverage
@@ -100,18 +100,15 @@ class RiskManager(Component):
 
     def size(self, equity: float, price: float, stop_distance: float) -> tuple[float, str]:
         """Return (qty, reason if refused)."""
-        if not (equity > 0 and price > 0):
+        qty, notional, code = kernel.size(self._sizing, equity, price, stop_distance, self._fraction, self._risk,
+                                          self._max_leverage, self._max_notional)
+        if code == kernel.SIZE_NO_EQUITY:
             return 0.0, f"no equity to trade (equity {equity:.2f})"
-        if self._sizing == "risk_per_trade":
-            if not (stop_distance > 0):
-                return 0.0, "no stop distance yet (indicator warming up)"
-            notional = equity * self._risk / stop_distance * price
-        else:
-            notional = equity * self._fraction
-        notional = min(notional, equity * self._max_leverage, self._max_notional)
-        if notional < MIN_NOTIONAL:
-            return 0.0, f"order notional {notional:.2f} below the minimum {MIN_NOTIONAL}"
-        return notional / price, ""
+        if code == kernel.SIZE_NO_STOP:
+            return 0.0, "no stop distance yet (indicator warming up)"
+        if code == kernel.SIZE_TOO_SMALL:
+            return 0.0, f"order notional {notional:.2f} below the minimum {kernel.MIN_NOTIONAL}"
+        return qty, ""
 
     def _intent(self, cause: ev.Event, leg: str, side: str, qty: float, order_type: str = "market",
                 price: float | None = None, trigger: float | None = None, reduce_only: bool = False) -> ev.OrderIntent:

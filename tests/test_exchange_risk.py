@@ -281,3 +281,18 @@ def test_a_reduce_only_exit_under_a_participation_cap_fills_across_bars():
 
     assert [(f.qty, f.leaves_qty) for f in got] == [(10.0, 15.0), (10.0, 5.0), (5.0, 0.0)]
     assert x.position == 0
+
+
+def test_a_triggered_stop_under_a_participation_cap_fills_its_remainder_at_the_next_open():
+    x = exchange(taker=0.0, participation=0.5)  # half of a bar's volume per bar
+    x.on_event(bar(0, 100, 100, 100, 100))
+    x.on_event(intent("long", "buy", 80.0))
+    x.on_event(bar(1, 100, 100, 100, 100, v=200.0))  # fills all 80 (cap 100)
+    x.on_event(intent("sl", "sell", 80.0, "stop", trigger=95.0, reduce_only=True))
+
+    first = fills(x.on_event(bar(2, 99, 99, 94, 96, v=100.0)))  # triggers: 50 of 80 at the trigger
+    rest = fills(x.on_event(bar(3, 97, 98, 96, 97, v=100.0)))  # a market order now: 30 at the open
+
+    assert [(f.qty, f.price) for f in first] == [(50.0, 95.0)]
+    assert [(f.qty, f.price, f.leaves_qty) for f in rest] == [(30.0, 97.0, 0.0)]
+    assert x.position == 0.0
