@@ -239,20 +239,26 @@ class Wiring:
     higher: list[FeatureTable]
 
 
-def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
-    """Build the system's components for a replay."""
-    clock = SimClock(m.start)
-    stamp = lambda name: Stamper(clock, f"{run}:{name}", config.system, run)  # noqa: E731
+def feature_tables(config: SystemConfig, m: MarketSlice) -> tuple[FeatureTable, list[FeatureTable]]:
+    """Every feature the system reads, over the loaded bars: its own timeframe's, then each higher one's."""
     own_feats, htf_feats = features_for(config)
     closes = m.candles["open_time"] + tf_ns(config.timeframe)
     own = feature_table(m.candles, own_feats, config.timeframe)
     higher = [feature_table(m.higher[tf], feats, tf, last_closed_index(m.higher[tf]["open_time"], tf, closes))
               for tf, feats in sorted(htf_feats.items())]
+    return own, higher
+
+
+def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
+    """Build the system's components for a replay."""
+    clock = SimClock(m.start)
+    stamp = lambda name: Stamper(clock, f"{run}:{name}", config.system, run)  # noqa: E731
+    own, higher = feature_tables(config, m)
     builder = SnapshotBuilder(Stamper(clock, f"{run}:snapshot", "", run), config.venue, config.symbol,
                               config.timeframe, m.candles["open_time"], own, higher)
     defn = strategies.get(config.strategy.id)
     params = config.params()
-    prev_row = _row(defn, params, own, higher, m.first - 1) if m.first > 0 else None
+    prev_row = strategy_rows(defn, params, own, higher)[m.first - 1] if m.first > 0 else None
     host = StrategyHost(stamp("strategy"), defn, params, config.venue, config.symbol, config.timeframe, prev_row)
     r = config.risk
     risk = RiskManager(stamp("risk"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
@@ -280,14 +286,18 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
     return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, exchange, own, higher)
 
 
-def _row(defn, params, own: FeatureTable, higher: list[FeatureTable], i: int) -> np.ndarray:
+def strategy_rows(defn: strategies.StrategyDef, params: strategies.Params, own: FeatureTable,
+                  higher: list[FeatureTable]) -> np.ndarray:
+    """The strategy's feature row for every loaded bar, in the layout its ``decide`` reads (NaN before a
+    higher timeframe has a closed bar): what the strategy host assembles from each snapshot."""
     names, htf_names = row_names(defn, params)
-    values = [own.values[i, own.names.index(n)] for n in names]
+    cols = [own.values[:, own.names.index(n)] for n in names]
     for tf, n in htf_names:
         table = next(t for t in higher if t.timeframe == tf)
-        r = table.row_for_bar[i]
-        values.append(table.values[r, table.names.index(n)] if r >= 0 else math.nan)
-    return np.array(values)
+        values = table.values[:, table.names.index(n)]
+        r = table.row_for_bar
+        cols.append(np.where(r >= 0, values[np.maximum(r, 0)], math.nan))
+    return np.ascontiguousarray(np.column_stack(cols)) if cols else np.empty((len(own.row_for_bar), 0))
 
 
 def run_id_for(config: SystemConfig, m: MarketSlice, window: str) -> str:
