@@ -65,6 +65,7 @@ S_BALANCE, S_QTY, S_AVG, S_REALIZED, S_FEES, S_FUNDING = range(6)
 (M_FINAL_EQUITY, M_RET_MEAN, M_RET_M2, M_DOWN_SQ, M_MAX_DD, M_EXPOSED, M_TRADES, M_WINS, M_WIN_SUM, M_LOSS_SUM,
  M_PNL_SUM, M_HELD_NS, M_FEES, M_FUNDING, M_BARS, M_LIQUIDATIONS) = range(16)
 N_STATS = 16
+N_BLOCKS = 16
 
 
 @_jit
@@ -216,9 +217,11 @@ def _mark(mark_t: np.ndarray, mark_o: np.ndarray, t: int, fallback: float) -> fl
 
 def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,
               v: np.ndarray, open_t: np.ndarray, first: int, atr: np.ndarray, cfg: np.ndarray, funding_t: np.ndarray,
-              funding_r: np.ndarray, mark_t: np.ndarray, mark_o: np.ndarray, record: bool, capacity: int = 0
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Run one system; return (per-bar state, ledger, ledger times, summary statistics, ledger rows).
+              funding_r: np.ndarray, mark_t: np.ndarray, mark_o: np.ndarray, record: bool, capacity: int = 0,
+              n_blocks: int = N_BLOCKS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]:
+    """Run one system; return (per-bar state, ledger, ledger times, summary statistics, ledger rows,
+    block statistics: bars, sum and sum of squares of the bar returns in each of ``n_blocks`` equal
+    spans of time, from which the Sharpe ratio of any union of blocks follows, as CSCV needs).
 
     With ``record`` false the first three are empty: sweeps keep only the statistics. With ``record``
     the ledger holds ``capacity`` rows; if the run made more, rerun with at least that many.
@@ -252,6 +255,8 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
     while fi < len(funding_t) and funding_t[fi] < open_t[first]:
         fi += 1  # funding before the first traded bar is history, not a charge
     peak = trough = prev_equity = initial
+    blocks = np.zeros((n_blocks, 3))
+    span = n - first
     ret_sum = ret_sq = down_sq = max_dd = 0.0
     exposed = 0
     for i in range(first, n):
@@ -386,6 +391,10 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
         prev_equity = equity
         ret_sum += ret
         ret_sq += ret * ret
+        b = blocks[(i - first) * n_blocks // span]
+        b[0] += 1.0
+        b[1] += ret
+        b[2] += ret * ret
         if ret < 0.0:
             down_sq += ret * ret
         if equity >= peak:
@@ -413,7 +422,7 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
     stats[M_FEES] = s[P_FEES]
     stats[M_FUNDING] = s[P_FUNDING]
     stats[M_LIQUIDATIONS] = s[P_LIQUIDATIONS]
-    return state, ledger, lts, stats, nl
+    return state, ledger, lts, stats, nl, blocks
 
 
 _SIMULATORS: dict[str, Callable] = {}
@@ -475,8 +484,8 @@ def _empty(dtype=np.float64) -> np.ndarray:
     return np.empty(0, dtype=dtype)
 
 
-def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:
-    """One system over one market slice through the compiled loop, with everything the replay reports."""
+def _inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
+    """``simulate``'s arguments for one config over one market slice."""
     defn = strategies.get(config.strategy.id)
     params = config.params()
     own, higher = feature_tables(config, m)
@@ -488,13 +497,25 @@ def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:
     f_r = _empty() if m.funding is None else m.funding["rate"]
     mk_t = _empty(np.int64) if m.marks is None else m.marks["open_time"]
     mk_o = _empty() if m.marks is None else m.marks["open"]
-    args = (rows, params.vector(), cd["open"], cd["high"], cd["low"], cd["close"], cd["volume"],
-            cd["open_time"], m.first, atr, settings_vector(config), f_t, f_r, mk_t, mk_o, True)
-    capacity = 2 * (len(rows) - m.first) // 8 + len(f_t) + 64
-    simulate = simulator(defn)
-    state, ledger, lts, stats, rows_made = simulate(*args, capacity)
+    return (rows, params.vector(), cd["open"], cd["high"], cd["low"], cd["close"], cd["volume"], cd["open_time"],
+            m.first, atr, settings_vector(config), f_t, f_r, mk_t, mk_o, record)
+
+
+def run_stats(config: SystemConfig, m: MarketSlice) -> tuple[np.ndarray, np.ndarray]:
+    """(summary statistics, block statistics) of one trial: what a sweep keeps."""
+    _, _, _, stats, _, blocks = simulator(strategies.get(config.strategy.id))(*_inputs(config, m, False))
+    return stats, blocks
+
+
+def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:
+    """One system over one market slice through the compiled loop, with everything the replay reports."""
+    args = _inputs(config, m, True)
+    cd = m.candles
+    capacity = 2 * (len(cd["close"]) - m.first) // 8 + len(args[11]) + 64
+    simulate = simulator(strategies.get(config.strategy.id))
+    state, ledger, lts, stats, rows_made, _ = simulate(*args, capacity)
     if rows_made > capacity:
-        state, ledger, lts, stats, rows_made = simulate(*args, rows_made)
+        state, ledger, lts, stats, rows_made, _ = simulate(*args, rows_made)
     ledger, lts = ledger[:rows_made], lts[:rows_made]
     bar_ns = tf_ns(config.timeframe)
     times = cd["open_time"][m.first:] + bar_ns

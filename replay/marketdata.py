@@ -21,7 +21,7 @@ Columns = dict[str, np.ndarray]
 
 KINDS = ("candles", "mark", "funding")
 _TABLE = {"candles": "candles", "mark": "mark_candles", "funding": "funding"}
-_VALUE_COLUMNS = {
+VALUE_COLUMNS = {
     "candles": ("open", "high", "low", "close", "volume", "turnover"),
     "mark": ("open", "high", "low", "close"),
     "funding": ("rate",),
@@ -105,7 +105,7 @@ def validate(cols: Columns, key: SeriesKey) -> list[str]:
     """Return what is wrong with columns about to be stored (empty if nothing)."""
     problems: list[str] = []
     t = cols["open_time"]
-    values = _VALUE_COLUMNS[key.kind]
+    values = VALUE_COLUMNS[key.kind]
     for name in values:
         bad = ~np.isfinite(cols[name])
         if bad.any():
@@ -166,7 +166,7 @@ class MarketData:
 
     def write(self, key: SeriesKey, cols: Columns) -> int:
         """Validate and upsert rows of one series atomically; return how many rows were new."""
-        values = _VALUE_COLUMNS[key.kind]
+        values = VALUE_COLUMNS[key.kind]
         cols = dict(cols)
         if key.kind == "candles" and "turnover" not in cols:
             cols["turnover"] = np.zeros(len(cols["open_time"]))
@@ -216,7 +216,7 @@ class MarketData:
     def read(self, key: SeriesKey, start: int | None = None, end: int | None = None) -> Columns:
         """Return a series' rows with ``start <= open_time < end`` as numpy columns, in time order."""
         where, params = self._where(key, start, end)
-        names = ", ".join(("open_time", *_VALUE_COLUMNS[key.kind]))
+        names = ", ".join(("open_time", *VALUE_COLUMNS[key.kind]))
         result = self._con.execute(
             f"SELECT {names} FROM {_TABLE[key.kind]} WHERE {where} ORDER BY open_time", params
         ).fetchnumpy()

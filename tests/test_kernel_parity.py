@@ -19,7 +19,7 @@ from tradebus.bus import events as ev
 from tradebus.components import strategies
 from tradebus.components.timeframes import HOUR, MINUTE
 from tradebus.configs.schema import parse_config
-from tradebus.factory import sim
+from tradebus.factory import scoring, sim
 from tradebus.replay.backtest import run_replay
 from tradebus.replay.importer import read_file
 from tradebus.replay.marketdata import MarketData, SeriesKey
@@ -115,6 +115,14 @@ def assert_identical(replayed, kernel: sim.KernelRun) -> None:
     diff = {k: (replayed.metrics[k], kernel.metrics[k]) for k in replayed.metrics
             if not _same(replayed.metrics[k], kernel.metrics[k])}
     assert not diff
+    # What a sweep keeps (running sums, no per-bar arrays) agrees with the full metrics to rounding.
+    fast = scoring.metrics_from_stats(kernel.stats, replayed.config.initial_capital, 5 * MINUTE)
+    full = replayed.metrics
+    for mine, theirs in [("return_pct", "total_return"), ("annualised_return", "annualized_return"),
+                         ("max_drawdown", "max_drawdown"), ("total_trades", "trades"), ("win_rate", "win_rate"),
+                         ("profit_factor", "profit_factor"), ("sharpe", "sharpe"), ("sortino", "sortino"),
+                         ("exposure", "exposure"), ("fees_paid", "fees_paid"), ("funding_paid", "funding_paid")]:
+        assert fast[mine] == pytest.approx(full[theirs], rel=1e-9, abs=1e-12, nan_ok=True), mine
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))

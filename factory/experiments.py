@@ -1,0 +1,209 @@
+"""The experiments table (DuckDB, in the data home): every trial the factory ran, and what it concluded.
+
+One row per trial, keyed by a hash of everything that decides its result (strategy, parameters and
+config overrides, symbol, timeframe, window, the candles' hash, cost model, fill rule, code version):
+running the same trial again is a lookup, not a second row. A sweep records its job and how many
+trials the job counted (the deflated Sharpe needs it); validation later fills the status columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tradebus import duck, settings
+
+COLUMNS: dict[str, str] = {
+    "id": "VARCHAR PRIMARY KEY",
+    "experiment_id": "VARCHAR",  # the group: a sweep job, an LLM iteration
+    "job_id": "VARCHAR",
+    "job_trials": "BIGINT",  # trials the job counted, for selection statistics
+    "strategy": "VARCHAR",
+    "strategy_source": "VARCHAR",  # existing / composable / llm_generated
+    "symbol": "VARCHAR",
+    "timeframe": "VARCHAR",
+    "parameters": "VARCHAR",  # JSON: the varied strategy parameters and config overrides
+    "config": "VARCHAR",  # JSON: the whole system config of the trial
+    "return_pct": "DOUBLE",
+    "annualised_return": "DOUBLE",
+    "max_drawdown": "DOUBLE",
+    "total_trades": "BIGINT",
+    "trades_per_year": "DOUBLE",
+    "win_rate": "DOUBLE",
+    "profit_factor": "DOUBLE",
+    "sharpe": "DOUBLE",
+    "sortino": "DOUBLE",
+    "score": "DOUBLE",  # NULL when disqualified
+    "disqualified": "VARCHAR",  # why, or NULL
+    "bars": "BIGINT",
+    "block_stats": "DOUBLE[]",  # per time block: bars, sum and sum of squares of bar returns (CSCV)
+    "train_period": "VARCHAR",
+    "test_period": "VARCHAR",
+    "test_return_pct": "DOUBLE",
+    "validation_status": "VARCHAR",  # pending / passed / marginal / rejected
+    "validation_details": "VARCHAR",  # JSON
+    "parent_experiment_id": "VARCHAR",
+    "created_at": "TIMESTAMP",
+    "cost_model": "VARCHAR",  # JSON
+    "fill": "VARCHAR",
+    "data_sha256": "VARCHAR",
+    "code_version": "VARCHAR",
+}
+
+
+def default_path() -> Path:
+    return settings.data_home() / "experiments.duckdb"
+
+
+@dataclass
+class Experiment:
+    """A row, as the tracker hands it out."""
+
+    row: dict[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.row[key]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return json.loads(self.row["parameters"])
+
+
+def _clean(v: Any) -> Any:
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class Tracker:
+    """The experiments table: record trials, query them."""
+
+    def __init__(self, con: duck.Connection, path: Path | None) -> None:
+        self._con = con
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path | str | None = None, *, read_only: bool = False) -> "Tracker":
+        path = Path(path) if path is not None else default_path()
+        con = duck.connect(path, read_only=read_only)
+        if not read_only:
+            cols = ", ".join(f"{k} {t}" for k, t in COLUMNS.items())
+            con.execute(f"CREATE TABLE IF NOT EXISTS experiments ({cols})")
+        return cls(con, path)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def save(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert trials in one transaction; ones already stored (same id) are kept as they are."""
+        if not rows:
+            return 0
+        names = list(COLUMNS)
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        values = [[_clean(r.get(n, now if n == "created_at" else ("pending" if n == "validation_status" else None)))
+                   for n in names] for r in rows]
+        before = self.count()
+        self._con.execute("BEGIN")
+        try:
+            self._con.executemany(
+                f"INSERT INTO experiments ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+                " ON CONFLICT (id) DO NOTHING", values)
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        return self.count() - before
+
+    def update_validation(self, exp_id: str, status: str, details: dict[str, Any], *, test_return: float | None = None,
+                          train_period: str | None = None, test_period: str | None = None) -> None:
+        self._con.execute(
+            "UPDATE experiments SET validation_status = ?, validation_details = ?, test_return_pct = ?,"
+            " train_period = coalesce(?, train_period), test_period = coalesce(?, test_period) WHERE id = ?",
+            [status, json.dumps(details, sort_keys=True, default=float), _clean(test_return), train_period,
+             test_period, exp_id])
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[Experiment]:
+        cur = self._con.execute(sql, list(params))
+        names = [d[0] for d in cur.description]
+        return [Experiment(dict(zip(names, r))) for r in cur.fetchall()]
+
+    def count(self) -> int:
+        return self._con.execute("SELECT count(*) FROM experiments").fetchone()[0]
+
+    def existing(self, ids: Iterable[str]) -> set[str]:
+        """Which of these trial ids are already stored (work to skip)."""
+        ids = list(ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
+            marks = ", ".join("?" * len(chunk))
+            found |= {r[0] for r in self._con.execute(f"SELECT id FROM experiments WHERE id IN ({marks})", chunk).fetchall()}
+        return found
+
+    def has_been_tested(self, exp_id: str) -> bool:
+        return bool(self.existing([exp_id]))
+
+    def get(self, exp_id: str) -> Experiment | None:
+        rows = self._rows("SELECT * FROM experiments WHERE id = ? OR id LIKE ? ORDER BY id LIMIT 2", [exp_id, exp_id + "%"])
+        if len(rows) > 1 and rows[0]["id"] != exp_id:
+            raise KeyError(f"experiment id prefix {exp_id!r} is ambiguous")
+        return rows[0] if rows else None
+
+    def top(self, n: int = 10, *, validated_only: bool = True, min_trades: int = 0, job: str | None = None,
+            strategy: str | None = None, symbol: str | None = None) -> list[Experiment]:
+        """Best by score; by default only trials that passed validation."""
+        where, params = ["score IS NOT NULL", "total_trades >= ?"], [min_trades]
+        if validated_only:
+            where.append("validation_status = 'passed'")
+        for col, val in (("job_id", job), ("strategy", strategy), ("symbol", symbol)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        return self._rows(f"SELECT * FROM experiments WHERE {' AND '.join(where)} ORDER BY score DESC, id LIMIT ?",
+                          [*params, n])
+
+    def failures(self, strategy: str, n: int = 50) -> list[Experiment]:
+        """What did not work for a strategy: disqualified, rejected, or losing trials."""
+        return self._rows(
+            "SELECT * FROM experiments WHERE strategy = ? AND (disqualified IS NOT NULL OR validation_status = 'rejected'"
+            " OR return_pct <= 0) ORDER BY coalesce(score, -1e300), id LIMIT ?", [strategy, n])
+
+    def by_symbol(self, symbol: str) -> list[Experiment]:
+        return self._rows("SELECT * FROM experiments WHERE symbol = ? ORDER BY created_at, id", [symbol])
+
+    def untested(self, strategy: str, symbols: Sequence[str], timeframes: Sequence[str]) -> list[tuple[str, str]]:
+        """The (symbol, timeframe) pairs a strategy has never been tried on."""
+        tried = {tuple(r) for r in self._con.execute(
+            "SELECT DISTINCT symbol, timeframe FROM experiments WHERE strategy = ?", [strategy]).fetchall()}
+        return [(s, tf) for s in symbols for tf in timeframes if (s, tf) not in tried]
+
+    def summary_for_llm(self, max_results: int = 10) -> str:
+        """A concise text of what has been tried and what held up, for a research prompt (no secrets here:
+        only strategy names, parameters and statistics)."""
+        lines = []
+        top = self.top(max_results)
+        lines.append(f"TOP {len(top)} VALIDATED:" if top else "NO VALIDATED CANDIDATES YET.")
+        for i, e in enumerate(top, 1):
+            lines.append(f" {i}. {e['strategy']} {e['symbol']} {e['timeframe']} {e['parameters']}: "
+                         f"return {e['return_pct']:+.1%}, Sharpe {e['sharpe']:.2f}, {e['total_trades']} trades")
+        stats = self._con.execute(
+            "SELECT strategy, count(*), count(*) FILTER (WHERE disqualified IS NOT NULL),"
+            " count(*) FILTER (WHERE return_pct > 0), max(sharpe), list(DISTINCT symbol ORDER BY symbol)"
+            " FROM experiments GROUP BY strategy ORDER BY strategy").fetchall()
+        lines.append("TRIED (strategy: trials, disqualified, profitable, best Sharpe, symbols):")
+        for strategy, n, dq, pos, best, syms in stats:
+            best_s = "n/a" if best is None else f"{best:.2f}"
+            lines.append(f" - {strategy}: {n}, {dq}, {pos}, {best_s}, {', '.join(syms)}")
+        return "\n".join(lines)
