@@ -22,6 +22,8 @@ store_app = typer.Typer(help="Inspect, verify, export and query the event store.
 data_app = typer.Typer(help="Historical market data: import, fetch, list, check.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
 app.add_typer(data_app, name="data")
+experiments_app = typer.Typer(help="The experiments table: what the factory tried and what held up.", no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -622,6 +624,125 @@ def rebuild(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False
         table.add_row("duplicate fills ignored", str(state.duplicate_fills))
     out.print(table)
     out.print(f"state hash {digest}")
+
+
+ExperimentsOpt = typer.Option(None, "--experiments", help="Experiments file (default: $TRADEBUS_HOME/experiments.duckdb).")
+
+
+@app.command()
+def sweep(
+    job_path: Path = typer.Argument(..., metavar="JOB", help="Sweep job YAML (see configs/sweeps/)."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per core)."),
+    db: Optional[Path] = MarketOpt,
+    experiments: Optional[Path] = ExperimentsOpt,
+) -> None:
+    """Run a sweep job's trials through the compiled loop into the experiments table (resumable)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from tradebus.configs.schema import ConfigError
+    from tradebus.duck import DuckLockedError
+    from tradebus.factory.experiments import Tracker
+    from tradebus.factory.sweep import load_job, run_sweep
+    from tradebus.replay.marketdata import MarketData
+
+    try:
+        job = load_job(job_path)
+    except ConfigError as exc:
+        _fail(str(exc))
+    t0 = time.perf_counter()
+    try:
+        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker, Progress(
+            TextColumn(f"sweep {job.job}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
+        ) as bar:
+            task = bar.add_task("trials", total=None)
+            report = run_sweep(job, md, tracker, workers=workers,
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+            top = tracker.top(5, validated_only=False, job=job.job)
+    except (DuckLockedError, ConfigError) as exc:
+        _fail(str(exc))
+    secs = time.perf_counter() - t0
+    out.print(f"job {job.job}: {report.trials:,} trials ({report.invalid:,} refused combinations not counted); "
+              f"ran {report.ran:,}, already done {report.skipped:,}, failed {len(report.failed):,} in {secs:.1f}s")
+    for tid, why in report.failed[:5]:
+        out.print(f"  failed {tid[:12]}: {why}")
+    if top:
+        _experiments_table(top, f"best of {job.job} by score (not yet validated)")
+
+
+def _experiments_table(rows, title: str) -> None:
+    table = Table(title=title)
+    for col in ("id", "strategy", "symbol", "tf", "parameters", "return", "sharpe", "max dd", "trades", "score", "status"):
+        table.add_column(col)
+    for e in rows:
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        table.add_row(e["id"][:12], e["strategy"], e["symbol"], e["timeframe"], e["parameters"],
+                      fmt(e["return_pct"], "+.1%"), fmt(e["sharpe"], ".2f"), fmt(e["max_drawdown"], ".1%"),
+                      str(e["total_trades"]), fmt(e["score"], ".3f"), e["validation_status"] or "-")
+    out.print(table)
+
+
+@experiments_app.command("top")
+def experiments_top(
+    n: int = typer.Option(10, "-n", min=1),
+    all_: bool = typer.Option(False, "--all", help="Include trials not validated (default: passed only)."),
+    job: Optional[str] = typer.Option(None, "--job"),
+    strategy: Optional[str] = typer.Option(None, "--strategy"),
+    symbol: Optional[str] = typer.Option(None, "--symbol"),
+    experiments: Optional[Path] = ExperimentsOpt,
+) -> None:
+    """Best trials by score: validated ones only unless --all."""
+    from tradebus.factory.experiments import Tracker
+
+    with Tracker.open(experiments, read_only=True) as tracker:
+        rows = tracker.top(n, validated_only=not all_, job=job, strategy=strategy, symbol=symbol)
+    if not rows:
+        out.print("no trials match" + ("" if all_ else " (none has passed validation yet; --all shows every trial)"))
+        return
+    _experiments_table(rows, "top experiments" + (" (all)" if all_ else " (validated)"))
+
+
+@experiments_app.command("failures")
+def experiments_failures(strategy: str = typer.Argument(...), n: int = typer.Option(20, "-n", min=1),
+                         experiments: Optional[Path] = ExperimentsOpt) -> None:
+    """What did not work for a strategy: disqualified, rejected or losing trials."""
+    from tradebus.factory.experiments import Tracker
+
+    with Tracker.open(experiments, read_only=True) as tracker:
+        rows = tracker.failures(strategy, n)
+    _experiments_table(rows, f"failures of {strategy}")
+    for e in rows:
+        if e["disqualified"]:
+            out.print(f"  {e['id'][:12]}: {e['disqualified']}")
+
+
+@experiments_app.command("show")
+def experiments_show(exp_id: str = typer.Argument(..., help="Experiment id (a unique prefix is enough)."),
+                     experiments: Optional[Path] = ExperimentsOpt) -> None:
+    """Every column of one trial."""
+    from tradebus.factory.experiments import Tracker
+
+    with Tracker.open(experiments, read_only=True) as tracker:
+        try:
+            e = tracker.get(exp_id)
+        except KeyError as exc:
+            _fail(str(exc))
+    if e is None:
+        _fail(f"no experiment {exp_id!r}")
+    table = Table(show_header=False, title=f"experiment {e['id']}")
+    for k, v in e.row.items():
+        if k != "block_stats":
+            table.add_row(k, str(v))
+    out.print(table)
+
+
+@experiments_app.command("summary")
+def experiments_summary(n: int = typer.Option(10, "-n", min=1), experiments: Optional[Path] = ExperimentsOpt) -> None:
+    """The concise text an LLM research prompt gets."""
+    from tradebus.factory.experiments import Tracker
+
+    with Tracker.open(experiments, read_only=True) as tracker:
+        out.print(tracker.summary_for_llm(n))
 
 
 def main() -> None:

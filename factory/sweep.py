@@ -1,0 +1,281 @@
+"""Sweep jobs: many parameter sets over many symbols, through the compiled loop, into the experiments table.
+
+A job (YAML, ``configs/sweeps/``) holds tasks; a task names a strategy, a parameter space (grid, random
+or Latin hypercube), symbols, timeframes and a window, and shares the job's ``base`` system config (risk,
+costs, fill rule). A parameter named with a dot (``risk.stop.atr_mult``) varies that config field
+instead of a strategy parameter. Each trial is a full ``SystemConfig``, validated like a replay's
+(combinations the strategy refuses, such as fast >= slow, are counted and skipped), and run over the
+same market slice ``tradebus replay`` would load. Candles are read from DuckDB once per job; worker
+processes take batches of trials; each finished batch is written in one transaction, so a killed sweep
+resumes where it stopped, and a trial already in the table (same id) is never run twice.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import msgspec
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tradebus import __version__
+from tradebus.components import strategies
+from tradebus.components.timeframes import TIMEFRAMES, tf_ns
+from tradebus.configs.schema import ConfigError, SystemConfig, _format, parse_config
+from tradebus.factory import scoring, sim
+from tradebus.factory.experiments import Tracker
+from tradebus.factory.market import MemoryMarket
+from tradebus.factory.space import Declared, SpaceKind, expand
+from tradebus.replay.marketdata import MarketData
+from tradebus.replay.runner import load_market
+
+DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
+
+
+class SweepTask(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    strategy: str
+    space: SpaceKind = "grid"
+    samples: int = Field(0, ge=0, description="random / lhs: how many draws")
+    seed: int = 0
+    params: dict[str, Declared] = {}
+    symbols: list[str] = Field(min_length=1)
+    timeframes: list[str] = Field(["5m"], min_length=1)
+    window: str = Field("hygiene", description="hygiene, test (from the base windows) or START:END")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in strategies.REGISTRY:
+            raise ValueError(f"unknown strategy {v!r}; allowed: {', '.join(sorted(strategies.REGISTRY))}")
+        return v
+
+    @field_validator("timeframes")
+    @classmethod
+    def _tfs(cls, v: list[str]) -> list[str]:
+        bad = [tf for tf in v if tf not in TIMEFRAMES]
+        if bad:
+            raise ValueError(f"timeframes {bad}; allowed: {', '.join(TIMEFRAMES)}")
+        return v
+
+
+class SweepJob(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    job: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    base: dict[str, Any] = {}
+    score: scoring.ScoreSpec = scoring.ScoreSpec()
+    tasks: list[SweepTask] = Field(min_length=1)
+
+
+def load_job(path: Path | str) -> SweepJob:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_job(data, path)
+
+
+def parse_job(data: Any, source: Path | str = "<job>") -> SweepJob:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a sweep job is a mapping of fields, got {type(data).__name__}")
+    try:
+        return SweepJob.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_format(source, exc))) from None
+
+
+@dataclass
+class Trial:
+    id: str
+    task: int
+    config: dict[str, Any]  # SystemConfig data
+    window: str
+    varied: dict[str, Any]
+    data_id: str
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"parameter {dotted!r}: {key!r} is not a section of the system config")
+    node[leaf] = value
+
+
+def trial_config(job: SweepJob, task: SweepTask, symbol: str, timeframe: str, values: dict[str, Any]) -> dict[str, Any]:
+    data = copy.deepcopy(job.base)
+    data.setdefault("windows", DEFAULT_WINDOWS)
+    data.update(system=job.job, symbol=symbol, timeframe=timeframe)
+    data["strategy"] = {"id": task.strategy, "params": {k: v for k, v in values.items() if "." not in k}}
+    for k, v in values.items():
+        if "." in k:
+            _set_path(data, k, v)
+    return data
+
+
+def trial_id(config: SystemConfig, window: str, data_id: str) -> str:
+    """What decides a trial's result, hashed: the config (its system name aside), window, data, code."""
+    body = config.model_dump(mode="json")
+    body.pop("system")
+    body["strategy"]["params"] = config.params().model_dump(mode="json")
+    key = msgspec.json.encode({"config": body, "window": window, "data": data_id, "code": __version__}, order="sorted")
+    return hashlib.sha256(key).hexdigest()[:32]
+
+
+def data_id(mem: MemoryMarket, symbol: str) -> str:
+    """A hash of every stored series of a symbol (the slice a trial reads follows from it and the config)."""
+    h = hashlib.sha256()
+    for key in sorted((k for k in mem.series if k.symbol == symbol), key=str):
+        h.update(str(key).encode())
+        for name in sorted(mem.series[key]):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(mem.series[key][name]).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class Plan:
+    trials: list[Trial]
+    invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # refused combinations, why
+
+    @property
+    def count(self) -> int:
+        """The job's trial count: every valid trial it runs (the deflated Sharpe's N)."""
+        return len(self.trials)
+
+
+def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
+    out = Plan([])
+    ids = {s: data_id(mem, s) for s in sorted({s for t in job.tasks for s in t.symbols})}
+    for ti, task in enumerate(job.tasks):
+        for values in expand(task.params, task.space, task.samples, task.seed):
+            for symbol in task.symbols:
+                for tf in task.timeframes:
+                    data = trial_config(job, task, symbol, tf, values)
+                    try:
+                        config = parse_config(data, f"job {job.job} task {ti + 1}")
+                    except ConfigError as exc:
+                        out.invalid.append((values, str(exc)))
+                        continue
+                    out.trials.append(Trial(trial_id(config, task.window, ids[symbol]), ti, data, task.window, values,
+                                             ids[symbol]))
+    return out
+
+
+# --- running -------------------------------------------------------------------------------------
+
+_WORKER_MARKET: MemoryMarket | None = None
+
+
+def _init_worker(mem: MemoryMarket) -> None:
+    global _WORKER_MARKET
+    _WORKER_MARKET = mem
+
+
+def run_trial(config: SystemConfig, window: str, mem: MemoryMarket) -> tuple[dict[str, float], list[float]]:
+    """Metrics and block statistics of one trial."""
+    m = load_market(config, window, mem)
+    stats, blocks = sim.run_stats(config, m)
+    metrics = scoring.metrics_from_stats(stats, config.initial_capital, tf_ns(config.timeframe))
+    return metrics, blocks.ravel().tolist()
+
+
+def _run_batch(batch: list[tuple[str, dict[str, Any], str]]) -> list[tuple[str, dict[str, float] | None, list[float], str]]:
+    assert _WORKER_MARKET is not None
+    out = []
+    for tid, data, window in batch:
+        config = parse_config(data)
+        try:
+            metrics, blocks = run_trial(config, window, _WORKER_MARKET)
+            out.append((tid, metrics, blocks, ""))
+        except Exception as exc:  # a trial's data problem is that trial's result, not the sweep's end
+            out.append((tid, None, [], f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+@dataclass
+class SweepReport:
+    job: str
+    trials: int
+    skipped: int  # already in the table
+    ran: int
+    failed: list[tuple[str, str]]
+    invalid: int
+
+
+def _rows(job: SweepJob, plan_: Plan, results: list[tuple[str, dict[str, float] | None, list[float], str]],
+          by_id: dict[str, Trial]) -> list[dict[str, Any]]:
+    rows = []
+    for tid, metrics, blocks, error in results:
+        if metrics is None:
+            continue
+        trial = by_id[tid]
+        config = parse_config(trial.config)
+        value, why = scoring.score(metrics, job.score)
+        rows.append({
+            "id": tid, "experiment_id": job.job, "job_id": job.job, "job_trials": plan_.count,
+            "strategy": config.strategy.id, "strategy_source": "existing", "symbol": config.symbol,
+            "timeframe": config.timeframe, "parameters": json.dumps(trial.varied, sort_keys=True),
+            "config": json.dumps(trial.config, sort_keys=True, default=str),
+            **{k: metrics[k] for k in ("return_pct", "annualised_return", "max_drawdown", "total_trades",
+                                       "trades_per_year", "win_rate", "profit_factor", "sharpe", "sortino", "bars")},
+            "score": value, "disqualified": why, "block_stats": blocks,
+            "train_period": trial.window, "cost_model": json.dumps(config.costs.model_dump(mode="json"), sort_keys=True),
+            "fill": config.fill, "data_sha256": trial.data_id, "code_version": __version__,
+        })
+    return rows
+
+
+def _batches(items: list[Trial], size: int) -> Iterator[list[Trial]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int | None = None, batch: int = 32,
+              progress: Callable[[int, int], None] | None = None) -> SweepReport:
+    """Run every trial of ``job`` not yet in ``tracker``; return what happened."""
+    venue, market = job.base.get("venue", "bybit"), job.base.get("market", "linear")
+    mem = MemoryMarket.load(md, venue, market, sorted({s for t in job.tasks for s in t.symbols}))
+    p = plan(job, mem)
+    done = tracker.existing(t.id for t in p.trials)
+    todo = [t for t in p.trials if t.id not in done]
+    # Trials of one strategy and symbol together: each worker compiles a strategy's loop once.
+    todo.sort(key=lambda t: (t.task, t.config["symbol"], t.config["timeframe"]))
+    by_id = {t.id: t for t in todo}
+    failed: list[tuple[str, str]] = []
+    finished = 0
+    workers = workers or max(1, min(os.cpu_count() or 1, 8))
+    if progress is not None:
+        progress(0, len(todo))
+
+    def take(results) -> None:
+        nonlocal finished
+        tracker.save(_rows(job, p, results, by_id))
+        failed.extend((tid, err) for tid, m, _, err in results if m is None)
+        finished += len(results)
+        if progress is not None:
+            progress(finished, len(todo))
+
+    work = [[(t.id, t.config, t.window) for t in b] for b in _batches(todo, batch)]
+    if workers == 1:
+        _init_worker(mem)
+        for b in work:
+            take(_run_batch(b))
+    elif work:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(mem,)) as pool:
+            for results in pool.map(_run_batch, work):
+                take(results)
+    return SweepReport(job.job, p.count, len(done), finished, failed, len(p.invalid))

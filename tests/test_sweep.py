@@ -1,0 +1,155 @@
+"""Sweeps: trials equal replays, resume after an interruption, nothing run twice, clear job errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tradebus.configs.schema import ConfigError, parse_config
+from tradebus.factory import space
+from tradebus.factory.experiments import Tracker
+from tradebus.factory.sweep import parse_job, run_sweep
+from tradebus.replay.backtest import run_replay
+from tradebus.replay.marketdata import MarketData, SeriesKey
+
+from .proc import run_tradebus
+from .test_marketdata import synthetic
+
+N_BARS = 12 * 24 * 20
+
+
+def job(**overrides) -> dict:
+    base = {
+        "job": "t-sweep",
+        "base": {"costs": {"taker_fee": 0.00055, "spread_bps": 1.0, "funding": False},
+                 "risk": {"sizing": "fixed_fraction", "fraction": 0.9}, "initial_capital": 10_000},
+        "score": {"min_trades": 5},
+        "tasks": [{"strategy": "sma_cross", "params": {"fast": [5, 10, 20], "slow": [10, 30, 60], "allow_short": True},
+                   "symbols": ["BTCUSDT", "ETHUSDT"], "window": "hygiene"}],
+    }
+    base.update(overrides)
+    return base
+
+
+@pytest.fixture
+def md(tmp_path):
+    with MarketData.open(tmp_path / "m.duckdb") as m:
+        for i, sym in enumerate(("BTCUSDT", "ETHUSDT")):
+            m.write(SeriesKey("bybit", "linear", sym, "5m"), synthetic(N_BARS, seed=20 + i))
+        yield m
+
+
+def test_a_sweep_trial_equals_the_replay_of_its_config(md, tmp_path):
+    with Tracker.open(tmp_path / "e.duckdb") as tracker:
+        report = run_sweep(parse_job(job()), md, tracker, workers=1)
+        rows = tracker.top(100, validated_only=False, min_trades=0)
+        assert report.trials == 2 * 7 and report.invalid == 2 * 2  # fast >= slow is refused, not counted
+        assert report.ran == report.trials and not report.failed
+        assert tracker.count() == report.trials
+        for e in rows[:3] + rows[-2:]:
+            config = parse_config(json.loads(e["config"]))
+            replayed = run_replay(config, "hygiene", md).metrics
+            assert e["total_trades"] == replayed["trades"]
+            assert e["return_pct"] == pytest.approx(replayed["total_return"], rel=1e-9)
+            assert e["sharpe"] == pytest.approx(replayed["sharpe"], rel=1e-9)
+            assert e["max_drawdown"] == pytest.approx(replayed["max_drawdown"], rel=1e-9)
+            assert e["job_trials"] == report.trials
+            assert len(e["block_stats"]) == 16 * 3 and sum(e["block_stats"][0::3]) == replayed["bars"]
+
+
+def test_an_interrupted_sweep_resumes_and_runs_nothing_twice(md, tmp_path):
+    spec = parse_job(job())
+
+    def interrupt(done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with Tracker.open(tmp_path / "e.duckdb") as tracker:
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(spec, md, tracker, workers=1, batch=2, progress=interrupt)
+        saved = tracker.count()
+        assert 4 <= saved < 14
+        again = run_sweep(spec, md, tracker, workers=1, batch=2)
+        assert (again.skipped, again.ran) == (saved, 14 - saved)
+        assert tracker.count() == 14
+        assert run_sweep(spec, md, tracker, workers=2).ran == 0
+
+
+def test_disqualified_trials_keep_their_metrics_but_get_no_score(md, tmp_path):
+    with Tracker.open(tmp_path / "e.duckdb") as tracker:
+        run_sweep(parse_job(job(score={"min_trades": 10_000})), md, tracker, workers=1)
+        assert tracker.top(10, validated_only=False) == []
+        failures = tracker.failures("sma_cross")
+        assert failures and all("min_trades 10000" in e["disqualified"] for e in failures)
+        assert all(e["total_trades"] > 0 for e in failures)
+
+
+def test_config_overrides_vary_the_risk_profile(md, tmp_path):
+    spec = job(tasks=[{"strategy": "sma_cross", "params": {"fast": 10, "slow": 30, "risk.fraction": [0.5, 1.0]},
+                       "symbols": ["BTCUSDT"]}])
+    with Tracker.open(tmp_path / "e.duckdb") as tracker:
+        run_sweep(parse_job(spec), md, tracker, workers=1)
+        rows = tracker.top(10, validated_only=False, min_trades=0)
+    fractions = sorted(json.loads(e["config"])["risk"]["fraction"] for e in rows)
+    assert fractions == [0.5, 1.0]
+    assert rows[0]["total_trades"] == rows[1]["total_trades"]  # same signals, different size
+    assert rows[0]["return_pct"] != rows[1]["return_pct"]
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ({"tasks": [{"strategy": "nope", "symbols": ["BTCUSDT"]}]}, "tasks.0.strategy: unknown strategy 'nope'"),
+    ({"tasks": [{"strategy": "sma_cross", "symbols": ["BTCUSDT"], "timeframes": ["7m"]}]}, "tasks.0.timeframes"),
+    ({"score": {"weights": {"luck": 1}}}, "score.weights: cannot score by luck"),
+    ({"tasks": [{"strategy": "sma_cross", "symbols": ["BTCUSDT"], "space": "lhs", "samples": 0,
+                 "params": {"fast": {"min": 2, "max": 5, "max2": 1}}}]}, "tasks.0.params.fast"),
+])
+def test_a_bad_job_names_the_field_and_what_is_allowed(bad, needle):
+    with pytest.raises(ConfigError) as info:
+        parse_job(job(**bad), "jobs/x.yaml")
+    assert "jobs/x.yaml" in str(info.value) and needle in str(info.value)
+
+
+def test_grid_random_and_latin_hypercube_spaces():
+    decl = {"a": [1, 2, 3], "b": space.Range(min=0.5, max=1.5, step=0.5), "c": True}
+    grid = space.expand(decl)
+    assert len(grid) == space.grid_size(decl) == 9 and {g["c"] for g in grid} == {True}
+    assert {(g["a"], g["b"]) for g in grid} == {(a, b) for a in (1, 2, 3) for b in (0.5, 1.0, 1.5)}
+    x = space.Range(min=0, max=1)
+    lhs = space.expand({"x": x, "y": x}, "lhs", 20, seed=3)
+    for name in ("x", "y"):  # one draw in each of the 20 strata of every dimension
+        assert sorted(int(d[name] * 20) for d in lhs) == list(range(20))
+    assert lhs == space.expand({"x": x, "y": x}, "lhs", 20, seed=3)  # seeded: the same trials every run
+    ints = space.expand({"n": space.Range(min=2, max=9, integer=True)}, "random", 200, seed=1)
+    assert {d["n"] for d in ints} == set(range(2, 10))
+
+
+def test_tracker_queries(md, tmp_path):
+    with Tracker.open(tmp_path / "e.duckdb") as tracker:
+        run_sweep(parse_job(job()), md, tracker, workers=1)
+        best = tracker.top(1, validated_only=False)[0]
+        assert tracker.top(5) == []  # nothing validated yet
+        tracker.update_validation(best["id"], "passed", {"walk_forward_pass_rate": 0.75}, test_return=0.01)
+        assert [e["id"] for e in tracker.top(5)] == [best["id"]]
+        assert tracker.has_been_tested(best["id"]) and tracker.get(best["id"][:10])["id"] == best["id"]
+        assert tracker.untested("sma_cross", ["BTCUSDT", "SOLUSDT"], ["5m", "1h"]) == [
+            ("BTCUSDT", "1h"), ("SOLUSDT", "5m"), ("SOLUSDT", "1h")]
+        text = tracker.summary_for_llm()
+        assert "TOP 1 VALIDATED" in text and "sma_cross: 14," in text
+
+
+def test_sweep_and_experiments_commands(md, tmp_path):
+    md.close()
+    path = tmp_path / "job.yaml"
+    path.write_text(json.dumps(job()))  # JSON is YAML
+    args = ["--db", str(tmp_path / "m.duckdb"), "--experiments", str(tmp_path / "e.duckdb")]
+    ran = run_tradebus("sweep", str(path), "--workers", "2", *args)
+    assert ran.returncode == 0, ran.stderr
+    assert "14 trials (4 refused combinations not counted); ran 14, already done 0" in ran.stdout
+    again = run_tradebus("sweep", str(path), *args)
+    assert "ran 0, already done 14" in again.stdout
+    top = run_tradebus("experiments", "top", "--all", "--experiments", str(tmp_path / "e.duckdb"))
+    assert top.returncode == 0 and "sma_cross" in top.stdout
+    assert "no trials match" in run_tradebus("experiments", "top", "--experiments", str(tmp_path / "e.duckdb")).stdout
+    bad = run_tradebus("sweep", str(tmp_path / "missing.yaml"), *args)
+    assert bad.returncode == 1 and "cannot read" in bad.stderr
