@@ -484,7 +484,7 @@ def _empty(dtype=np.float64) -> np.ndarray:
     return np.empty(0, dtype=dtype)
 
 
-def _inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
+def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
     """``simulate``'s arguments for one config over one market slice."""
     defn = strategies.get(config.strategy.id)
     params = config.params()
@@ -503,13 +503,13 @@ def _inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
 
 def run_stats(config: SystemConfig, m: MarketSlice) -> tuple[np.ndarray, np.ndarray]:
     """(summary statistics, block statistics) of one trial: what a sweep keeps."""
-    _, _, _, stats, _, blocks = simulator(strategies.get(config.strategy.id))(*_inputs(config, m, False))
+    _, _, _, stats, _, blocks = simulator(strategies.get(config.strategy.id))(*kernel_inputs(config, m, False))
     return stats, blocks
 
 
 def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:
     """One system over one market slice through the compiled loop, with everything the replay reports."""
-    args = _inputs(config, m, True)
+    args = kernel_inputs(config, m, True)
     cd = m.candles
     capacity = 2 * (len(cd["close"]) - m.first) // 8 + len(args[11]) + 64
     simulate = simulator(strategies.get(config.strategy.id))
