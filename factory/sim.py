@@ -215,6 +215,11 @@ def _mark(mark_t: np.ndarray, mark_o: np.ndarray, t: int, fallback: float) -> fl
     return fallback
 
 
+def _decide(cur: np.ndarray, prev: np.ndarray, pos: int, p: np.ndarray) -> int:
+    """Stands for a strategy's decision step: ``simulator`` compiles ``_simulate`` with the real one here."""
+    raise NotImplementedError("call simulator(strategy), not _simulate")
+
+
 def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: np.ndarray, c: np.ndarray,
               v: np.ndarray, open_t: np.ndarray, first: int, atr: np.ndarray, cfg: np.ndarray, funding_t: np.ndarray,
               funding_r: np.ndarray, mark_t: np.ndarray, mark_o: np.ndarray, record: bool, capacity: int = 0,

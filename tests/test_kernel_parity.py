@@ -10,7 +10,6 @@ bar, the trade ledger and the metrics must be identical, not close.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
