@@ -41,6 +41,17 @@ class _Order:
     venue_id: str
     remaining: float
     triggered: bool = False
+    # What the compiled steps read, converted once when the order is accepted, not on every bar it rests.
+    kind: int = 0
+    side: int = 0
+    price: float = math.nan
+    trigger: float = math.nan
+
+    @classmethod
+    def accept(cls, intent: ev.OrderIntent, venue_id: str) -> "_Order":
+        return cls(intent, venue_id, intent.qty, kind=kernel.ORDER_TYPES[intent.order_type], side=_SIDE[intent.side],
+                   price=math.nan if intent.price is None else intent.price,
+                   trigger=math.nan if intent.trigger_price is None else intent.trigger_price)
 
 
 @dataclass(frozen=True)
@@ -116,7 +127,7 @@ class SimExchange(Component):
             return self._reject(intent, f"{intent.order_type} order needs a positive price")
         if intent.order_type in ("stop", "stop_limit") and not (intent.trigger_price and intent.trigger_price > 0):
             return self._reject(intent, f"{intent.order_type} order needs a positive trigger price")
-        order = _Order(intent, self._next_id("sim-"), intent.qty)
+        order = _Order.accept(intent, self._next_id("sim-"))
         out: list[ev.Event] = [ev.OrderAccepted(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id,
                                                 venue_order_id=order.venue_id)]
         if intent.order_type == "market":
@@ -136,7 +147,7 @@ class SimExchange(Component):
 
     def _fill(self, order: _Order, ref: float, ts: int, bar_volume: float, taker: bool) -> list[ev.Event]:
         intent = order.intent
-        side = _SIDE[intent.side]
+        side = order.side
         qty = order.remaining
         if intent.reduce_only:
             if self.position == 0 or (self.position > 0) == (side > 0):
@@ -249,9 +260,6 @@ class SimExchange(Component):
     @staticmethod
     def _crossed(order: _Order, bar: ev.BarClosed) -> tuple[float | None, bool]:
         """Return (reference price, taker) if the bar fills the order, else (None, _)."""
-        intent = order.intent
-        ref, taker, order.triggered = kernel.crossed(
-            kernel.ORDER_TYPES[intent.order_type], _SIDE[intent.side], order.triggered,
-            math.nan if intent.price is None else intent.price,
-            math.nan if intent.trigger_price is None else intent.trigger_price, bar.open, bar.high, bar.low)
+        ref, taker, order.triggered = kernel.crossed(order.kind, order.side, order.triggered, order.price,
+                                                     order.trigger, bar.open, bar.high, bar.low)
         return (None if math.isnan(ref) else ref), taker
