@@ -13,11 +13,11 @@ import hashlib
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tradebus.components import strategies
 from tradebus.components.timeframes import TIMEFRAMES, check_resample
@@ -28,6 +28,23 @@ _PRESET_RE = re.compile(r"^(first|last)_(\d{1,2})pct$|^last_(\d{1,5})d$")
 
 class ConfigError(ValueError):
     """A config that cannot be used, with every problem spelled out."""
+
+
+def _known_strategy(v: str) -> str:
+    if v not in strategies.REGISTRY:
+        raise ValueError(f"unknown strategy {v!r}; allowed: {', '.join(sorted(strategies.REGISTRY))}")
+    return v
+
+
+def _known_timeframe(v: str) -> str:
+    if v not in TIMEFRAMES:
+        raise ValueError(f"timeframe {v!r}; allowed: {', '.join(TIMEFRAMES)}")
+    return v
+
+
+StrategyId = Annotated[str, AfterValidator(_known_strategy)]
+"""A registered strategy's id (system configs and sweep jobs)."""
+Timeframe = Annotated[str, AfterValidator(_known_timeframe)]
 
 
 class _Strict(BaseModel):
@@ -56,15 +73,8 @@ class WindowSpec(_Strict):
 
 
 class StrategySpec(_Strict):
-    id: str
+    id: StrategyId
     params: dict[str, Any] = {}
-
-    @field_validator("id")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in strategies.REGISTRY:
-            raise ValueError(f"unknown strategy {v!r}; allowed: {', '.join(sorted(strategies.REGISTRY))}")
-        return v
 
 
 class StopRule(_Strict):
@@ -109,7 +119,7 @@ class SystemConfig(_Strict):
     venue: str = "bybit"
     market: Literal["linear", "spot"] = "linear"
     symbol: str
-    timeframe: str
+    timeframe: Timeframe
     higher_timeframes: tuple[str, ...] = ()
     windows: dict[Literal["hygiene", "test"], WindowSpec]
     strategy: StrategySpec
@@ -125,13 +135,6 @@ class SystemConfig(_Strict):
     def _token(cls, v: str) -> str:
         if not _ID_RE.match(v):
             raise ValueError(f"{v!r} must be 1-64 characters of letters, digits, '_' or '-'")
-        return v
-
-    @field_validator("timeframe")
-    @classmethod
-    def _tf(cls, v: str) -> str:
-        if v not in TIMEFRAMES:
-            raise ValueError(f"timeframe {v!r}; allowed: {', '.join(TIMEFRAMES)}")
         return v
 
     @model_validator(mode="after")

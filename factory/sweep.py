@@ -24,12 +24,11 @@ from typing import Any, Callable, Iterator
 import msgspec
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tradebus import __version__
-from tradebus.components import strategies
-from tradebus.components.timeframes import TIMEFRAMES, tf_ns
-from tradebus.configs.schema import ConfigError, SystemConfig, _format, parse_config
+from tradebus.components.timeframes import tf_ns
+from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timeframe, _format, parse_config
 from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
@@ -42,29 +41,14 @@ DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "las
 
 class SweepTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    strategy: str
+    strategy: StrategyId
     space: SpaceKind = "grid"
     samples: int = Field(0, ge=0, description="random / lhs: how many draws")
     seed: int = 0
     params: dict[str, Declared] = {}
     symbols: list[str] = Field(min_length=1)
-    timeframes: list[str] = Field(["5m"], min_length=1)
+    timeframes: list[Timeframe] = Field(["5m"], min_length=1)
     window: str = Field("hygiene", description="hygiene, test (from the base windows) or START:END")
-
-    @field_validator("strategy")
-    @classmethod
-    def _known(cls, v: str) -> str:
-        if v not in strategies.REGISTRY:
-            raise ValueError(f"unknown strategy {v!r}; allowed: {', '.join(sorted(strategies.REGISTRY))}")
-        return v
-
-    @field_validator("timeframes")
-    @classmethod
-    def _tfs(cls, v: list[str]) -> list[str]:
-        bad = [tf for tf in v if tf not in TIMEFRAMES]
-        if bad:
-            raise ValueError(f"timeframes {bad}; allowed: {', '.join(TIMEFRAMES)}")
-        return v
 
 
 class SweepJob(BaseModel):
