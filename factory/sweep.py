@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -83,7 +84,7 @@ def parse_job(data: Any, source: Path | str = "<job>") -> SweepJob:
 class Trial:
     id: str
     task: int
-    config: dict[str, Any]  # SystemConfig data
+    config: SystemConfig
     window: str
     varied: dict[str, Any]
     data_id: str
@@ -101,7 +102,7 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def trial_config(job: SweepJob, task: SweepTask, symbol: str, timeframe: str, values: dict[str, Any]) -> dict[str, Any]:
     data = copy.deepcopy(job.base)
-    data.setdefault("windows", DEFAULT_WINDOWS)
+    data.setdefault("windows", copy.deepcopy(DEFAULT_WINDOWS))
     data.update(system=job.job, symbol=symbol, timeframe=timeframe)
     data["strategy"] = {"id": task.strategy, "params": {k: v for k, v in values.items() if "." not in k}}
     for k, v in values.items():
@@ -145,17 +146,15 @@ def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
     out = Plan([])
     ids = {s: data_id(mem, s) for s in sorted({s for t in job.tasks for s in t.symbols})}
     for ti, task in enumerate(job.tasks):
-        for values in expand(task.params, task.space, task.samples, task.seed):
-            for symbol in task.symbols:
-                for tf in task.timeframes:
-                    data = trial_config(job, task, symbol, tf, values)
-                    try:
-                        config = parse_config(data, f"job {job.job} task {ti + 1}")
-                    except ConfigError as exc:
-                        out.invalid.append((values, str(exc)))
-                        continue
-                    out.trials.append(Trial(trial_id(config, task.window, ids[symbol]), ti, data, task.window, values,
-                                             ids[symbol]))
+        space_ = expand(task.params, task.space, task.samples, task.seed)
+        for values, symbol, tf in itertools.product(space_, task.symbols, task.timeframes):
+            try:
+                config = parse_config(trial_config(job, task, symbol, tf, values), f"job {job.job} task {ti + 1}")
+            except ConfigError as exc:
+                out.invalid.append((values, str(exc)))
+                continue
+            out.trials.append(Trial(trial_id(config, task.window, ids[symbol]), ti, config, task.window, values,
+                                    ids[symbol]))
     return out
 
 
@@ -177,11 +176,10 @@ def run_trial(config: SystemConfig, window: str, mem: MemoryMarket) -> tuple[dic
     return metrics, blocks.ravel().tolist()
 
 
-def _run_batch(batch: list[tuple[str, dict[str, Any], str]]) -> list[tuple[str, dict[str, float] | None, list[float], str]]:
+def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> list[tuple[str, dict[str, float] | None, list[float], str]]:
     assert _WORKER_MARKET is not None
     out = []
-    for tid, data, window in batch:
-        config = parse_config(data)
+    for tid, config, window in batch:
         try:
             metrics, blocks = run_trial(config, window, _WORKER_MARKET)
             out.append((tid, metrics, blocks, ""))
@@ -207,13 +205,13 @@ def _rows(job: SweepJob, plan_: Plan, results: list[tuple[str, dict[str, float] 
         if metrics is None:
             continue
         trial = by_id[tid]
-        config = parse_config(trial.config)
+        config = trial.config
         value, why = scoring.score(metrics, job.score)
         rows.append({
             "id": tid, "experiment_id": job.job, "job_id": job.job, "job_trials": plan_.count,
             "strategy": config.strategy.id, "strategy_source": "existing", "symbol": config.symbol,
             "timeframe": config.timeframe, "parameters": json.dumps(trial.varied, sort_keys=True),
-            "config": json.dumps(trial.config, sort_keys=True, default=str),
+            "config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
             **{k: metrics[k] for k in ("return_pct", "annualised_return", "max_drawdown", "total_trades",
                                        "trades_per_year", "win_rate", "profit_factor", "sharpe", "sortino", "bars")},
             "score": value, "disqualified": why, "block_stats": blocks,
@@ -237,7 +235,7 @@ def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int |
     done = tracker.existing(t.id for t in p.trials)
     todo = [t for t in p.trials if t.id not in done]
     # Trials of one strategy and symbol together: each worker compiles a strategy's loop once.
-    todo.sort(key=lambda t: (t.task, t.config["symbol"], t.config["timeframe"]))
+    todo.sort(key=lambda t: (t.task, t.config.symbol, t.config.timeframe))
     by_id = {t.id: t for t in todo}
     failed: list[tuple[str, str]] = []
     finished = 0
