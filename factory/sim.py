@@ -516,7 +516,8 @@ def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:
     """One system over one market slice through the compiled loop, with everything the replay reports."""
     args = kernel_inputs(config, m, True)
     cd = m.candles
-    capacity = 2 * (len(cd["close"]) - m.first) // 8 + len(args[11]) + 64
+    funding_rows = 0 if m.funding is None else len(m.funding["open_time"])
+    capacity = (len(cd["close"]) - m.first) // 4 + funding_rows + 64  # a first guess: a fill every 4 bars
     simulate = simulator(strategies.get(config.strategy.id))
     state, ledger, lts, stats, rows_made, _ = simulate(*args, capacity)
     if rows_made > capacity:
