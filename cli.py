@@ -676,7 +676,8 @@ def _experiments_table(rows, title: str) -> None:
         table.add_column(col)
     for e in rows:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        table.add_row(e["id"][:12], e["strategy"], e["symbol"], e["timeframe"], e["parameters"],
+        params = " ".join(f"{k}={v}" for k, v in e.params.items())
+        table.add_row(e["id"][:12], e["strategy"], e["symbol"], e["timeframe"], params,
                       fmt(e["return_pct"], "+.1%"), fmt(e["sharpe"], ".2f"), fmt(e["max_drawdown"], ".1%"),
                       str(e["total_trades"]), fmt(e["score"], ".3f"), e["validation_status"] or "-")
     out.print(table)
