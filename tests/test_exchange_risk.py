@@ -94,13 +94,18 @@ def test_limit_fills_as_maker_at_its_price_or_a_better_open():
     assert hit[0].price == 98.0 and hit[0].liquidity == "maker" and hit[0].fee == pytest.approx(-0.0098)
 
 
-def test_reduce_only_orders_are_cancelled_when_the_position_closes():
-    x = exchange()
+def protected_long(x: SimExchange, tp: float) -> SimExchange:
+    """``x`` holding 1 long with a reduce-only stop at 90 and a take-profit limit at ``tp`` resting."""
     x.on_event(bar(0, 100, 100, 100, 100))
     x.on_event(intent("long", "buy", 1.0))
     x.on_event(bar(1, 100, 100, 100, 100))
     x.on_event(intent("sl", "sell", 1.0, "stop", trigger=90.0, reduce_only=True))
-    x.on_event(intent("tp", "sell", 1.0, "limit", price=120.0, reduce_only=True))
+    x.on_event(intent("tp", "sell", 1.0, "limit", price=tp, reduce_only=True))
+    return x
+
+
+def test_reduce_only_orders_are_cancelled_when_the_position_closes():
+    x = protected_long(exchange(), tp=120.0)
     x.on_event(intent("exit", "sell", 1.0, reduce_only=True))
 
     out = x.on_event(bar(2, 101, 102, 100, 101))
@@ -253,12 +258,7 @@ def test_a_reversal_protects_the_new_position():
 
 
 def test_a_reversal_at_the_open_cancels_the_old_protection_before_the_new_entry():
-    x = exchange(taker=0.0)
-    x.on_event(bar(0, 100, 100, 100, 100))
-    x.on_event(intent("long", "buy", 1.0))
-    x.on_event(bar(1, 100, 100, 100, 100))
-    x.on_event(intent("sl", "sell", 1.0, "stop", trigger=90.0, reduce_only=True))
-    x.on_event(intent("tp", "sell", 1.0, "limit", price=130.0, reduce_only=True))
+    x = protected_long(exchange(taker=0.0), tp=130.0)
     x.on_event(intent("exit", "sell", 1.0, reduce_only=True))
     x.on_event(intent("short", "sell", 2.0))
 
