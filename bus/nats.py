@@ -25,6 +25,18 @@ log = structlog.get_logger("tradebus.bus.nats")
 _NATS_PENDING_FLOOR = 8192
 
 
+async def _round_trip(nc: Client, timeout: float = 10.0) -> None:
+    """Return once the server has processed every command this connection issued so far.
+
+    nats-py's ``flush()`` writes its PING straight to the socket, ahead of the SUB/PUB commands still
+    queued for its flusher task, so its PONG alone proves nothing about them: a subscription "flushed"
+    that way has been seen to miss every message another connection published right after. Handing the
+    queue to the socket first puts the PING behind them.
+    """
+    await nc._flush_pending(force_flush=True)
+    await nc.flush(timeout=timeout)
+
+
 class NatsBus:
     """The NATS implementation of ``Bus``. Create it with ``await NatsBus.connect(url)``."""
 
@@ -106,7 +118,7 @@ class NatsBus:
         nsub = await nc.subscribe(pattern, cb=on_msg, pending_msgs_limit=limit, pending_bytes_limit=0)
         self._subs[nsub._id] = (sub, nsub)
         # Make sure the server has registered the interest before anyone publishes.
-        await nc.flush()
+        await _round_trip(nc)
         return sub
 
     async def _remove(self, sub: Subscription) -> None:
@@ -117,7 +129,7 @@ class NatsBus:
                     await nsub.unsubscribe()
 
     async def flush(self, timeout: float = 10.0) -> None:
-        await self._require().flush(timeout=timeout)
+        await _round_trip(self._require(), timeout)
 
     async def close(self) -> None:
         if self._closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import textwrap
 import pytest
 
 from tradebus.bus.connect import open_bus, require_nats_url
+from tradebus.bus.nats import NatsBus
 from tradebus.bus.natsserver import NatsServerError, discover, start_server, start_server_sync
 
 from .proc import LineReader, tradebus, wait_dead
@@ -82,17 +84,8 @@ async def test_open_bus_joins_a_running_server_instead_of_starting_another(tmp_p
             assert a.url == b.url == server.url
             sub = await b.subscribe("tb.>")
             e = make.bar()
-            # Core NATS is at-most-once across connections: under load the server has been seen to route a
-            # publish from one connection before another's fresh (flushed) subscription takes effect.
-            for _ in range(20):
-                await a.publish(e)
-                try:
-                    assert await sub.next(0.5) == e
-                    break
-                except TimeoutError:
-                    continue
-            else:
-                pytest.fail("no round trip between two buses on the joined server")
+            await a.publish(e)
+            assert await sub.next(5) == e
         assert server.process.poll() is None  # not ours to stop
     finally:
         server.stop()
@@ -118,3 +111,43 @@ def test_nats_command_runs_in_foreground_and_stops_on_ctrl_c(tmp_path, make):
 
     assert code == 0
     assert wait_dead(server_pid)
+
+
+async def test_subscribe_and_flush_send_their_commands_before_the_ping_that_confirms_them(nats_server, make):
+    """A subscription is live, and a flush complete, only if the server saw the SUB/PUB before the PING.
+
+    nats-py 2.16 writes flush()'s PING ahead of commands still queued for its flusher; a subscription
+    confirmed that way missed all 500 events another connection published next (seen in CI). A proxy
+    records what the client really sends, in order.
+    """
+    host, port = nats_server.url.removeprefix("nats://").rsplit(":", 1)
+    wire = bytearray()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: bool) -> None:
+        while data := await reader.read(65536):
+            if record:
+                wire.extend(data)
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    pipes: list[asyncio.Task] = []
+
+    async def relay(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(host, int(port))
+        pipes.extend([asyncio.create_task(pipe(client_r, server_w, True)),
+                      asyncio.create_task(pipe(server_r, client_w, False))])
+
+    proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+    bus = await NatsBus.connect(f"nats://127.0.0.1:{proxy.sockets[0].getsockname()[1]}")
+    try:
+        await bus.subscribe("tb.>")
+        assert wire.rfind(b"PING") > wire.find(b"SUB tb.>") >= 0
+        await bus.publish(make.bar())
+        await bus.flush()
+        assert wire.rfind(b"PING") > wire.find(b"PUB tb.") >= 0
+    finally:
+        await bus.close()
+        proxy.close()
+        for task in pipes:
+            task.cancel()
