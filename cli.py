@@ -670,6 +670,51 @@ def sweep(
         _experiments_table(top, f"best of {job.job} by score (not yet validated)")
 
 
+@app.command()
+def validate(
+    ids: Optional[list[str]] = typer.Argument(None, metavar="[ID]...", help="Experiment ids (unique prefixes do)."),
+    job: Optional[str] = typer.Option(None, "--job", help="Without ids: candidates from this job."),
+    top: int = typer.Option(5, "--top", min=1, help="Without ids: how many of the best by score."),
+    rules_path: Optional[Path] = typer.Option(None, "--rules", help="Validation rules YAML (default: seed 002's)."),
+    db: Optional[Path] = MarketOpt,
+    experiments: Optional[Path] = ExperimentsOpt,
+) -> None:
+    """Holdout, walk-forward, multi-asset, deflated Sharpe and PBO; the verdict is written to the experiment."""
+    from tradebus.configs.schema import ConfigError
+    from tradebus.duck import DuckLockedError
+    from tradebus.factory.experiments import Tracker
+    from tradebus.factory.validation import load_rules, run_validation, select
+    from tradebus.replay.marketdata import MarketData
+
+    try:
+        rules = load_rules(rules_path)
+        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker:
+            exps = select(tracker, ids or [], job, top)
+            if not exps:
+                _fail("no experiments to validate" + (f" in job {job!r}" if job else "") + "; run tradebus sweep JOB first")
+            results = run_validation(tracker, md, exps, rules,
+                                     progress=lambda d, t: err.print(f"validated {d}/{t}", highlight=False))
+    except (DuckLockedError, ConfigError, KeyError) as exc:
+        _fail(str(exc).strip("'\""))
+    table = Table(title="validation")
+    for col in ("id", "strategy", "symbol", "parameters", "sharpe", "test return", "walk-fwd", "multi-asset", "DSR",
+                "PBO", "status"):
+        table.add_column(col)
+    pct = lambda v: "-" if v is None or v != v else f"{v:.0%}"  # noqa: E731
+    for e, v in results:
+        d = v.details
+        table.add_row(e["id"][:12], e["strategy"], e["symbol"], " ".join(f"{k}={x}" for k, x in e.params.items()),
+                      f"{e['sharpe']:.2f}" if e["sharpe"] is not None else "-",
+                      "-" if v.test_return is None else f"{v.test_return:+.1%}",
+                      pct(d.get("walk_forward", {}).get("pass_rate")), pct(d.get("multi_asset", {}).get("positive_rate")),
+                      "-" if "dsr" not in d else f"{d['dsr']['value']:.3f}",
+                      "-" if "pbo" not in d else f"{d['pbo']['value']:.2f}", v.status)
+    out.print(table)
+    for e, v in results:
+        for why in v.reasons:
+            out.print(f"  {e['id'][:12]} {v.status}: {why}")
+
+
 def _experiments_table(rows, title: str) -> None:
     table = Table(title=title)
     for col in ("id", "strategy", "symbol", "tf", "parameters", "return", "sharpe", "max dd", "trades", "score", "status"):

@@ -13,7 +13,7 @@ import hashlib
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -198,15 +198,32 @@ def parse_config(data: Any, source: Path | str = "<config>") -> SystemConfig:
     return config
 
 
-def load_config(path: Path | str) -> SystemConfig:
-    """Read and validate a system config YAML file."""
+def read_yaml(path: Path | str) -> Any:
+    """A YAML file's data; a file that cannot be read or parsed is a ConfigError naming it."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, path)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_model(model: type[M], data: Any, source: Path | str, what: str) -> M:
+    """Validate loaded data as ``model``; errors name the source, each field, the value and what is allowed."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {what} is a mapping of fields, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_format(source, exc))) from None
+
+
+def load_config(path: Path | str) -> SystemConfig:
+    """Read and validate a system config YAML file."""
+    return parse_config(read_yaml(path), path)

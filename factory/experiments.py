@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from tradebus import duck, settings
 
 COLUMNS: dict[str, str] = {
@@ -173,6 +175,22 @@ class Tracker:
                 params.append(val)
         return self._rows(f"SELECT * FROM experiments WHERE {' AND '.join(where)} ORDER BY score DESC, id LIMIT ?",
                           [*params, n])
+
+    def job_trials(self, job: str) -> int:
+        """The trial count a job recorded (its largest, if it was rerun with more)."""
+        n = self._con.execute("SELECT max(job_trials) FROM experiments WHERE job_id = ?", [job]).fetchone()[0]
+        return int(n or 0)
+
+    def job_sharpes(self, job: str) -> list[float | None]:
+        """The annualised Sharpe ratio of every trial of a job (the DSR's spread of trials)."""
+        return [r[0] for r in self._con.execute("SELECT sharpe FROM experiments WHERE job_id = ?", [job]).fetchall()]
+
+    def block_stats(self, job: str, symbol: str, timeframe: str, window: str) -> list[np.ndarray]:
+        """Per trial of a job on one series and window: its (blocks, 3) statistics, for CSCV."""
+        rows = self._con.execute(
+            "SELECT block_stats FROM experiments WHERE job_id = ? AND symbol = ? AND timeframe = ? AND train_period = ?"
+            " AND len(block_stats) > 0 ORDER BY id", [job, symbol, timeframe, window]).fetchall()
+        return [np.asarray(r[0], dtype=np.float64).reshape(-1, 3) for r in rows]
 
     def failures(self, strategy: str, n: int = 50) -> list[Experiment]:
         """What did not work for a strategy: disqualified, rejected, or losing trials."""

@@ -24,12 +24,11 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from tradebus import __version__
 from tradebus.components.timeframes import tf_ns
-from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timeframe, _format, parse_config
+from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timeframe, parse_config, parse_model, read_yaml
 from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
@@ -61,23 +60,11 @@ class SweepJob(BaseModel):
 
 
 def load_job(path: Path | str) -> SweepJob:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_job(data, path)
+    return parse_job(read_yaml(path), path)
 
 
 def parse_job(data: Any, source: Path | str = "<job>") -> SweepJob:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a sweep job is a mapping of fields, got {type(data).__name__}")
-    try:
-        return SweepJob.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_format(source, exc))) from None
+    return parse_model(SweepJob, data, source, "a sweep job")
 
 
 @dataclass

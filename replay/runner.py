@@ -128,7 +128,7 @@ def resolve_window(spec: WindowSpec | str, data_first: int | None, data_end: int
     return data_end - int(rest[:-1]) * 86_400 * 10**9, data_end
 
 
-def _base_key(config: SystemConfig, md: MarketData) -> SeriesKey:
+def base_key(config: SystemConfig, md: MarketData) -> SeriesKey:
     """The stored series to read: the system's timeframe if stored, else the coarsest finer one that divides it."""
     primary = tf_ns(config.timeframe)
     for tf in sorted(TIMEFRAMES, key=TIMEFRAMES.__getitem__, reverse=True):
@@ -142,7 +142,7 @@ def _base_key(config: SystemConfig, md: MarketData) -> SeriesKey:
 
 def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlice:
     """Load the window plus warm-up; raise MissingDataError naming the command that fills any gap."""
-    key = _base_key(config, md)
+    key = base_key(config, md)
     cov = md.coverage(key)
     spec: WindowSpec | str = config.windows[window] if window in config.windows else window
     data_end = None if cov.last is None else cov.last + tf_ns(key.timeframe)
