@@ -633,12 +633,19 @@ ExperimentsOpt = typer.Option(None, "--experiments", help="Experiments file (def
 def sweep(
     job_path: Path = typer.Argument(..., metavar="JOB", help="Sweep job YAML (see configs/sweeps/)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Worker processes (default: one per core)."),
+    queue: bool = typer.Option(False, "--queue", help="Queue the trials on NATS JetStream for `tradebus worker`s "
+                               "(on any machine reaching the server) and collect their results."),
+    batch: int = typer.Option(16, "--batch", min=1, help="--queue: trials per task."),
+    idle_timeout: Optional[float] = typer.Option(None, "--idle-timeout", help="--queue: give up after this many "
+                                                 "seconds without a result (default: wait)."),
+    nats_url: Optional[str] = NatsUrlOpt,
     db: Optional[Path] = MarketOpt,
     experiments: Optional[Path] = ExperimentsOpt,
 ) -> None:
     """Run a sweep job's trials through the compiled loop into the experiments table (resumable)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from tradebus.bus.natsserver import NatsServerError
     from tradebus.configs.schema import ConfigError
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
@@ -650,24 +657,74 @@ def sweep(
     except ConfigError as exc:
         _fail(str(exc))
     t0 = time.perf_counter()
+    note = ""
     try:
         with MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker, Progress(
             TextColumn(f"sweep {job.job}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), console=err, transient=False,
         ) as bar:
             task = bar.add_task("trials", total=None)
-            report = run_sweep(job, md, tracker, workers=workers,
-                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+            progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+            if queue:
+                queued = asyncio.run(_queued_sweep(job, md, tracker, nats_url, batch, idle_timeout, progress))
+                report = queued.sweep
+                note = f" by workers over NATS ({queued.tasks} tasks, {queued.duplicates} repeated results ignored)"
+            else:
+                report = run_sweep(job, md, tracker, workers=workers, progress=progress)
             top = tracker.top(5, validated_only=False, job=job.job)
-    except (DuckLockedError, ConfigError) as exc:
+    except (DuckLockedError, ConfigError, NatsServerError, TimeoutError) as exc:
         _fail(str(exc))
     secs = time.perf_counter() - t0
     out.print(f"job {job.job}: {report.trials:,} trials ({report.invalid:,} refused combinations not counted); "
-              f"ran {report.ran:,}, already done {report.skipped:,}, failed {len(report.failed):,} in {secs:.1f}s")
+              f"ran {report.ran:,}, already done {report.skipped:,}, failed {len(report.failed):,} in {secs:.1f}s{note}")
     for tid, why in report.failed[:5]:
         out.print(f"  failed {tid[:12]}: {why}")
     if top:
         _experiments_table(top, f"best of {job.job} by score (not yet validated)")
+
+
+async def _queued_sweep(job, md, tracker, nats_url, batch, idle_timeout, progress):
+    from tradebus.bus.connect import require_nats_url
+    from tradebus.bus.nats import NatsBus
+    from tradebus.factory.distributed import run_queued_sweep
+
+    bus = await NatsBus.connect(require_nats_url(nats_url), name=f"sweep-{job.job}")
+    try:
+        return await run_queued_sweep(job, md, tracker, bus, batch=batch, progress=progress, idle_timeout=idle_timeout)
+    finally:
+        await bus.close()
+
+
+@app.command()
+def worker(
+    nats_url: Optional[str] = NatsUrlOpt,
+    db: Optional[Path] = MarketOpt,
+    name: Optional[str] = typer.Option(None, "--name", help="How results name this worker (default host-pid)."),
+    ack_wait: float = typer.Option(30.0, "--ack-wait", min=1.0, help="Seconds before an unacknowledged task goes "
+                                   "to another worker (the consumer's setting: the first worker sets it)."),
+    idle_exit: Optional[float] = typer.Option(None, "--idle-exit", help="Exit after this many idle seconds."),
+) -> None:
+    """Pull sweep tasks from NATS JetStream and run them on this machine's candles, until Ctrl-C."""
+    from tradebus.bus.connect import require_nats_url
+    from tradebus.bus.nats import NatsBus
+    from tradebus.bus.natsserver import NatsServerError
+    from tradebus.factory.distributed import run_worker
+    from tradebus.replay.marketdata import MarketData
+
+    async def run():
+        stop = _stop_event()
+        bus = await NatsBus.connect(require_nats_url(nats_url), name="tradebus-worker")
+        try:
+            with MarketData.open(db, read_only=True) as md:
+                return await run_worker(bus, md, name=name, ack_wait=ack_wait, idle_exit=idle_exit, stop=stop)
+        finally:
+            await bus.close()
+
+    try:
+        report = asyncio.run(run())
+    except NatsServerError as exc:
+        _fail(str(exc))
+    out.print(f"worker: {report.tasks} tasks, {report.trials} trials, {report.refused} refused (different data)")
 
 
 @app.command()

@@ -28,7 +28,7 @@ RiskLevel = Literal["active", "reducing", "halted"]
 LifecycleStatus = Literal[
     "candidate", "hygiene", "test", "demo", "live_test", "production", "retired", "rejected"
 ]
-RunMode = Literal["replay", "demo", "live", "sweep", "validate"]
+RunMode = Literal["replay", "demo", "live", "sweep", "validate", "worker"]
 RunStatus = Literal["ok", "failed", "interrupted"]
 Scalar = Union[str, int, float, bool, None]
 
@@ -255,6 +255,46 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
     seq: int = 0
 
 
+# --- research -------------------------------------------------------------------------------------
+
+
+class TrialSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One sweep trial: its id, the window it runs over, and its whole validated system config (JSON)."""
+
+    id: str
+    window: str
+    config: dict[str, Any]
+
+
+class TrialOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a trial produced: its metrics and block statistics, or why it failed."""
+
+    id: str
+    metrics: dict[str, float] = {}
+    blocks: list[float] = []
+    error: str = ""
+
+
+class SweepTask(Event, frozen=True, kw_only=True, tag="sweep.task"):
+    """A batch of a sweep job's trials for any worker to run. ``data`` holds the hash of each symbol's
+    stored series the trials were planned on; a worker whose candles differ refuses them."""
+
+    job: str
+    venue: str
+    market: str
+    data: dict[str, str]
+    trials: list[TrialSpec]
+
+
+class SweepResult(Event, frozen=True, kw_only=True, tag="sweep.result"):
+    """A worker ran a ``SweepTask`` (``cause``); ``id`` derives from the task's, so a task run twice (after
+    a redelivery) yields the same id and is counted once."""
+
+    job: str
+    worker: str
+    outcomes: list[TrialOutcome]
+
+
 AnyEvent = Union[
     BarClosed,
     Snapshot,
@@ -275,6 +315,8 @@ AnyEvent = Union[
     RunStarted,
     RunFinished,
     Heartbeat,
+    SweepTask,
+    SweepResult,
 ]
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

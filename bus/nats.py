@@ -16,6 +16,9 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError as NatsSlowConsumerError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.errors import BadRequestError
 
 from tradebus.bus import codec, subjects
 from tradebus.bus.base import DEFAULT_MAXSIZE, BusClosedError, BusError, SlowConsumerError, Subscription
@@ -43,6 +46,7 @@ class NatsBus:
     def __init__(self) -> None:
         self._nc: Client | None = None
         self._subs: dict[int, tuple[Subscription, object]] = {}
+        self._pullers: list[Puller] = []
         self._closed = False
         self.decode_errors = 0
 
@@ -136,6 +140,8 @@ class NatsBus:
             return
         self._closed = True
         nc = self._nc
+        for puller in self._pullers:  # a pull subscription's inbox never drains by itself
+            await puller.close()
         if nc is not None and not nc.is_closed:
             try:
                 await nc.drain()
@@ -146,8 +152,99 @@ class NatsBus:
             sub.end()
         self._subs.clear()
 
+    # -- JetStream: durable streams and work queues ---------------------------------------------
+
+    async def ensure_stream(self, name: str, subjects: list[str], *, work_queue: bool = False,
+                            max_age: float | None = None) -> None:
+        """Create a JetStream stream, or bring an existing one to this configuration. A work queue keeps
+        each message until one consumer acknowledges it; otherwise messages stay until ``max_age``."""
+        js = self._require().jetstream()
+        config = StreamConfig(name=name, subjects=subjects, max_age=max_age,
+                              retention=RetentionPolicy.WORK_QUEUE if work_queue else RetentionPolicy.LIMITS)
+        try:
+            await js.add_stream(config)
+        except BadRequestError:  # exists with another configuration
+            await js.update_stream(config)
+
+    async def publish_durable(self, event: Event, subject: str | None = None) -> bool:
+        """Publish into a stream and wait until the server has stored it. The event id is the message id,
+        so publishing the same event again within the stream's duplicate window stores nothing (False)."""
+        js = self._require().jetstream()
+        ack = await js.publish(subject or subjects.subject_for(event), codec.encode(event),
+                               headers={"Nats-Msg-Id": event.id})
+        return not ack.duplicate
+
+    async def pull(self, stream: str, durable: str, subject: str, *, ack_wait: float = 30.0,
+                   max_deliver: int = -1) -> "Puller":
+        """A durable pull consumer: every process pulling with the same ``durable`` shares its messages,
+        each delivered to one of them; one not acknowledged within ``ack_wait`` is delivered again."""
+        js = self._require().jetstream()
+        config = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
+                                ack_wait=ack_wait, max_deliver=max_deliver, max_ack_pending=-1)
+        await js.add_consumer(stream, config)
+        puller = Puller(self, await js.pull_subscribe_bind(durable=durable, stream=stream))
+        self._pullers.append(puller)
+        return puller
+
     async def __aenter__(self) -> "NatsBus":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class WorkItem:
+    """A message pulled from a stream: its event, and how to settle it."""
+
+    def __init__(self, msg: Msg, event: Event) -> None:
+        self._msg = msg
+        self.event = event
+        self.deliveries = msg.metadata.num_delivered
+
+    async def ack(self) -> None:
+        """Done: never deliver it again."""
+        await self._msg.ack_sync()
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Not done here: deliver it again (to anyone) now or after ``delay`` seconds."""
+        await self._msg.nak(delay=delay)
+
+    async def progress(self) -> None:
+        """Still working on it: restart the redelivery clock."""
+        await self._msg.in_progress()
+
+    async def term(self) -> None:
+        """It can never be done: do not deliver it again."""
+        await self._msg.term()
+
+
+class Puller:
+    """Fetches from a durable pull consumer (``NatsBus.pull``)."""
+
+    def __init__(self, bus: NatsBus, psub: object) -> None:
+        self._bus = bus
+        self._psub = psub
+
+    async def close(self) -> None:
+        try:
+            await self._psub.unsubscribe()  # type: ignore[attr-defined]
+        except Exception as exc:  # already gone with its connection
+            log.debug("pull subscription close", error=repr(exc))
+
+    async def fetch(self, n: int = 1, timeout: float = 1.0) -> list[WorkItem]:
+        """Up to ``n`` messages, waiting at most ``timeout`` for the first; [] when there are none. A
+        message that is not a valid event is terminated (it would fail every time) and logged."""
+        self._bus._require()
+        try:
+            msgs = await self._psub.fetch(n, timeout=timeout)  # type: ignore[attr-defined]
+        except NatsTimeoutError:
+            return []
+        out = []
+        for msg in msgs:
+            try:
+                out.append(WorkItem(msg, codec.decode(msg.data)))
+            except codec.EventDecodeError as exc:
+                self._bus.decode_errors += 1
+                log.error("terminated a stream message that is not a valid event", subject=msg.subject, error=str(exc))
+                await msg.term()
+        return out

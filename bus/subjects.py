@@ -16,6 +16,8 @@ order). Tokens are dot-separated; ``*`` matches one token, ``>`` one or more tra
     tb.risk.{system}                    risk state                  RiskStateChanged (system "_" = global)
     tb.run.{system}                     run started / finished      RunStarted, RunFinished
     tb.hb.{system}                      heartbeats                  Heartbeat
+    tb.work.sweep.{job}                 sweep work (JetStream queue) SweepTask
+    tb.res.sweep.{job}                  sweep results (JetStream)    SweepResult
 
 Market data leads with venue and symbol so ``tb.md.bar.bybit.BTCUSDT.>`` or ``tb.md.*.*.*.5m`` select
 naturally; what a system does leads with its kind so ``tb.ord.>`` is every system's orders and
@@ -30,7 +32,7 @@ from functools import lru_cache
 from tradebus.bus import events as ev
 
 PREFIX = "tb"
-ROOTS = ("md", "fc", "sig", "ord", "fill", "pos", "acct", "life", "risk", "run", "hb")
+ROOTS = ("md", "fc", "sig", "ord", "fill", "pos", "acct", "life", "risk", "run", "hb", "work", "res")
 ALL = f"{PREFIX}.>"
 NO_SYSTEM = "_"
 
@@ -72,6 +74,8 @@ _BY_TYPE = {
     ev.RunStarted: lambda e: f"tb.run.{_sys(e)}",
     ev.RunFinished: lambda e: f"tb.run.{_sys(e)}",
     ev.Heartbeat: lambda e: f"tb.hb.{_sys(e)}",
+    ev.SweepTask: lambda e: f"tb.work.sweep.{token(e.job, 'job')}",
+    ev.SweepResult: lambda e: f"tb.res.sweep.{token(e.job, 'job')}",
 }
 assert set(_BY_TYPE) == set(ev.EVENT_TYPES), "every event type needs a subject"
 
@@ -79,6 +83,16 @@ assert set(_BY_TYPE) == set(ev.EVENT_TYPES), "every event type needs a subject"
 def subject_for(event: ev.Event) -> str:
     """Return the subject an event is published on."""
     return _BY_TYPE[type(event)](event)
+
+
+def sweep_work(job: str = "*") -> str:
+    """Pattern for a sweep job's queued work (``*``: every job's)."""
+    return f"tb.work.sweep.{job}"
+
+
+def sweep_results(job: str = "*") -> str:
+    """Pattern for a sweep job's results."""
+    return f"tb.res.sweep.{job}"
 
 
 def bars(venue: str = "*", symbol: str = "*", timeframe: str = "*") -> str:

@@ -163,16 +163,24 @@ def run_trial(config: SystemConfig, window: str, mem: MemoryMarket) -> tuple[dic
     return metrics, blocks.ravel().tolist()
 
 
-def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> list[tuple[str, dict[str, float] | None, list[float], str]]:
-    assert _WORKER_MARKET is not None
-    out = []
+Outcome = tuple[str, "dict[str, float] | None", list[float], str]  # trial id, metrics (None: failed), blocks, error
+
+
+def run_trials(batch: list[tuple[str, SystemConfig, str]], mem: MemoryMarket) -> list[Outcome]:
+    """Run trials (id, config, window); a trial that fails is reported, not raised."""
+    out: list[Outcome] = []
     for tid, config, window in batch:
         try:
-            metrics, blocks = run_trial(config, window, _WORKER_MARKET)
+            metrics, blocks = run_trial(config, window, mem)
             out.append((tid, metrics, blocks, ""))
         except Exception as exc:  # a trial's data problem is that trial's result, not the sweep's end
             out.append((tid, None, [], f"{type(exc).__name__}: {exc}"))
     return out
+
+
+def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> list[Outcome]:
+    assert _WORKER_MARKET is not None
+    return run_trials(batch, _WORKER_MARKET)
 
 
 @dataclass
@@ -185,8 +193,8 @@ class SweepReport:
     invalid: int
 
 
-def _rows(job: SweepJob, plan_: Plan, results: list[tuple[str, dict[str, float] | None, list[float], str]],
-          by_id: dict[str, Trial]) -> list[dict[str, Any]]:
+def experiment_rows(job: SweepJob, plan_: Plan, results: list[Outcome], by_id: dict[str, Trial]) -> list[dict[str, Any]]:
+    """Experiments-table rows of finished trials, scored by the job's rule (failed trials have none)."""
     rows = []
     for tid, metrics, blocks, error in results:
         if metrics is None:
@@ -208,14 +216,28 @@ def _rows(job: SweepJob, plan_: Plan, results: list[tuple[str, dict[str, float] 
     return rows
 
 
-def _batches(items: list[Trial], size: int) -> Iterator[list[Trial]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
+@dataclass
+class Pending:
+    """A job planned against the stored data, and the trials the experiments table does not hold yet."""
+
+    job: SweepJob
+    venue: str
+    market: str
+    mem: MemoryMarket
+    plan: Plan
+    done: set[str]
+    todo: list[Trial]
+
+    @property
+    def by_id(self) -> dict[str, Trial]:
+        return {t.id: t for t in self.todo}
+
+    def batches(self, size: int) -> Iterator[list[Trial]]:
+        for i in range(0, len(self.todo), size):
+            yield self.todo[i:i + size]
 
 
-def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int | None = None, batch: int = 32,
-              progress: Callable[[int, int], None] | None = None) -> SweepReport:
-    """Run every trial of ``job`` not yet in ``tracker``; return what happened."""
+def pending(job: SweepJob, md: MarketData, tracker: Tracker) -> Pending:
     venue, market = job.base.get("venue", "bybit"), job.base.get("market", "linear")
     mem = MemoryMarket.load(md, venue, market, sorted({s for t in job.tasks for s in t.symbols}))
     p = plan(job, mem)
@@ -223,28 +245,45 @@ def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int |
     todo = [t for t in p.trials if t.id not in done]
     # Trials of one strategy and symbol together: each worker compiles a strategy's loop once.
     todo.sort(key=lambda t: (t.task, t.config.symbol, t.config.timeframe))
-    by_id = {t.id: t for t in todo}
-    failed: list[tuple[str, str]] = []
-    finished = 0
-    workers = workers or max(1, min(os.cpu_count() or 1, 8))
-    if progress is not None:
-        progress(0, len(todo))
+    return Pending(job, venue, market, mem, p, done, todo)
 
-    def take(results) -> None:
-        nonlocal finished
-        tracker.save(_rows(job, p, results, by_id))
-        failed.extend((tid, err) for tid, m, _, err in results if m is None)
-        finished += len(results)
+
+class Collector:
+    """Scores finished trials and writes each batch to the experiments table, counting progress."""
+
+    def __init__(self, work: Pending, tracker: Tracker, progress: Callable[[int, int], None] | None) -> None:
+        self.work, self.tracker, self.progress = work, tracker, progress
+        self.by_id = work.by_id
+        self.failed: list[tuple[str, str]] = []
+        self.finished = 0
         if progress is not None:
-            progress(finished, len(todo))
+            progress(0, len(work.todo))
 
-    work = [[(t.id, t.config, t.window) for t in b] for b in _batches(todo, batch)]
+    def take(self, results: list[Outcome]) -> None:
+        self.tracker.save(experiment_rows(self.work.job, self.work.plan, results, self.by_id))
+        self.failed.extend((tid, err) for tid, m, _, err in results if m is None)
+        self.finished += len(results)
+        if self.progress is not None:
+            self.progress(self.finished, len(self.work.todo))
+
+    def report(self) -> SweepReport:
+        w = self.work
+        return SweepReport(w.job.job, w.plan.count, len(w.done), self.finished, self.failed, len(w.plan.invalid))
+
+
+def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int | None = None, batch: int = 32,
+              progress: Callable[[int, int], None] | None = None) -> SweepReport:
+    """Run every trial of ``job`` not yet in ``tracker`` on this machine; return what happened."""
+    work = pending(job, md, tracker)
+    out = Collector(work, tracker, progress)
+    workers = workers or max(1, min(os.cpu_count() or 1, 8))
+    batches = [[(t.id, t.config, t.window) for t in b] for b in work.batches(batch)]
     if workers == 1:
-        _init_worker(mem)
-        for b in work:
-            take(_run_batch(b))
-    elif work:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(mem,)) as pool:
-            for results in pool.map(_run_batch, work):
-                take(results)
-    return SweepReport(job.job, p.count, len(done), finished, failed, len(p.invalid))
+        _init_worker(work.mem)
+        for b in batches:
+            out.take(_run_batch(b))
+    elif batches:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(work.mem,)) as pool:
+            for results in pool.map(_run_batch, batches):
+                out.take(results)
+    return out.report()

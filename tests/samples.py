@@ -53,6 +53,11 @@ def one_of_each() -> list[ev.Event]:
                                                                "windows": ["hygiene", "test"]}),
         ev.RunFinished(**sys_env(16), status="ok", summary={"sharpe": 1.1, "trades": 42}),
         ev.Heartbeat(**sys_env(17), component="recorder", seq=3),
+        ev.SweepTask(**env(18), job="trend_4h", venue="bybit", market="linear", data={"BTCUSDT": "ab12"},
+                     trials=[ev.TrialSpec(id="t1", window="hygiene", config={"system": "trend_4h", "symbol": "BTCUSDT"})]),
+        ev.SweepResult(**env(19), job="trend_4h", worker="host-1",
+                       outcomes=[ev.TrialOutcome(id="t1", metrics={"sharpe": 1.5}, blocks=[10.0, 0.1, 0.01]),
+                                 ev.TrialOutcome(id="t2", error="ValueError: no candles")]),
     ]
     assert {type(e) for e in out} == set(ev.EVENT_TYPES), "add the new event type to one_of_each()"
     return out
@@ -91,6 +96,8 @@ def _for_type(tp: typing.Any) -> st.SearchStrategy:
         return st.sampled_from(args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         return st.one_of(*(_for_type(a) for a in args))
+    if origin is list:
+        return st.lists(_for_type(args[0]), max_size=3)
     if origin is dict:
         return st.dictionaries(_for_type(args[0]), _for_type(args[1]), max_size=4)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
