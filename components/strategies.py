@@ -57,6 +57,9 @@ class StrategyDef:
     decide: Callable[[np.ndarray, np.ndarray, int, np.ndarray], int]
     htf_features: Callable[[Params], dict[str, list[Feature]]] = field(default=lambda p: {})
     description: str = ""
+    # A family whose decision step depends on its parameters' structure (composable specs) returns the
+    # definition compiled for given parameters.
+    specialize: Callable[[Params], "StrategyDef"] | None = None
 
 
 REGISTRY: dict[str, StrategyDef] = {}
@@ -65,6 +68,12 @@ REGISTRY: dict[str, StrategyDef] = {}
 def register(defn: StrategyDef) -> StrategyDef:
     REGISTRY[defn.id] = defn
     return defn
+
+
+def for_params(strategy_id: str, params: Params) -> StrategyDef:
+    """The definition that runs these parameters (a composable spec's own compiled step)."""
+    defn = get(strategy_id)
+    return defn.specialize(params) if defn.specialize is not None else defn
 
 
 def get(strategy_id: str) -> StrategyDef:
@@ -314,3 +323,7 @@ register(StrategyDef(
     htf_features=lambda p: {p.regime_timeframe: [f("adx", p.adx_period)]},
     description="EMA cross entries only in a trending regime: CHOP below a ceiling and higher-timeframe ADX above a floor.",
 ))
+
+
+# Composable specs register the ``composable`` family (they build on the definitions above).
+from tradebus.components import composable  # noqa: E402,F401

@@ -154,6 +154,10 @@ class SystemConfig(_Strict):
         """The strategy's parameters, validated by the strategy's own model."""
         return strategies.get(self.strategy.id).params.model_validate(self.strategy.params)
 
+    def strategy_def(self) -> strategies.StrategyDef:
+        """The strategy definition that runs this config (a composable spec's is compiled for it)."""
+        return strategies.for_params(self.strategy.id, self.params())
+
     def all_higher_timeframes(self) -> tuple[str, ...]:
         """Declared higher timeframes plus any the strategy reads, sorted by length."""
         needed = set(self.higher_timeframes) | set(strategies.get(self.strategy.id).htf_features(self.params()))

@@ -52,7 +52,7 @@ STOP_KINDS = {"none": STOP_NONE, "atr": STOP_ATR, "percent": STOP_PERCENT}
 # One order: a row of a small book (pending market orders, resting orders), in placement order.
 O_TYPE, O_SIDE, O_QTY, O_REM, O_PRICE, O_TRIGGER, O_REDUCE, O_TRIGGERED, O_ENTRY, O_STOP = range(10)
 _OF = 10
-_BOOK = 16
+_BOOK = 256  # open orders at once; partial fills under a participation cap pile up (35 seen)
 
 # Ledger rows (fills and funding, in the order the replay records them).
 L_KIND, L_SIDE, L_QTY, L_PRICE, L_FEE, L_AMOUNT = range(6)
@@ -72,7 +72,7 @@ N_BLOCKS = 16
 def _push(book: np.ndarray, n: int, typ: int, side: int, qty: float, price: float, trigger: float, reduce: bool,
           entry: bool, stop: float) -> int:
     if n >= book.shape[0]:
-        raise ValueError("simulate: order book overflow")
+        raise ValueError("simulate: more than 256 open orders (order book overflow)")
     r = book[n]
     r[O_TYPE], r[O_SIDE], r[O_QTY], r[O_REM], r[O_PRICE], r[O_TRIGGER] = typ, side, qty, qty, price, trigger
     r[O_REDUCE], r[O_TRIGGERED], r[O_ENTRY], r[O_STOP] = 1.0 if reduce else 0.0, 0.0, 1.0 if entry else 0.0, stop
@@ -259,7 +259,9 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
     fi = 0
     while fi < len(funding_t) and funding_t[fi] < open_t[first]:
         fi += 1  # funding before the first traded bar is history, not a charge
-    peak = trough = prev_equity = initial
+    prev_equity = initial
+    # Drawdown is measured on the equity curve, as replay.metrics does: the first bar sets the peak.
+    peak = trough = -math.inf
     blocks = np.zeros((n_blocks, 3))
     span = n - first
     ret_sum = ret_sq = down_sq = max_dd = 0.0
@@ -491,7 +493,7 @@ def _empty(dtype=np.float64) -> np.ndarray:
 
 def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
     """``simulate``'s arguments for one config over one market slice."""
-    defn = strategies.get(config.strategy.id)
+    defn = config.strategy_def()
     params = config.params()
     own, higher = feature_tables(config, m)
     rows = strategy_rows(defn, params, own, higher)
@@ -508,7 +510,7 @@ def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
 
 def run_stats(config: SystemConfig, m: MarketSlice) -> tuple[np.ndarray, np.ndarray]:
     """(summary statistics, block statistics) of one trial: what a sweep keeps."""
-    _, _, _, stats, _, blocks = simulator(strategies.get(config.strategy.id))(*kernel_inputs(config, m, False))
+    _, _, _, stats, _, blocks = simulator(config.strategy_def())(*kernel_inputs(config, m, False))
     return stats, blocks
 
 
@@ -518,7 +520,7 @@ def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:
     cd = m.candles
     funding_rows = 0 if m.funding is None else len(m.funding["open_time"])
     capacity = (len(cd["close"]) - m.first) // 4 + funding_rows + 64  # a first guess: a fill every 4 bars
-    simulate = simulator(strategies.get(config.strategy.id))
+    simulate = simulator(config.strategy_def())
     state, ledger, lts, stats, rows_made, _ = simulate(*args, capacity)
     if rows_made > capacity:
         state, ledger, lts, stats, rows_made, _ = simulate(*args, rows_made)

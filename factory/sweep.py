@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tradebus import __version__
+from tradebus.components import composable
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timeframe, parse_config, parse_model, read_yaml
 from tradebus.factory import scoring, sim
@@ -39,6 +40,24 @@ from tradebus.replay.runner import load_market
 DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
 
 
+class Combine(BaseModel):
+    """Composable specs to generate: every ``sizes``-subset of ``entries`` (all must agree), times each
+    filter set and each exit set. Blocks are validated when each trial's config is."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    entries: list[dict[str, Any]] = Field(min_length=1)
+    sizes: list[int] = Field([1, 2], min_length=1)
+    filters: list[list[dict[str, Any]]] = [[]]
+    exits: list[list[dict[str, Any]]] = [[{"block": "opposite"}]]
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(k < 1 for k in v):
+            raise ValueError(f"sizes {v}: each is how many entry blocks a spec combines (>= 1)")
+        return v
+
+
 class SweepTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     strategy: StrategyId
@@ -49,6 +68,20 @@ class SweepTask(BaseModel):
     symbols: list[str] = Field(min_length=1)
     timeframes: list[Timeframe] = Field(["5m"], min_length=1)
     window: str = Field("hygiene", description="hygiene, test (from the base windows) or START:END")
+    combine: Combine | None = Field(None, description="composable: specs generated from block lists")
+
+    @model_validator(mode="after")
+    def _combine_is_composable(self) -> "SweepTask":
+        if self.combine is not None and self.strategy != "composable":
+            raise ValueError(f"combine generates composable specs; strategy is {self.strategy!r}, use composable")
+        return self
+
+    def specs(self) -> list[dict[str, Any]]:
+        """Each combination of blocks (a single empty one without ``combine``)."""
+        if self.combine is None:
+            return [{}]
+        c = self.combine
+        return composable.combinations(c.entries, sizes=tuple(c.sizes), filters=c.filters, exits=c.exits)
 
 
 class SweepJob(BaseModel):
@@ -133,7 +166,7 @@ def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
     out = Plan([])
     ids = {s: data_id(mem, s) for s in sorted({s for t in job.tasks for s in t.symbols})}
     for ti, task in enumerate(job.tasks):
-        space_ = expand(task.params, task.space, task.samples, task.seed)
+        space_ = [{**spec, **v} for spec in task.specs() for v in expand(task.params, task.space, task.samples, task.seed)]
         for values, symbol, tf in itertools.product(space_, task.symbols, task.timeframes):
             try:
                 config = parse_config(trial_config(job, task, symbol, tf, values), f"job {job.job} task {ti + 1}")
@@ -204,7 +237,7 @@ def experiment_rows(job: SweepJob, plan_: Plan, results: list[Outcome], by_id: d
         value, why = scoring.score(metrics, job.score)
         rows.append({
             "id": tid, "experiment_id": job.job, "job_id": job.job, "job_trials": plan_.count,
-            "strategy": config.strategy.id, "strategy_source": "existing", "symbol": config.symbol,
+            "strategy": config.strategy.id, "strategy_source": "composable" if config.strategy.id == "composable" else "existing", "symbol": config.symbol,
             "timeframe": config.timeframe, "parameters": json.dumps(trial.varied, sort_keys=True),
             "config": json.dumps(config.model_dump(mode="json"), sort_keys=True),
             **{k: metrics[k] for k in ("return_pct", "annualised_return", "max_drawdown", "total_trades",

@@ -82,7 +82,7 @@ HTF_CONTEXT = [f("close"), f("ema", 20), f("ema", 50), f("rsi", 14), f("atr", 14
 
 def features_for(config: SystemConfig) -> tuple[list[Feature], dict[str, list[Feature]]]:
     """Own-timeframe and higher-timeframe features the system needs (strategy, risk, context), deduplicated."""
-    defn = strategies.get(config.strategy.id)
+    defn = config.strategy_def()
     params = config.params()
     own: list[Feature] = []
     for feat in defn.features(params) + risk_features(config.risk.stop.kind, config.risk.stop.atr_period):
@@ -256,7 +256,7 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
     own, higher = feature_tables(config, m)
     builder = SnapshotBuilder(Stamper(clock, f"{run}:snapshot", "", run), config.venue, config.symbol,
                               config.timeframe, m.candles["open_time"], own, higher)
-    defn = strategies.get(config.strategy.id)
+    defn = config.strategy_def()
     params = config.params()
     prev_row = strategy_rows(defn, params, own, higher)[m.first - 1] if m.first > 0 else None
     host = StrategyHost(stamp("strategy"), defn, params, config.venue, config.symbol, config.timeframe, prev_row)

@@ -42,6 +42,18 @@ PARAMS = {
                                  "adx_threshold": 30, "allow_short": True}],
     "regime_gated_trend": [{"fast": 10, "slow": 30, "allow_short": True, "chop_max": 60, "adx_min": 15},
                            {"fast": 20, "slow": 50, "regime_timeframe": "4h", "chop_max": 55}],
+    # Two composable specs that between them use every block.
+    "composable": [
+        {"allow_short": True, "confluence": "all",
+         "entries": [{"block": "ma_trend", "kind": "ema", "fast": 10, "slow": 30}, {"block": "rsi_zone", "period": 14}],
+         "filters": [{"block": "adx_min", "period": 14, "min": 15}],
+         "exits": [{"block": "opposite"}, {"block": "rsi_exit", "long_exit": 68, "short_exit": 32}]},
+        {"allow_short": True, "confluence": 1,
+         "entries": [{"block": "donchian_breakout", "period": 20}, {"block": "bollinger_reversion", "k": 2.5},
+                     {"block": "macd_trend", "fast": 8, "slow": 21, "signal": 5}, {"block": "rsi_reversion"}],
+         "filters": [{"block": "chop_max", "max": 62}, {"block": "adx_max", "max": 45}],
+         "exits": [{"block": "signal_lost"}, {"block": "ma_cross_back", "kind": "sma", "fast": 10, "slow": 40}]},
+    ],
 }
 
 SCENARIOS = {
