@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tradebus.components import composable, strategies
+from tradebus.components import strategies
 from tradebus.components.features import compute, f
 from tradebus.configs.schema import ConfigError, parse_config
 from tradebus.factory.experiments import Tracker
