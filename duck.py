@@ -6,6 +6,7 @@ Everything else gets connections from here and catches ``DuckError``.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 import duckdb
 
@@ -33,3 +34,30 @@ def connect(path: Path | str | None = None, *, read_only: bool = False) -> Conne
 
 class DuckLockedError(RuntimeError):
     """Another process holds the DuckDB file."""
+
+
+class Database:
+    """A DuckDB file held by one object: opened (its schema created unless read-only), used, closed."""
+
+    SCHEMA: tuple[str, ...] = ()
+
+    def __init__(self, con: Connection, path: Path | None) -> None:
+        self._con = con
+        self.path = path
+
+    @classmethod
+    def _open(cls, path: Path, read_only: bool) -> Self:
+        con = connect(path, read_only=read_only)
+        if not read_only:
+            for statement in cls.SCHEMA:
+                con.execute(statement)
+        return cls(con, path)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

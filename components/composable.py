@@ -54,8 +54,7 @@ class _FastSlow(_Block):
 
     @model_validator(mode="after")
     def _order(self):
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
+        strategies.require_below(self, "fast", "slow")
         return self
 
 
@@ -338,6 +337,8 @@ def specialize(params: strategies.Params) -> strategies.StrategyDef:
     return _COMPILED[key]
 
 
+# The family's own ``decide`` is the default spec's (one ma_trend entry); everything that runs a config
+# asks ``SystemConfig.strategy_def()``, which specializes for the config's spec.
 strategies.register(strategies.StrategyDef(
     "composable", ComposableParams, lambda p: generate(p)[1], specialize(ComposableParams(entries=[MaTrend()])).decide,
     description="Entry blocks with a confluence rule, filters and exit rules, declared in the config.",

@@ -34,6 +34,13 @@ class Params(BaseModel):
         return np.array([float(getattr(self, k)) for k in type(self).model_fields], dtype=np.float64)
 
 
+def require_below(model: BaseModel, low: str, high: str) -> None:
+    """Refuse parameters whose ``low`` field is not below their ``high`` one (fast < slow, ...)."""
+    a, b = getattr(model, low), getattr(model, high)
+    if a >= b:
+        raise ValueError(f"{low} ({a}) must be < {high} ({b})")
+
+
 class FastSlowParams(Params):
     """Parameters of a strategy built on a fast and a slow average; fast must be the shorter."""
 
@@ -42,8 +49,7 @@ class FastSlowParams(Params):
 
     @model_validator(mode="after")
     def _fast_below_slow(self) -> "FastSlowParams":
-        if self.fast >= self.slow:
-            raise ValueError(f"fast ({self.fast}) must be < slow ({self.slow})")
+        require_below(self, "fast", "slow")
         return self
 
 
@@ -248,8 +254,7 @@ class StochRsiParams(Params):
 
     @model_validator(mode="after")
     def _order(self) -> "StochRsiParams":
-        if self.oversold >= self.overbought:
-            raise ValueError(f"oversold ({self.oversold}) must be < overbought ({self.overbought})")
+        require_below(self, "oversold", "overbought")
         return self
 
 

@@ -140,17 +140,18 @@ class _Markets:
         return self._cache[key]
 
 
-def run_task(task: SweepTask, markets: _Markets, worker: str) -> list[TrialOutcome]:
-    """Every trial of a task, or for each the reason it cannot run here."""
+def run_task(task: SweepTask, markets: _Markets, worker: str) -> tuple[list[TrialOutcome], bool]:
+    """Every trial of a task, or for each the reason it cannot run here; and whether this worker refused
+    the task (its candles differ from the coordinator's)."""
     mem, ours = markets.get(task.venue, task.market, list(task.data))
     differ = sorted(s for s, d in task.data.items() if ours.get(s) != d)
     if differ:
         why = (f"worker {worker}: its stored candles of {', '.join(differ)} differ from the coordinator's "
                "(import the same data on every worker)")
-        return [TrialOutcome(id=t.id, error=why) for t in task.trials]
+        return [TrialOutcome(id=t.id, error=why) for t in task.trials], True
     batch = [(t.id, parse_config(t.config, f"task {task.id} trial {t.id}"), t.window) for t in task.trials]
     return [TrialOutcome(id=tid, metrics={k: float(v) for k, v in (m or {}).items()}, blocks=b, error=e)
-            for tid, m, b, e in run_trials(batch, mem)]
+            for tid, m, b, e in run_trials(batch, mem)], False
 
 
 async def _keep_alive(item: WorkItem, every: float) -> None:
@@ -186,14 +187,13 @@ async def run_worker(bus: NatsBus, md: MarketData, *, name: str | None = None, a
             on_task(task)
         alive = asyncio.create_task(_keep_alive(item, ack_wait / 3))
         try:
-            outcomes = await asyncio.to_thread(run_task, task, markets, name)
+            outcomes, refused = await asyncio.to_thread(run_task, task, markets, name)
         finally:
             alive.cancel()
         result = SweepResult(id=f"{task.id}-result", ts_event=task.ts_event, ts_init=time.time_ns(), system=task.system,
                              cause=task.id, job=task.job, worker=name, outcomes=outcomes)
         await bus.publish_durable(result)  # stored before the task is let go
         await item.ack()
-        refused = any(o.error.startswith(f"worker {name}:") for o in outcomes)
         report.tasks += 1
         report.trials += len(outcomes)
         report.refused += refused

@@ -79,30 +79,14 @@ def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
-class Tracker:
+class Tracker(duck.Database):
     """The experiments table: record trials, query them."""
 
-    def __init__(self, con: duck.Connection, path: Path | None) -> None:
-        self._con = con
-        self.path = path
+    SCHEMA = (f"CREATE TABLE IF NOT EXISTS experiments ({', '.join(f'{k} {t}' for k, t in COLUMNS.items())})",)
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, read_only: bool = False) -> "Tracker":
-        path = Path(path) if path is not None else default_path()
-        con = duck.connect(path, read_only=read_only)
-        if not read_only:
-            cols = ", ".join(f"{k} {t}" for k, t in COLUMNS.items())
-            con.execute(f"CREATE TABLE IF NOT EXISTS experiments ({cols})")
-        return cls(con, path)
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> "Tracker":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls._open(Path(path) if path is not None else default_path(), read_only)
 
     # -- writing ---------------------------------------------------------------------------------
 

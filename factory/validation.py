@@ -113,10 +113,11 @@ def span_window(start: int, end: int) -> str:
 
 def history(config: SystemConfig, mem: MemoryMarket) -> tuple[int, int]:
     """[first open, end) of the stored series a config reads."""
-    cov = mem.coverage(base_key(config, mem))
+    key = base_key(config, mem)
+    cov = mem.coverage(key)
     if cov.first is None:
         raise ValueError(f"{config.symbol} {config.timeframe}: no stored candles")
-    return cov.first, cov.last + tf_ns(base_key(config, mem).timeframe)
+    return cov.first, cov.last + tf_ns(key.timeframe)
 
 
 def fold_windows(start: int, end: int, wf: WalkForward) -> list[tuple[str, str]]:

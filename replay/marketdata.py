@@ -134,12 +134,10 @@ def _iso(ns: int) -> str:
     return str(np.datetime64(ns, "ns"))[:19] + "Z"
 
 
-class MarketData:
+class MarketData(duck.Database):
     """The market data file. Open with ``MarketData.open(path, read_only=...)``; close when done."""
 
-    def __init__(self, con: duck.Connection, path: Path | None) -> None:
-        self._con = con
-        self.path = path
+    SCHEMA = _SCHEMA
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, read_only: bool = False) -> "MarketData":
@@ -147,20 +145,7 @@ class MarketData:
         path = Path(path) if path is not None else default_path()
         if read_only and not path.exists():
             raise MarketDataError(f"no market data at {path}: import or fetch some first (`tradebus data --help`)")
-        con = duck.connect(path, read_only=read_only)
-        if not read_only:
-            for statement in _SCHEMA:
-                con.execute(statement)
-        return cls(con, path)
-
-    def close(self) -> None:
-        self._con.close()
-
-    def __enter__(self) -> "MarketData":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return cls._open(path, read_only)
 
     # -- writing --------------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ async def test_killed_worker_task_is_redelivered_and_nothing_is_counted_twice(md
             await ensure_streams(bus)
             work = pending(spec, market, tracker)
             first = task_events(work, 2)[0]
-            outcomes = run_task(first, _Markets(market), "ghost")
+            outcomes, _ = run_task(first, _Markets(market), "ghost")
             for suffix in ("-result", "-result-late"):
                 await bus.publish_durable(SweepResult(id=first.id + suffix, ts_event=1, ts_init=1, cause=first.id,
                                                       job=spec.job, worker="ghost", outcomes=outcomes))
@@ -81,10 +81,10 @@ def test_a_worker_with_other_candles_refuses_the_task(md, tmp_path):  # noqa: F8
         task = task_events(pending(spec, md, tracker), 4)[0]
     tampered = task.__class__(**{**{f: getattr(task, f) for f in task.__struct_fields__},
                                  "data": {s: "0" * 64 for s in task.data}})
-    outcomes = run_task(tampered, _Markets(md), "w1")
-    assert len(outcomes) == 4 and all("differ from the coordinator's" in o.error and not o.metrics for o in outcomes)
-    good = run_task(task, _Markets(md), "w1")
-    assert all(not o.error and o.metrics["bars"] > 0 for o in good)
+    outcomes, refused = run_task(tampered, _Markets(md), "w1")
+    assert refused and len(outcomes) == 4 and all("differ from the coordinator's" in o.error and not o.metrics for o in outcomes)
+    good, refused = run_task(task, _Markets(md), "w1")
+    assert not refused and all(not o.error and o.metrics["bars"] > 0 for o in good)
 
 
 @pytest.mark.parametrize("cmd", [["worker"], ["sweep", "configs/sweeps/sma_cross_quick.yaml", "--queue"]])
