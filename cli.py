@@ -409,6 +409,16 @@ def data_fetch(
             bar.console.print(f"{key}: {result.new_rows:,} new rows ({result.skipped} of {result.chunks} pages already complete)")
 
 
+def _read_experiments(experiments: Optional[Path]):
+    from tradebus.duck import DuckLockedError
+    from tradebus.factory.experiments import Tracker
+
+    try:
+        return Tracker.open(experiments, read_only=True)
+    except (FileNotFoundError, DuckLockedError) as exc:
+        _fail(str(exc))
+
+
 def _open_market(db: Optional[Path]):
     from tradebus.duck import DuckLockedError
     from tradebus.replay.marketdata import MarketData, MarketDataError
@@ -772,6 +782,46 @@ def validate(
             out.print(f"  {e['id'][:12]} {v.status}: {why}")
 
 
+@app.command()
+def scenarios(
+    path: Path = typer.Argument(..., help="Scenario file (configs/scenarios/*.yaml)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Output folder (default runs/scenarios-JOB)."),
+    db: Optional[Path] = MarketOpt,
+    experiments: Optional[Path] = ExperimentsOpt,
+) -> None:
+    """Ensembles, regime-adaptive systems and sensitivity scans from a finished sweep, compared in report.html."""
+    from tradebus.configs.schema import ConfigError
+    from tradebus.duck import DuckLockedError
+    from tradebus.factory.experiments import Tracker
+    from tradebus.factory.scenarios import load_scenarios, run_scenarios, write_outputs
+    from tradebus.replay.marketdata import MarketData
+
+    try:
+        spec = load_scenarios(path)
+        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments, read_only=True) as tracker:
+            rep = run_scenarios(spec, tracker, md)
+    except (DuckLockedError, ConfigError, LookupError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc).strip("'\""))
+    target = out_dir or Path("runs") / f"scenarios-{spec.job}"
+    write_outputs(rep, target)
+    table = Table(title=f"scenarios of {spec.job} (train -> test)")
+    for col in ("scenario", "kind", "return", "sharpe", "max dd", "trades"):
+        table.add_column(col)
+    both = lambda r, k, f: f"{format(r.train.metrics[k], f)} -> {format(r.test.metrics[k], f)}"  # noqa: E731
+    for r in rep.results:
+        if r.skipped:
+            table.add_row(r.name, r.kind, "skipped", "-", "-", "-")
+            continue
+        table.add_row(r.name, r.kind, both(r, "total_return", "+.1%"), both(r, "sharpe", ".2f"),
+                      both(r, "max_drawdown", ".1%"), both(r, "trades", "d"))
+    out.print(table)
+    for r in rep.results:
+        out.print(f"  {r.name}: {'skipped: ' + r.skipped if r.skipped else r.description}", highlight=False)
+    for w in rep.warnings:
+        out.print(f"warning: {w}")
+    out.print(f"report: {target / 'report.html'}")
+
+
 def _experiments_table(rows, title: str) -> None:
     table = Table(title=title)
     for col in ("id", "strategy", "symbol", "tf", "parameters", "return", "sharpe", "max dd", "trades", "score", "status"):
@@ -795,9 +845,7 @@ def experiments_top(
     experiments: Optional[Path] = ExperimentsOpt,
 ) -> None:
     """Best trials by score: validated ones only unless --all."""
-    from tradebus.factory.experiments import Tracker
-
-    with Tracker.open(experiments, read_only=True) as tracker:
+    with _read_experiments(experiments) as tracker:
         rows = tracker.top(n, validated_only=not all_, job=job, strategy=strategy, symbol=symbol)
     if not rows:
         out.print("no trials match" + ("" if all_ else " (none has passed validation yet; --all shows every trial)"))
@@ -809,9 +857,7 @@ def experiments_top(
 def experiments_failures(strategy: str = typer.Argument(...), n: int = typer.Option(20, "-n", min=1),
                          experiments: Optional[Path] = ExperimentsOpt) -> None:
     """What did not work for a strategy: disqualified, rejected or losing trials."""
-    from tradebus.factory.experiments import Tracker
-
-    with Tracker.open(experiments, read_only=True) as tracker:
+    with _read_experiments(experiments) as tracker:
         rows = tracker.failures(strategy, n)
     _experiments_table(rows, f"failures of {strategy}")
     for e in rows:
@@ -823,9 +869,7 @@ def experiments_failures(strategy: str = typer.Argument(...), n: int = typer.Opt
 def experiments_show(exp_id: str = typer.Argument(..., help="Experiment id (a unique prefix is enough)."),
                      experiments: Optional[Path] = ExperimentsOpt) -> None:
     """Every column of one trial."""
-    from tradebus.factory.experiments import Tracker
-
-    with Tracker.open(experiments, read_only=True) as tracker:
+    with _read_experiments(experiments) as tracker:
         try:
             e = tracker.get(exp_id)
         except KeyError as exc:
@@ -842,9 +886,7 @@ def experiments_show(exp_id: str = typer.Argument(..., help="Experiment id (a un
 @experiments_app.command("summary")
 def experiments_summary(n: int = typer.Option(10, "-n", min=1), experiments: Optional[Path] = ExperimentsOpt) -> None:
     """The concise text an LLM research prompt gets."""
-    from tradebus.factory.experiments import Tracker
-
-    with Tracker.open(experiments, read_only=True) as tracker:
+    with _read_experiments(experiments) as tracker:
         out.print(tracker.summary_for_llm(n))
 
 

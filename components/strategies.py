@@ -330,5 +330,5 @@ register(StrategyDef(
 ))
 
 
-# Composable specs register the ``composable`` family (they build on the definitions above).
-from tradebus.components import composable  # noqa: E402,F401
+# Composable specs and regime switches register their families (they build on the definitions above).
+from tradebus.components import adaptive, composable  # noqa: E402,F401

@@ -218,6 +218,11 @@ def read_yaml(path: Path | str) -> Any:
 M = TypeVar("M", bound=BaseModel)
 
 
+def dump_yaml(data: Any) -> str:
+    """Data as block YAML in the order given (how tradebus writes configs it builds)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
 def parse_model(model: type[M], data: Any, source: Path | str, what: str) -> M:
     """Validate loaded data as ``model``; errors name the source, each field, the value and what is allowed."""
     if not isinstance(data, dict):

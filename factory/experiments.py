@@ -86,7 +86,11 @@ class Tracker(duck.Database):
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, read_only: bool = False) -> "Tracker":
-        return cls._open(Path(path) if path is not None else default_path(), read_only)
+        """Open (creating unless ``read_only``) the experiments file; ``path`` None means the data home's."""
+        path = Path(path) if path is not None else default_path()
+        if read_only and not path.exists():
+            raise FileNotFoundError(f"no experiments at {path}: run `tradebus sweep JOB.yaml` first")
+        return cls._open(path, read_only)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -175,6 +179,17 @@ class Tracker(duck.Database):
             "SELECT block_stats FROM experiments WHERE job_id = ? AND symbol = ? AND timeframe = ? AND train_period = ?"
             " AND len(block_stats) > 0 ORDER BY id", [job, symbol, timeframe, window]).fetchall()
         return [np.asarray(r[0], dtype=np.float64).reshape(-1, 3) for r in rows]
+
+    def parameter_values(self, job: str, strategy: str, symbol: str, timeframe: str) -> dict[str, list[Any]]:
+        """Every value a job tried for each varied parameter of a strategy on one series."""
+        out: dict[str, list[Any]] = {}
+        for (text,) in self._con.execute(
+                "SELECT DISTINCT parameters FROM experiments WHERE job_id = ? AND strategy = ? AND symbol = ?"
+                " AND timeframe = ?", [job, strategy, symbol, timeframe]).fetchall():
+            for k, v in json.loads(text).items():
+                if v not in out.setdefault(k, []):
+                    out[k].append(v)
+        return out
 
     def failures(self, strategy: str, n: int = 50) -> list[Experiment]:
         """What did not work for a strategy: disqualified, rejected, or losing trials."""

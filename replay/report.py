@@ -1,12 +1,15 @@
-"""report.html: one self-contained page (plotly.js inlined) a trader can read offline.
+"""Self-contained HTML pages (plotly.js inlined) a trader can read offline.
 
-Equity with drawdown underneath, price with every entry and exit marked, and the metrics table.
+A replay's report.html: equity with drawdown underneath, price with every entry and exit marked, and the
+metrics table. A scenario run's comparison: metrics per scenario and window, test-window equity overlaid,
+sensitivity scans.
 """
 
 from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -76,20 +79,96 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
         f"<tr><th>{html.escape(label)}</th><td>{_fmt(metrics.get(key), kind)}</td></tr>"
         for key, (label, kind) in _LABELS.items()
     )
+    _write_page(path, title, subtitle, f'<div class="grid"><table>{rows}</table><div>'
+                f'{fig.to_html(full_html=False, include_plotlyjs=True, div_id="tradebus-report")}</div></div>')
+
+
+def _write_page(path: Path, title: str, subtitle: str, body: str) -> None:
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
-h1 {{ margin-bottom: 0; }} p.sub {{ color: #666; margin-top: 4px; }}
+h1 {{ margin-bottom: 0; }} p.sub {{ color: #666; margin-top: 4px; }} p.warn {{ color: #a15c00; }}
 .grid {{ display: grid; grid-template-columns: 320px 1fr; gap: 24px; align-items: start; }}
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ padding: 4px 8px; border-bottom: 1px solid #eee; text-align: left; font-size: 14px; }}
-td {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td {{ text-align: right; font-variant-numeric: tabular-nums; }} td.text {{ text-align: left; color: #555; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}</p>
-<div class="grid"><table>{rows}</table><div>{fig.to_html(full_html=False, include_plotlyjs=True, div_id="tradebus-report")}</div></div>
+{body}
 </body></html>
 """
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
+
+
+_COMPARED = (("total_return", "pct"), ("annualized_return", "pct"), ("sharpe", "num"), ("max_drawdown", "pct"),
+             ("trades", "int"), ("win_rate", "pct"), ("profit_factor", "num"), ("exposure", "pct"))
+
+
+@dataclass
+class Compared:
+    """One scenario as the comparative report shows it."""
+
+    name: str
+    kind: str
+    description: str
+    train: dict | None
+    test: dict | None
+    test_curve: tuple[np.ndarray, np.ndarray] | None  # close times, equity / initial capital
+    skipped: str | None = None
+
+
+@dataclass
+class Scan:
+    """A one-parameter sensitivity scan: values, train and test metric, the base value."""
+
+    scenario: str
+    param: str
+    values: list[float]
+    train: list[float]
+    test: list[float]
+    base: float
+    metric: str
+
+
+def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Compared], scans: Sequence[Scan],
+                      warnings: Sequence[str] = (), max_points: int = 5_000) -> None:
+    """The scenarios side by side: metrics on both windows, test-window equity overlaid, sensitivity scans."""
+    head = "".join(f"<th>{html.escape(_LABELS[k][0])}</th>" for k, _ in _COMPARED)
+    body = [f'<p class="warn">{html.escape(w)}</p>' for w in warnings]
+    body.append(f"<table><tr><th>scenario</th><th>kind</th><th>window</th>{head}</tr>")
+    for r in rows:
+        if r.skipped:
+            body.append(f"<tr><th>{html.escape(r.name)}</th><td class=text>{r.kind}</td>"
+                        f"<td class=text colspan={len(_COMPARED) + 1}>skipped: {html.escape(r.skipped)}</td></tr>")
+            continue
+        for window, m in (("train", r.train), ("test", r.test)):
+            cells = "".join(f"<td>{_fmt((m or {}).get(k), kind)}</td>" for k, kind in _COMPARED)
+            label = html.escape(r.name) if window == "train" else ""
+            body.append(f"<tr><th>{label}</th><td class=text>{r.kind if window == 'train' else ''}</td>"
+                        f"<td class=text>{window}</td>{cells}</tr>")
+        body.append(f"<tr><td></td><td class=text colspan={len(_COMPARED) + 2}>{html.escape(r.description)}</td></tr>")
+    body.append("</table>")
+    fig = go.Figure()
+    for r in rows:
+        if r.test_curve is not None:
+            t, eq = r.test_curve
+            step = max(1, len(t) // max_points)
+            fig.add_trace(go.Scatter(x=_times(t[::step]), y=eq[::step], name=r.name))
+    fig.update_layout(title="Test window: equity per unit of capital", height=480, template="plotly_white",
+                      margin={"l": 60, "r": 20, "t": 50, "b": 30}, legend={"orientation": "h"})
+    body.append(fig.to_html(full_html=False, include_plotlyjs=True, div_id="tradebus-equity"))
+    if scans:
+        sub = make_subplots(rows=len(scans), cols=1, vertical_spacing=0.25 / len(scans),
+                            subplot_titles=[f"{s.scenario}: {s.param} ({s.metric})" for s in scans])
+        for i, s in enumerate(scans, 1):
+            for name, ys, color in (("train", s.train, "#1f77b4"), ("test", s.test, "#ff7f0e")):
+                sub.add_trace(go.Scatter(x=s.values, y=ys, mode="lines+markers", name=name, line={"color": color},
+                                         showlegend=i == 1), row=i, col=1)
+            sub.add_vline(x=s.base, line={"dash": "dot", "color": "#888"}, row=i, col=1)
+        sub.update_layout(height=260 * len(scans) + 60, template="plotly_white", title="Parameter sensitivity",
+                          margin={"l": 60, "r": 20, "t": 70, "b": 30})
+        body.append(sub.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-sensitivity"))
+    _write_page(path, title, subtitle, "\n".join(body))

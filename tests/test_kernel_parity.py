@@ -54,6 +54,14 @@ PARAMS = {
          "filters": [{"block": "chop_max", "max": 62}, {"block": "adx_max", "max": 45}],
          "exits": [{"block": "signal_lost"}, {"block": "ma_cross_back", "kind": "sma", "fast": 10, "slow": 40}]},
     ],
+    # A regime switch over a built-in (both sides), and over a composable spec flat in one regime.
+    "regime_switch": [
+        {"strategy": "sma_cross", "regime": {"indicator": "adx", "period": 14, "threshold": 22},
+         "below": {"fast": 5, "slow": 20, "allow_short": True}, "above": {"fast": 10, "slow": 40, "allow_short": True}},
+        {"strategy": "composable", "regime": {"indicator": "chop", "period": 14, "threshold": 55},
+         "flatten_on_switch": True, "above": None,
+         "below": {"allow_short": True, "entries": [{"block": "ma_trend", "kind": "ema", "fast": 8, "slow": 21}]}},
+    ],
 }
 
 SCENARIOS = {
