@@ -1,0 +1,122 @@
+"""Bybit v5 wire format: decoders on the real websocket messages in ../shared/data and on the examples of
+Bybit's documentation, their translation into events, and instrument rules against exact decimals."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tradebus.bus import events as ev
+from tradebus.components.base import Stamper
+from tradebus.live import bybit_wire as w
+
+from .conftest import SHARED_DATA
+
+WS = SHARED_DATA / "bybit" / "ws_v5"
+FILES = sorted(WS.glob("*.jsonl")) if WS.exists() else []
+
+
+class _Clock:
+    def now(self) -> int:
+        return 1_700_000_000_000_000_000
+
+
+STAMP = Stamper(_Clock(), seed="wire", system="s1")
+
+
+@pytest.mark.skipif(not FILES, reason="../shared/data is absent")
+def test_every_real_websocket_message_decodes_to_what_it_says():
+    seen = set()
+    for path in FILES:
+        for line in path.read_text().splitlines():
+            raw = json.loads(line)
+            frame = w.decode(line)
+            kind = raw["topic"].split(".")[0]
+            seen.add(kind)
+            assert frame.topic == raw["topic"] and frame.type == raw["type"] and frame.ts == raw.get("ts", 0)
+            d = raw["data"]
+            if kind == "publicTrade":
+                assert [(t.T, t.s, t.S, t.v, t.p, t.i) for t in frame.data] == [
+                    (x["T"], x["s"], x["S"], x["v"], x["p"], x["i"]) for x in d]
+            elif kind == "orderbook":
+                assert frame.data.s == d["s"] and frame.data.u == d["u"] and frame.data.seq == d["seq"]
+                assert [list(x) for x in frame.data.b] == d["b"] and [list(x) for x in frame.data.a] == d["a"]
+            elif kind == "tickers":
+                for k in ("symbol", "lastPrice", "markPrice", "bid1Price", "ask1Price", "fundingRate"):
+                    assert getattr(frame.data, k) == d.get(k)
+            elif kind == "liquidation":
+                assert (frame.data.symbol, frame.data.side, frame.data.size, frame.data.price) == (
+                    d["symbol"], d["side"], d["size"], d["price"])
+            elif kind == "allLiquidation":
+                assert [(x.s, x.S, x.v, x.p) for x in frame.data] == [(x["s"], x["S"], x["v"], x["p"]) for x in d]
+            else:
+                pytest.fail(f"unexpected topic {raw['topic']}")
+    assert seen == {"publicTrade", "orderbook", "tickers", "liquidation", "allLiquidation"}
+
+
+def test_bad_frames_are_wire_errors_naming_the_topic():
+    with pytest.raises(w.WireError, match="no decoder"):
+        w.decode('{"topic": "nosuch.BTCUSDT", "type": "snapshot", "ts": 1, "data": []}')
+    with pytest.raises(w.WireError, match="'publicTrade.BTCUSDT'"):
+        w.decode('{"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1, "data": [{"T": "x"}]}')
+    with pytest.raises(w.WireError, match="not a Bybit data push"):
+        w.decode('{"success": true, "op": "subscribe"}')
+    assert w.is_control({"success": True, "ret_msg": "pong", "op": "ping"})
+    assert not w.is_control({"topic": "kline.5.BTCUSDT", "data": []})
+
+
+def kline(confirm: bool) -> str:
+    return json.dumps({"topic": "kline.5.BTCUSDT", "type": "snapshot", "ts": 1672324988882, "data": [{
+        "start": 1672324800000, "end": 1672325099999, "interval": "5", "open": "16649.5", "close": "16677",
+        "high": "16677", "low": "16608", "volume": "2.081", "turnover": "34666.4005", "confirm": confirm,
+        "timestamp": 1672324988882}]})
+
+
+def test_only_a_confirmed_kline_is_a_bar_stamped_at_its_close():
+    assert w.bar(w.decode(kline(False)).data[0], "BTCUSDT", "5m", STAMP) is None
+    b = w.bar(w.decode(kline(True)).data[0], "BTCUSDT", "5m", STAMP)
+    assert isinstance(b, ev.BarClosed)
+    assert b.open_time == 1672324800000 * w.MS and b.ts_event == 1672325100000 * w.MS  # open + 5 minutes
+    assert (b.open, b.high, b.low, b.close, b.volume) == (16649.5, 16677.0, 16608.0, 16677.0, 2.081)
+    assert (b.venue, b.market, b.symbol, b.timeframe, b.system) == ("bybit", "linear", "BTCUSDT", "5m", "s1")
+
+
+# --- instrument rules -----------------------------------------------------------------------------
+
+BTC = w.InstrumentRules.of(w.Instrument(
+    "BTCUSDT", "Trading", w._LotSize("0.001", "0.001", "1190.000", "119.000", "5"), w._PriceFilter("0.10")))
+
+
+@given(st.floats(min_value=0.001, max_value=119.0, allow_nan=False))
+def test_quantities_round_down_onto_the_step_as_plain_decimals(qty):
+    text = BTC.qty(qty, market=True)
+    q = Decimal(text)
+    assert "e" not in text.lower() and q % Decimal("0.001") == 0
+    assert q <= Decimal(repr(qty)) < q + Decimal("0.001")
+
+
+@given(st.floats(min_value=0.1, max_value=1e6, allow_nan=False))
+def test_prices_land_on_the_tick_on_the_safe_side(price):
+    exact = Decimal(repr(price))
+    down, up, near = (Decimal(BTC.price(price, r)) for r in ("down", "up", "nearest"))
+    for p in (down, up, near):
+        assert p % Decimal("0.1") == 0
+    assert down <= exact <= up and up - down <= Decimal("0.1")
+    assert abs(near - exact) <= Decimal("0.05")
+
+
+def test_orders_the_venue_would_refuse_are_refused_here_with_the_rule():
+    assert BTC.qty(0.1 + 0.2, market=False) == "0.3"  # float noise does not push it past a step
+    assert BTC.qty(1e-3, market=True) == "0.001" and BTC.qty(150.0, market=False) == "150"
+    with pytest.raises(w.OrderRuleError, match="below the minimum 0.001"):
+        BTC.qty(0.0009, market=True)
+    with pytest.raises(w.OrderRuleError, match="above the maximum 119 for market orders"):
+        BTC.qty(150.0, market=True)
+    with pytest.raises(w.OrderRuleError, match="notional 4.5 below the minimum 5"):
+        BTC.qty(0.001, market=True, price=4500.0)
+    with pytest.raises(w.OrderRuleError, match="must be positive"):
+        BTC.price(0.0)
