@@ -11,6 +11,7 @@ and carries on (an exception escaping a pybit callback would kill the stream for
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any, Callable, Literal
@@ -127,7 +128,6 @@ class Frame:
 
 
 class Execution(msgspec.Struct, frozen=True):
-    category: str
     symbol: str
     orderId: str
     orderLinkId: str
@@ -144,10 +144,10 @@ class Execution(msgspec.Struct, frozen=True):
     feeRate: str = ""
     markPrice: str = ""
     seq: int = 0
+    category: str = ""  # REST lists leave it out (the request named it)
 
 
 class Order(msgspec.Struct, frozen=True):
-    category: str
     symbol: str
     orderId: str
     orderLinkId: str
@@ -166,10 +166,10 @@ class Order(msgspec.Struct, frozen=True):
     cancelType: str = ""
     createdTime: str = ""
     updatedTime: str = ""
+    category: str = ""
 
 
 class Position(msgspec.Struct, frozen=True):
-    category: str
     symbol: str
     side: str  # Buy, Sell, or "" when flat
     size: str
@@ -182,6 +182,7 @@ class Position(msgspec.Struct, frozen=True):
     leverage: str = ""
     updatedTime: str = ""
     seq: int = 0
+    category: str = ""
 
     def signed_qty(self) -> float:
         q = _f(self.size)
@@ -344,8 +345,33 @@ class Instrument(msgspec.Struct, frozen=True):
 
 class InstrumentsPage(msgspec.Struct, frozen=True):
     category: str
-    list: list[Instrument]
+    list: builtins.list[Instrument]  # the venue's field name
     nextPageCursor: str = ""
+
+
+class ExecutionsPage(msgspec.Struct, frozen=True):
+    list: builtins.list[Execution]  # the venue's field name
+    category: str = ""
+    nextPageCursor: str = ""
+
+
+class OrdersPage(msgspec.Struct, frozen=True):
+    list: builtins.list[Order]  # the venue's field name
+    category: str = ""
+    nextPageCursor: str = ""
+
+
+class PositionsPage(msgspec.Struct, frozen=True):
+    list: builtins.list[Position]  # the venue's field name
+    category: str = ""
+    nextPageCursor: str = ""
+
+
+class OrderAck(msgspec.Struct, frozen=True):
+    """``POST /v5/order/create``: an acknowledgement, not a fill."""
+
+    orderId: str
+    orderLinkId: str
 
 
 def _dec(x: float | str) -> Decimal:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -120,3 +122,68 @@ def test_orders_the_venue_would_refuse_are_refused_here_with_the_rule():
         BTC.qty(0.001, market=True, price=4500.0)
     with pytest.raises(w.OrderRuleError, match="must be positive"):
         BTC.price(0.0)
+
+
+# --- Bybit's documented examples ------------------------------------------------------------------
+
+DOCS = json.loads((Path(__file__).parent / "bybit_doc_samples.json").read_text())
+
+
+def doc(key: str) -> str:
+    return json.dumps(DOCS[key]["message"])
+
+
+def test_documented_private_pushes_become_events():
+    ex = w.decode(doc("execution"))
+    assert ex.topic == "execution" and ex.ts == 1746270400355
+    f = w.fill(ex.data[0], STAMP)
+    assert isinstance(f, ev.Fill)
+    assert (f.order_id, f.venue_order_id, f.exec_id) == ("venue-9aac161b-8ed6-450d-9cab-c5cc67c21784",
+                                                        "9aac161b-8ed6-450d-9cab-c5cc67c21784",
+                                                        "0ab1bdf7-4219-438b-b30a-32ec863018f7")
+    assert (f.side, f.price, f.qty, f.fee, f.liquidity, f.leaves_qty) == ("sell", 95900.1, 0.5, 26.3725275, "taker", 0.0)
+    assert f.ts_event == 1746270400353 * w.MS
+    assert w.fill(msgspec.structs.replace(ex.data[0], execType="Funding"), STAMP) is None
+
+    order = w.decode(doc("order")).data[0]
+    assert order.orderStatus == "Filled" and w.order_event(order, STAMP) is None  # its fills are executions
+    accepted = w.order_event(msgspec.structs.replace(order, orderStatus="New", orderLinkId="01HX-entry"), STAMP)
+    assert isinstance(accepted, ev.OrderAccepted) and accepted.order_id == "01HX-entry"
+    assert accepted.venue_order_id == order.orderId and accepted.ts_event == 1672364262457 * w.MS
+    rejected = w.order_event(msgspec.structs.replace(order, orderStatus="Rejected", rejectReason="EC_PostOnlyWillTakeLiquidity"), STAMP)
+    assert isinstance(rejected, ev.OrderRejected) and rejected.reason == "EC_PostOnlyWillTakeLiquidity"
+    cancelled = w.order_event(msgspec.structs.replace(order, orderStatus="PartiallyFilledCanceled"), STAMP)
+    assert isinstance(cancelled, ev.OrderCancelled)
+
+    pos = w.position_event(w.decode(doc("position")).data[0], STAMP)
+    assert (pos.symbol, pos.qty, pos.realized_pnl, pos.mark_price) == ("BTCUSDT", 0.0, -25.06579337, 28184.5)
+
+    wallet = w.decode(doc("wallet"))
+    assert w.account_event(wallet.data[0], wallet.ts, STAMP) is None  # no USDT in the example
+    btc = w.account_event(wallet.data[0], wallet.ts, STAMP, currency="BTC")
+    assert (btc.balance, btc.equity, btc.available) == (0.00102964, 0.00102964, 0.00102964)
+
+
+def test_documented_rest_results_decode_and_give_instrument_rules():
+    page = w.decode_rest(doc("instruments_info"), w.InstrumentsPage)
+    rules = w.InstrumentRules.of(page.list[0])
+    assert (rules.symbol, rules.trading) == ("BTCUSDT", True)
+    assert (rules.tick, rules.step, rules.min_qty, rules.max_market_qty, rules.min_notional) == (
+        Decimal("0.10"), Decimal("0.001"), Decimal("0.001"), Decimal("500.000"), Decimal("5"))
+    assert rules.qty(600.0, market=False) == "600"
+    with pytest.raises(w.OrderRuleError, match="maximum 500 for market"):
+        rules.qty(600.0, market=True)
+    ack = w.decode_rest(doc("order_create"), w.OrderAck)
+    assert (ack.orderId, ack.orderLinkId) == ("1321003749386327552", "spot-test-postonly")
+    execs = w.decode_rest(doc("execution_list"), w.ExecutionsPage)
+    assert execs.nextPageCursor and w.fill(execs.list[0], STAMP).exec_id == "e0cbe81d-0f18-5866-9415-cf319b5dab3b"
+    opened = w.decode_rest(doc("order_realtime"), w.OrdersPage).list[0]
+    assert isinstance(w.order_event(opened, STAMP), ev.OrderAccepted) and opened.orderLinkId == "test-000005"
+    short = w.decode_rest(doc("position_list"), w.PositionsPage).list[0]
+    assert short.signed_qty() == -300.0 and w.position_event(short, STAMP).avg_price == 27464.50441675
+    with pytest.raises(w.WireError, match="retCode 10001: params error"):
+        w.decode_rest('{"retCode": 10001, "retMsg": "params error", "result": {}}', w.OrderAck)
+
+
+def test_documented_kline_is_an_open_candle():
+    assert w.bar(w.decode(doc("kline")).data[0], "BTCUSDT", "5m", STAMP) is None  # confirm: false
