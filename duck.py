@@ -46,7 +46,14 @@ class Database:
         self.path = path
 
     @classmethod
+    def missing(cls, path: Path) -> Exception:
+        """The error for a read-only open of a file that does not exist (say how to create it)."""
+        return FileNotFoundError(f"no database at {path}")
+
+    @classmethod
     def _open(cls, path: Path, read_only: bool) -> Self:
+        if read_only and not path.exists():
+            raise cls.missing(path)  # DuckDB would say less, and a read must not create the file
         con = connect(path, read_only=read_only)
         if not read_only:
             for statement in cls.SCHEMA:

@@ -87,10 +87,11 @@ class Tracker(duck.Database):
     @classmethod
     def open(cls, path: Path | str | None = None, *, read_only: bool = False) -> "Tracker":
         """Open (creating unless ``read_only``) the experiments file; ``path`` None means the data home's."""
-        path = Path(path) if path is not None else default_path()
-        if read_only and not path.exists():
-            raise FileNotFoundError(f"no experiments at {path}: run `tradebus sweep JOB.yaml` first")
-        return cls._open(path, read_only)
+        return cls._open(Path(path) if path is not None else default_path(), read_only)
+
+    @classmethod
+    def missing(cls, path: Path) -> Exception:
+        return FileNotFoundError(f"no experiments at {path}: run `tradebus sweep JOB.yaml` first")
 
     # -- writing ---------------------------------------------------------------------------------
 

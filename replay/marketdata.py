@@ -142,10 +142,11 @@ class MarketData(duck.Database):
     @classmethod
     def open(cls, path: Path | str | None = None, *, read_only: bool = False) -> "MarketData":
         """Open (creating unless ``read_only``) the market data file; ``path`` None means the data home's."""
-        path = Path(path) if path is not None else default_path()
-        if read_only and not path.exists():
-            raise MarketDataError(f"no market data at {path}: import or fetch some first (`tradebus data --help`)")
-        return cls._open(path, read_only)
+        return cls._open(Path(path) if path is not None else default_path(), read_only)
+
+    @classmethod
+    def missing(cls, path: Path) -> Exception:
+        return MarketDataError(f"no market data at {path}: import or fetch some first (`tradebus data --help`)")
 
     # -- writing --------------------------------------------------------------------------------
 
