@@ -117,20 +117,26 @@ def main() -> None:
         import pandas as pd
         import vectorbt as vbt
 
-        def vbt_grid(close: "pd.Series") -> None:
-            fast_ma = vbt.MA.run(close, list(FAST), short_name="fast")
-            slow_ma = vbt.MA.run(close, list(SLOW), short_name="slow")
+        # The kernel's 62 (fast, slow) pairs, column by column (MA.run pairs its windows positionally); the
+        # averages are computed outside the timing, as the kernel's feature rows are.
+        def averages(close: "pd.Series") -> tuple:
+            return (vbt.MA.run(close, [f for f, _ in combos], short_name="fast"),
+                    vbt.MA.run(close, [s for _, s in combos], short_name="slow"))
+
+        def vbt_grid(close: "pd.Series", fast_ma, slow_ma) -> None:
             entries = fast_ma.ma_crossed_above(slow_ma)
             exits = fast_ma.ma_crossed_below(slow_ma)
             vbt.Portfolio.from_signals(close, entries, exits, fees=0.00055, short_entries=exits, short_exits=entries)
 
+        small = pd.Series(cols["close"][:2_000])
+        vbt_grid(small, *averages(small))  # compile vectorbt's numba functions outside the timing, as the kernel's
         close = pd.Series(cols["close"])
-        vbt_grid(close.iloc[:2_000])  # compile vectorbt's numba functions outside the timing, as for the kernel
+        mas = averages(close)
         t0 = time.perf_counter()
-        vbt_grid(close)
+        vbt_grid(close, *mas)
         vbt_s = time.perf_counter() - t0
-        vbt_evals = len(close) * len(FAST) * len(SLOW)
-        rows.append(["vectorbt (all fast x slow pairs)", f"{vbt_s:.3f}", fmt_int(vbt_evals / vbt_s),
+        vbt_evals = len(close) * len(combos)
+        rows.append(["vectorbt from_signals, same pairs", f"{vbt_s:.3f}", fmt_int(vbt_evals / vbt_s),
                      fmt_ratio((vbt_evals / vbt_s) / hand_rate)])
     except ImportError:
         rows.append(["vectorbt", "-", "not installed (pip install -e '.[bench]')", "-"])
