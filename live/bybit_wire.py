@@ -12,6 +12,7 @@ and carries on (an exception escaping a pybit callback would kill the stream for
 from __future__ import annotations
 
 import builtins
+import math
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
 from typing import Any, Callable, Literal
@@ -225,7 +226,7 @@ def decode(raw: bytes | str) -> Frame:
     """One data push, its ``data`` typed by the topic's first segment (``kline.5.BTCUSDT`` -> kline)."""
     try:
         frame = _FRAME.decode(raw)
-    except msgspec.ValidationError as exc:
+    except msgspec.DecodeError as exc:  # malformed JSON, or not the shape of a push
         raise WireError(f"not a Bybit data push: {exc}") from None
     kind = frame.topic.split(".", 1)[0]
     decoder = _DECODERS.get(kind)
@@ -233,19 +234,32 @@ def decode(raw: bytes | str) -> Frame:
         raise WireError(f"topic {frame.topic!r}: no decoder (known: {', '.join(_DATA)})")
     try:
         data = decoder.decode(frame.data)
-    except msgspec.ValidationError as exc:
+    except msgspec.DecodeError as exc:
         raise WireError(f"topic {frame.topic!r}: {exc}") from None
     return Frame(frame.topic, frame.type, frame.ts or frame.creationTime, data)
 
 
+class _Envelope(msgspec.Struct, frozen=True):
+    retCode: int
+    retMsg: str = ""
+    result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+
+
 def decode_rest(raw: bytes | str, shape: type) -> Any:
-    """The ``result`` of a REST envelope as ``shape``; a non-zero retCode is a WireError with it."""
-    env = msgspec.json.decode(raw)
-    if env.get("retCode") != 0:
-        raise WireError(f"retCode {env.get('retCode')}: {env.get('retMsg')}")
+    """The ``result`` of a REST envelope as ``shape``; a non-zero retCode or a body that is not the
+    envelope (an HTML error page, say) is a WireError."""
     try:
-        return msgspec.convert(env["result"], shape)
-    except msgspec.ValidationError as exc:
+        env = _ENVELOPE.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"not a Bybit REST envelope: {exc}") from None
+    if env.retCode != 0:
+        raise WireError(f"retCode {env.retCode}: {env.retMsg}")
+    try:
+        return msgspec.json.decode(env.result, type=shape)
+    except msgspec.DecodeError as exc:
         raise WireError(f"result: {exc}") from None
 
 
@@ -307,7 +321,7 @@ def account_event(item: Wallet, ts_ms: int, stamp: Stamp, currency: str = "USDT"
         return None
     return ev.AccountState(**stamp(ts_ms * MS), currency=currency, balance=_f(coin.walletBalance),
                            equity=_f(coin.equity), margin_used=_f(coin.totalPositionIM) + _f(coin.totalOrderIM),
-                           available=_f(coin.availableToWithdraw or item.totalAvailableBalance))
+                           available=_f(coin.availableToWithdraw))  # the account total is in USD: not this coin
 
 
 # --- instrument rules ---------------------------------------------------------------------------------
@@ -318,11 +332,13 @@ class OrderRuleError(ValueError):
 
 
 class _LotSize(msgspec.Struct, frozen=True):
-    qtyStep: str
     minOrderQty: str
     maxOrderQty: str
+    qtyStep: str = ""  # derivatives
+    basePrecision: str = ""  # spot names its step so
     maxMktOrderQty: str = ""
-    minNotionalValue: str = ""
+    minNotionalValue: str = ""  # derivatives
+    minOrderAmt: str = ""  # spot
 
 
 class _PriceFilter(msgspec.Struct, frozen=True):
@@ -402,13 +418,15 @@ class InstrumentRules:
     @classmethod
     def of(cls, inst: Instrument) -> "InstrumentRules":
         lot, pf = inst.lotSizeFilter, inst.priceFilter
-        return cls(inst.symbol, Decimal(pf.tickSize), Decimal(lot.qtyStep), Decimal(lot.minOrderQty),
-                   Decimal(lot.maxOrderQty), Decimal(lot.maxMktOrderQty or lot.maxOrderQty),
-                   Decimal(lot.minNotionalValue or "0"), inst.status == "Trading")
+        return cls(inst.symbol, Decimal(pf.tickSize), Decimal(lot.qtyStep or lot.basePrecision),
+                   Decimal(lot.minOrderQty), Decimal(lot.maxOrderQty), Decimal(lot.maxMktOrderQty or lot.maxOrderQty),
+                   Decimal(lot.minNotionalValue or lot.minOrderAmt or "0"), inst.status == "Trading")
 
     def qty(self, qty: float, *, market: bool, price: float | None = None) -> str:
         """The quantity as the venue takes it: rounded down to the step (never more than was sized),
         refused below the minimum size or notional and above the maximum for the order type."""
+        if not (math.isfinite(qty) and (price is None or math.isfinite(price))):
+            raise OrderRuleError(f"{self.symbol}: qty {qty!r} at price {price!r} is not a number")
         q = (_dec(qty) / self.step).to_integral_value(ROUND_DOWN) * self.step
         cap = self.max_market_qty if market else self.max_qty
         if q < self.min_qty:
@@ -416,15 +434,17 @@ class InstrumentRules:
         if q > cap:
             raise OrderRuleError(f"{self.symbol}: qty {_text(q)} above the maximum {_text(cap)} for "
                                  f"{'market' if market else 'limit'} orders")
-        if price is not None and q * _dec(price) < self.min_notional:
-            raise OrderRuleError(f"{self.symbol}: notional {_text(q * _dec(price))} below the minimum "
-                                 f"{_text(self.min_notional)}")
+        if price is not None:
+            notional = q * Decimal(self.price(price))  # at the price the venue will see
+            if notional < self.min_notional:
+                raise OrderRuleError(f"{self.symbol}: notional {_text(notional)} below the minimum "
+                                     f"{_text(self.min_notional)}")
         return _text(q)
 
     def price(self, price: float, rounding: Literal["down", "up", "nearest"] = "nearest") -> str:
         """A price on the tick grid; a buy limit rounds down and a sell limit up (never a worse price)."""
-        if not price > 0:
-            raise OrderRuleError(f"{self.symbol}: price {price!r} must be positive")
+        if not (price > 0 and math.isfinite(price)):
+            raise OrderRuleError(f"{self.symbol}: price {price!r} must be a positive number")
         p = (_dec(price) / self.tick).to_integral_value(_ROUNDING[rounding]) * self.tick
         if p <= 0:
             raise OrderRuleError(f"{self.symbol}: price {price!r} rounds to zero at tick {_text(self.tick)}")

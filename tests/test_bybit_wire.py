@@ -67,6 +67,13 @@ def test_bad_frames_are_wire_errors_naming_the_topic():
         w.decode('{"topic": "publicTrade.BTCUSDT", "type": "snapshot", "ts": 1, "data": [{"T": "x"}]}')
     with pytest.raises(w.WireError, match="not a Bybit data push"):
         w.decode('{"success": true, "op": "subscribe"}')
+    with pytest.raises(w.WireError, match="not a Bybit data push"):
+        w.decode('{"topic": "kline.5.BTCUSDT", "data": [')  # cut off mid-frame
+    for body in (b"<html>403 Forbidden</html>", b"[]", b'{"retMsg": "OK"}'):
+        with pytest.raises(w.WireError, match="not a Bybit REST envelope"):
+            w.decode_rest(body, w.OrderAck)
+    with pytest.raises(w.WireError, match="result"):
+        w.decode_rest(b'{"retCode": 0, "retMsg": "OK"}', w.OrderAck)
     assert w.is_control({"success": True, "ret_msg": "pong", "op": "ping"})
     assert not w.is_control({"topic": "kline.5.BTCUSDT", "data": []})
 
@@ -90,7 +97,8 @@ def test_only_a_confirmed_kline_is_a_bar_stamped_at_its_close():
 # --- instrument rules -----------------------------------------------------------------------------
 
 BTC = w.InstrumentRules.of(w.Instrument(
-    "BTCUSDT", "Trading", w._LotSize("0.001", "0.001", "1190.000", "119.000", "5"), w._PriceFilter("0.10")))
+    "BTCUSDT", "Trading", w._LotSize(qtyStep="0.001", minOrderQty="0.001", maxOrderQty="1190.000",
+                                    maxMktOrderQty="119.000", minNotionalValue="5"), w._PriceFilter("0.10")))
 
 
 @given(st.floats(min_value=0.001, max_value=119.0, allow_nan=False))
@@ -120,8 +128,20 @@ def test_orders_the_venue_would_refuse_are_refused_here_with_the_rule():
         BTC.qty(150.0, market=True)
     with pytest.raises(w.OrderRuleError, match="notional 4.5 below the minimum 5"):
         BTC.qty(0.001, market=True, price=4500.0)
-    with pytest.raises(w.OrderRuleError, match="must be positive"):
+    with pytest.raises(w.OrderRuleError, match="notional 4.9999 below"):
+        BTC.qty(0.001, market=True, price=4999.93)  # 4999.93 rounds to the tick 4999.9 the venue sees
+    spot = w.InstrumentRules.of(w.Instrument("BTCUSDT", "Trading", w._LotSize(
+        "0.000048", "71.73956243", basePrecision="0.000001", minOrderAmt="1"), w._PriceFilter("0.01")))
+    assert (spot.step, spot.min_notional) == (Decimal("0.000001"), Decimal("1"))
+    assert spot.qty(0.0123456789, market=False) == "0.012345"
+    with pytest.raises(w.OrderRuleError, match="must be a positive number"):
         BTC.price(0.0)
+    with pytest.raises(w.OrderRuleError, match="must be a positive number"):
+        BTC.price(float("inf"))
+    with pytest.raises(w.OrderRuleError, match="not a number"):
+        BTC.qty(float("nan"), market=True)
+    with pytest.raises(w.OrderRuleError, match="not a number"):
+        BTC.qty(0.01, market=True, price=float("nan"))
 
 
 # --- Bybit's documented examples ------------------------------------------------------------------
