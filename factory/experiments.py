@@ -153,12 +153,12 @@ class Tracker(duck.Database):
         return rows[0] if rows else None
 
     def top(self, n: int = 10, *, validated_only: bool = True, min_trades: int = 0, job: str | None = None,
-            strategy: str | None = None, symbol: str | None = None) -> list[Experiment]:
+            strategy: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> list[Experiment]:
         """Best by score; by default only trials that passed validation."""
         where, params = ["score IS NOT NULL", "total_trades >= ?"], [min_trades]
         if validated_only:
             where.append("validation_status = 'passed'")
-        for col, val in (("job_id", job), ("strategy", strategy), ("symbol", symbol)):
+        for col, val in (("job_id", job), ("strategy", strategy), ("symbol", symbol), ("timeframe", timeframe)):
             if val is not None:
                 where.append(f"{col} = ?")
                 params.append(val)

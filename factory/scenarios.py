@@ -178,9 +178,7 @@ def _rank_value(metrics: dict[str, float], by: str) -> float:
 
 def _experiments(spec: ScenarioFile, tracker: Tracker) -> list[Experiment]:
     exps = tracker.top(spec.candidates, validated_only=False, job=spec.job, strategy=spec.strategy,
-                       symbol=spec.symbol)
-    if spec.timeframe is not None:
-        exps = [e for e in exps if e["timeframe"] == spec.timeframe]
+                       symbol=spec.symbol, timeframe=spec.timeframe)
     if not exps:
         raise LookupError(f"job {spec.job!r} has no scored experiments"
                           + (" matching the file's strategy/symbol/timeframe" if spec.strategy or spec.symbol
@@ -249,8 +247,8 @@ def _switch(base: SystemConfig, s: Adaptive, below: dict | None, above: dict | N
 def _series_pool(lead: Candidate, spec: ScenarioFile, tracker: Tracker) -> list[Candidate]:
     """Every scored trial of the job on the lead candidate's strategy and series (its whole grid)."""
     c = lead.config
-    exps = [e for e in tracker.top(10_000, validated_only=False, job=spec.job, strategy=c.strategy.id, symbol=c.symbol)
-            if e["timeframe"] == c.timeframe]
+    exps = tracker.top(tracker.count(), validated_only=False, job=spec.job, strategy=c.strategy.id, symbol=c.symbol,
+                       timeframe=c.timeframe)
     return [Candidate(e, parse_config(json.loads(e["config"]), f"experiment {e['id']}"), lead.train_window, {},
                       math.nan) for e in exps]
 

@@ -176,3 +176,22 @@ def test_scenario_file_errors_and_the_cli(md, tmp_path):  # noqa: F811
     done = run_tradebus("scenarios", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), *env_db)
     assert done.returncode == 0, done.stderr
     assert "top3" in done.stdout and (tmp_path / "o" / "report.html").exists()
+
+
+def test_candidates_are_the_best_of_the_timeframe_asked_for(md, tmp_path):  # noqa: F811
+    two = job()
+    two["tasks"][0]["timeframes"] = ["5m", "15m"]
+    with Tracker.open(tmp_path / "e.duckdb") as tracker:
+        run_sweep(parse_job(two), md, tracker, workers=1)
+        overall = [e["timeframe"] for e in tracker.top(3, validated_only=False, job="t-sweep")]
+        tf = min(("5m", "15m"), key=overall.count)
+        assert overall.count(tf) < 3  # so taking the best 3 and then filtering would come up short
+        spec = load_scenarios_from(tmp_path, {"job": "t-sweep", "timeframe": tf, "candidates": 3,
+                                              "scenarios": [{"name": "best", "kind": "single"}]})
+        rep = run_scenarios(spec, tracker, md)
+    assert len(rep.candidates) == 3 and {c.config.timeframe for c in rep.candidates} == {tf}
+
+
+def load_scenarios_from(tmp_path, data: dict):
+    (tmp_path / "s.yaml").write_text(json.dumps(data))
+    return load_scenarios(tmp_path / "s.yaml")
