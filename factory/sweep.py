@@ -155,6 +155,7 @@ def data_id(mem: MemoryMarket, symbol: str) -> str:
 class Plan:
     trials: list[Trial]
     invalid: list[tuple[dict[str, Any], str]] = field(default_factory=list)  # refused combinations, why
+    repeated: int = 0  # draws of a random or Latin hypercube space that gave a trial already planned
 
     @property
     def count(self) -> int:
@@ -164,6 +165,7 @@ class Plan:
 
 def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
     out = Plan([])
+    seen: set[str] = set()
     ids = {s: data_id(mem, s) for s in sorted({s for t in job.tasks for s in t.symbols})}
     for ti, task in enumerate(job.tasks):
         space_ = [{**spec, **v} for spec in task.specs() for v in expand(task.params, task.space, task.samples, task.seed)]
@@ -173,8 +175,12 @@ def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
             except ConfigError as exc:
                 out.invalid.append((values, str(exc)))
                 continue
-            out.trials.append(Trial(trial_id(config, task.window, ids[symbol]), ti, config, task.window, values,
-                                    ids[symbol]))
+            tid = trial_id(config, task.window, ids[symbol])
+            if tid in seen:  # the same trial twice would be run twice and counted twice in the DSR's N
+                out.repeated += 1
+                continue
+            seen.add(tid)
+            out.trials.append(Trial(tid, ti, config, task.window, values, ids[symbol]))
     return out
 
 

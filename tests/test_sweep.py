@@ -9,7 +9,8 @@ import pytest
 from tradebus.configs.schema import ConfigError, parse_config
 from tradebus.factory import space
 from tradebus.factory.experiments import Tracker
-from tradebus.factory.sweep import parse_job, run_sweep
+from tradebus.factory.market import MemoryMarket
+from tradebus.factory.sweep import parse_job, plan, run_sweep
 from tradebus.replay.backtest import run_replay
 from tradebus.replay.marketdata import MarketData, SeriesKey
 
@@ -153,3 +154,16 @@ def test_sweep_and_experiments_commands(md, tmp_path):
     assert "no trials match" in run_tradebus("experiments", "top", "--experiments", str(tmp_path / "e.duckdb")).stdout
     bad = run_tradebus("sweep", str(tmp_path / "missing.yaml"), *args)
     assert bad.returncode == 1 and "cannot read" in bad.stderr
+
+
+def test_repeated_random_draws_are_one_trial(md):
+    # 40 draws over 3 x 2 integer values: at most 6 distinct trials, each run and counted (DSR's N) once.
+    j = parse_job(job(tasks=[{"strategy": "sma_cross", "space": "random", "samples": 40, "seed": 2,
+                              "params": {"fast": {"min": 5, "max": 7, "integer": True},
+                                         "slow": {"min": 30, "max": 31, "integer": True}},
+                              "symbols": ["BTCUSDT"]}]))
+    p = plan(j, MemoryMarket.load(md, "bybit", "linear", ["BTCUSDT"]))
+    ids = [t.id for t in p.trials]
+    assert len(ids) == len(set(ids)) == p.count <= 6 and p.count + p.repeated == 40
+    assert {(t.config.params().fast, t.config.params().slow) for t in p.trials} == {
+        (f, s) for f in (5, 6, 7) for s in (30, 31)}
