@@ -660,7 +660,7 @@ def sweep(
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.sweep import load_job, run_sweep
-    from tradebus.replay.marketdata import MarketData
+    from tradebus.replay.marketdata import MarketData, MarketDataError
 
     try:
         job = load_job(job_path)
@@ -682,7 +682,7 @@ def sweep(
             else:
                 report = run_sweep(job, md, tracker, workers=workers, progress=progress)
             top = tracker.top(5, validated_only=False, job=job.job)
-    except (DuckLockedError, ConfigError, NatsServerError, TimeoutError) as exc:
+    except (DuckLockedError, ConfigError, MarketDataError, NatsServerError, TimeoutError) as exc:
         _fail(str(exc))
     secs = time.perf_counter() - t0
     out.print(f"job {job.job}: {report.trials:,} trials ({report.invalid:,} refused combinations not counted); "
@@ -718,8 +718,9 @@ def worker(
     from tradebus.bus.connect import require_nats_url
     from tradebus.bus.nats import NatsBus
     from tradebus.bus.natsserver import NatsServerError
+    from tradebus.duck import DuckLockedError
     from tradebus.factory.distributed import run_worker
-    from tradebus.replay.marketdata import MarketData
+    from tradebus.replay.marketdata import MarketData, MarketDataError
 
     async def run():
         stop = _stop_event()
@@ -732,7 +733,7 @@ def worker(
 
     try:
         report = asyncio.run(run())
-    except NatsServerError as exc:
+    except (NatsServerError, MarketDataError, DuckLockedError) as exc:
         _fail(str(exc))
     out.print(f"worker: {report.tasks} tasks, {report.trials} trials, {report.refused} refused (different data)")
 
@@ -751,7 +752,8 @@ def validate(
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.validation import load_rules, run_validation, select
-    from tradebus.replay.marketdata import MarketData
+    from tradebus.replay.marketdata import MarketData, MarketDataError
+    from tradebus.replay.runner import MissingDataError
 
     try:
         rules = load_rules(rules_path)
@@ -761,7 +763,7 @@ def validate(
                 _fail("no experiments to validate" + (f" in job {job!r}" if job else "") + "; run tradebus sweep JOB first")
             results = run_validation(tracker, md, exps, rules,
                                      progress=lambda d, t: err.print(f"validated {d}/{t}", highlight=False))
-    except (DuckLockedError, ConfigError, KeyError) as exc:
+    except (DuckLockedError, ConfigError, MarketDataError, MissingDataError, KeyError) as exc:
         _fail(str(exc).strip("'\""))
     table = Table(title="validation")
     for col in ("id", "strategy", "symbol", "parameters", "sharpe", "test return", "walk-fwd", "multi-asset", "DSR",
@@ -790,17 +792,17 @@ def scenarios(
     experiments: Optional[Path] = ExperimentsOpt,
 ) -> None:
     """Ensembles, regime-adaptive systems and sensitivity scans from a finished sweep, compared in report.html."""
-    from tradebus.configs.schema import ConfigError
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.scenarios import load_scenarios, run_scenarios, write_outputs
     from tradebus.replay.marketdata import MarketData
+    from tradebus.replay.runner import MissingDataError
 
     try:
         spec = load_scenarios(path)
         with MarketData.open(db, read_only=True) as md, Tracker.open(experiments, read_only=True) as tracker:
             rep = run_scenarios(spec, tracker, md)
-    except (DuckLockedError, ConfigError, LookupError, ValueError, FileNotFoundError) as exc:
+    except (DuckLockedError, LookupError, ValueError, FileNotFoundError, MissingDataError) as exc:  # ValueError: config, market data
         _fail(str(exc).strip("'\""))
     target = out_dir or Path("runs") / f"scenarios-{spec.job}"
     write_outputs(rep, target)

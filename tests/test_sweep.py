@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,10 @@ def test_repeated_random_draws_are_one_trial(md):
     assert len(ids) == len(set(ids)) == p.count <= 6 and p.count + p.repeated == 40
     assert {(t.config.params().fast, t.config.params().slow) for t in p.trials} == {
         (f, s) for f in (5, 6, 7) for s in (30, 31)}
+
+
+def test_factory_commands_without_market_data_say_how_to_get_it(tmp_path):
+    quick = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "sma_cross_quick.yaml"
+    for args in (["sweep", str(quick)], ["validate"]):
+        done = run_tradebus(*args, "--db", str(tmp_path / "none.duckdb"), "--experiments", str(tmp_path / "e.duckdb"))
+        assert done.returncode == 1 and "no market data at" in done.stderr and "Traceback" not in done.stderr, args
