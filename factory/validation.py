@@ -31,11 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig, parse_config, parse_model, read_yaml
-from tradebus.factory import overfit, sim
+from tradebus.factory import overfit, scoring, sim
 from tradebus.factory.experiments import Experiment, Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import data_id, run_trial
 from tradebus.replay.marketdata import MarketData
+from tradebus.replay import metrics
 from tradebus.replay.metrics import YEAR_NS
 from tradebus.replay.runner import base_key, load_market
 
@@ -165,14 +166,6 @@ def _pbo(tracker: Tracker, sel: SelectionStats, exp: Experiment) -> overfit.PboR
     return sel.pbo[key]
 
 
-def bar_returns(config: SystemConfig, window: str, mem: MemoryMarket) -> np.ndarray:
-    """The per-bar returns of the equity curve, the first against the initial capital (as the kernel's
-    statistics count them)."""
-    run = sim.run_kernel(config, load_market(config, window, mem))
-    equity = np.concatenate(([config.initial_capital], run.curve[:, 2]))
-    return equity[1:] / equity[:-1] - 1.0
-
-
 @dataclass
 class Verdict:
     status: str  # passed / marginal / rejected
@@ -201,7 +194,10 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
         return Verdict("rejected", [f"disqualified: {'; '.join(why)}"], details, None, None)
 
     test = "test" if train != "test" else "hygiene"
-    m_train, m_test = run_trial(config, train, mem)[0], run_trial(config, test, mem)[0]
+    # The train run once, with its curve: its metrics are the sweep's, its bar returns feed the DSR.
+    k_train = sim.run_kernel(config, load_market(config, train, mem))
+    m_train = scoring.metrics_from_stats(k_train.stats, config.initial_capital, tf_ns(config.timeframe))
+    m_test = run_trial(config, test, mem)[0]
     details["holdout"] = {"train_window": train, "test_window": test, "train": _brief(m_train), "test": _brief(m_test),
                           "degradation": m_train["annualised_return"] - m_test["annualised_return"]}
 
@@ -240,7 +236,7 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
         marginal.append(f"multi-asset: profitable on {positive:.0%} of {len(ran)} related symbols "
                         f"< {rules.min_positive_rate:.0%}")
 
-    sr, skew, kurt = overfit.moments(bar_returns(config, train, mem))
+    sr, skew, kurt = overfit.moments(metrics.bar_returns(k_train.curve[:, 2], config.initial_capital))
     sr_var = sel.sharpe_variance / periods  # the job's spread, on this trial's per-bar scale
     dsr = overfit.deflated_sharpe(sr, int(m_train["bars"]), skew, kurt, sel.trials, sr_var)
     details["dsr"] = {"value": dsr, "sharpe_per_bar": sr, "benchmark_per_bar": overfit.expected_max_sharpe(sel.trials, sr_var),
