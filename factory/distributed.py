@@ -56,7 +56,7 @@ async def ensure_streams(bus: NatsBus) -> None:
 def task_events(work: Pending, batch: int) -> list[SweepTask]:
     """The job's pending trials as work-queue tasks; a task's id hashes its trials, so it is the same on
     every resubmission of the same work."""
-    data = {s: data_id(work.mem, s) for s in sorted({t.config.symbol for t in work.todo})}
+    data = {t.config.symbol: t.data_id for t in work.todo}  # hashed once, when the job was planned
     now = time.time_ns()
     out = []
     for trials in work.batches(batch):
