@@ -86,6 +86,3 @@ class Component:
     def handler_for(self, kind: type) -> Callable[[Any], Sequence[Event]] | None:
         """The handler for one event type, or None if this component ignores it (hosts cache this)."""
         return self._handlers.get(kind)
-
-    def on_step_end(self, ts: int) -> None:
-        """The clock finished a step: every event caused by it has been handled."""

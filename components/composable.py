@@ -348,11 +348,6 @@ strategies.register(strategies.StrategyDef(
 
 # --- a combination generator for sweeps --------------------------------------------------------------
 
-ENTRY_BLOCKS: dict[str, type[_Block]] = {m.model_fields["block"].default: m for m in
-                                         (MaTrend, RsiZone, RsiReversion, MacdTrend, BollingerReversion,
-                                          DonchianBreakout)}
-
-
 def combinations(entries: list[dict], *, sizes: tuple[int, ...] = (1, 2), filters: list[list[dict]] | None = None,
                  exits: list[list[dict]] | None = None) -> list[dict]:
     """Every spec made of ``sizes`` entries from ``entries`` (all must agree), times each filter set

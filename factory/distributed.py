@@ -161,8 +161,7 @@ async def _keep_alive(item: WorkItem, every: float) -> None:
 
 
 async def run_worker(bus: NatsBus, md: MarketData, *, name: str | None = None, ack_wait: float = 30.0,
-                     idle_exit: float | None = None, stop: asyncio.Event | None = None,
-                     on_task: Callable[[SweepTask], None] | None = None) -> WorkerReport:
+                     idle_exit: float | None = None, stop: asyncio.Event | None = None) -> WorkerReport:
     """Pull and run sweep tasks until ``stop`` is set (or nothing came for ``idle_exit`` seconds)."""
     name = name or f"{socket.gethostname()}-{os.getpid()}"
     await ensure_streams(bus)
@@ -183,8 +182,6 @@ async def run_worker(bus: NatsBus, md: MarketData, *, name: str | None = None, a
             await item.term()
             continue
         log.info("task started", task=task.id, job=task.job, trials=len(task.trials), delivery=item.deliveries)
-        if on_task is not None:
-            on_task(task)
         alive = asyncio.create_task(_keep_alive(item, ack_wait / 3))
         try:
             outcomes, refused = await asyncio.to_thread(run_task, task, markets, name)

@@ -1,8 +1,7 @@
 """Hosts: run components over a bus, one clock step at a time.
 
 A step starts with the events the driver publishes for one timestamp (a bar): the host sets the
-simulated clock to it, handles those events and everything they cause, and only then ends the step
-(``on_step_end``). Within a step events are handled in FIFO order, each by the matching components in
+simulated clock to it, handles those events and everything they cause, and only then starts the next. Within a step events are handled in FIFO order, each by the matching components in
 registration order. That order is the contract; both hosts follow it exactly.
 
 - ``LocalHost``: in-process and synchronous; routing is the bus's subject matching, cached.
@@ -36,9 +35,6 @@ class _Router:
     def __init__(self, components: Sequence[Component]) -> None:
         self._patterns = [(c, c.patterns()) for c in components]
         self._routes: dict[tuple[str, type], tuple[tuple[Handler, bool], ...]] = {}
-        # Only components that act at step end are called there (most do not).
-        self._step_enders = [c.on_step_end for c in components
-                             if type(c).on_step_end is not Component.on_step_end]
 
     def route(self, subject: str, kind: type) -> tuple[tuple[Handler, bool], ...]:
         """(handler, runs_ahead) for each component that takes this event, in registration order."""
@@ -54,10 +50,6 @@ class _Router:
             handlers = self._routes[key] = tuple(found)
         return handlers
 
-    def step_end(self, ts: int) -> None:
-        for end in self._step_enders:
-            end(ts)
-
 
 class LocalHost:
     """Deterministic in-process host."""
@@ -68,7 +60,7 @@ class LocalHost:
         self._sinks = tuple(sinks)
 
     def step(self, events: Iterable[Event], ts: int) -> None:
-        """Handle ``events`` and everything they cause, then end the step at ``ts``."""
+        """Handle ``events`` and everything they cause, with the clock at ``ts``."""
         self._clock.t = ts
         queue = deque(events)
         route, sinks, subject_for = self._router.route, self._sinks, subjects.subject_for
@@ -81,7 +73,6 @@ class LocalHost:
                 caused = handle(event)
                 if caused:
                     extend(caused)
-        self._router.step_end(ts)
 
     def run(self, steps: Iterable[Step], progress: Callable[[int], None] | None = None) -> None:
         for n, (ts, events) in enumerate(steps, start=1):
@@ -151,7 +142,6 @@ class NatsHost:
                 for caused in handle(event):
                     await self._bus.publish(caused)
                     expected.append(caused.id)
-        self._router.step_end(ts)
 
     async def run(self, steps: Iterator[Step] | Iterable[Step], progress: Callable[[int], None] | None = None,
                   timeout: float = 30.0) -> None:

@@ -234,7 +234,6 @@ class Wiring:
     clock: SimClock
     components: list
     portfolio: Portfolio
-    exchange: SimExchange
     own: FeatureTable
     higher: list[FeatureTable]
 
@@ -283,7 +282,7 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
                           max_leverage=r.max_leverage)
     # Registration order is dispatch order: the venue sees a bar (fills at its open) before the strategy
     # sees the bar's snapshot, as it would live.
-    return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, exchange, own, higher)
+    return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, own, higher)
 
 
 def strategy_rows(defn: strategies.StrategyDef, params: strategies.Params, own: FeatureTable,

@@ -134,6 +134,8 @@ def test_tracker_queries(md, tmp_path):
         tracker.update_validation(best["id"], "passed", {"walk_forward_pass_rate": 0.75}, test_return=0.01)
         assert [e["id"] for e in tracker.top(5)] == [best["id"]]
         assert tracker.has_been_tested(best["id"]) and tracker.get(best["id"][:10])["id"] == best["id"]
+        btc = tracker.by_symbol("BTCUSDT")  # everything tried on it, disqualified trials included
+        assert len(btc) == tracker.count() // 2 and {e["symbol"] for e in btc} == {"BTCUSDT"}
         assert tracker.untested("sma_cross", ["BTCUSDT", "SOLUSDT"], ["5m", "1h"]) == [
             ("BTCUSDT", "1h"), ("SOLUSDT", "5m"), ("SOLUSDT", "1h")]
         text = tracker.summary_for_llm()
