@@ -188,8 +188,13 @@ class ComposableParams(strategies.Params):
         """allow_short, confluence count, then every block's numbers in spec order."""
         values = [float(self.allow_short), float(self.needed())]
         for b in (*self.entries, *self.filters, *self.exits):
-            values += [float(v) for k, v in b.model_dump().items() if k not in ("block", "kind")]
+            values += [float(getattr(b, k)) for k in _number_fields(b)]
         return np.array(values, dtype=np.float64)
+
+
+def _number_fields(block: _Block) -> list[str]:
+    """A block's numbers, in the order the parameter vector holds them (and generated code reads them)."""
+    return [k for k in type(block).model_fields if k not in ("block", "kind")]
 
 
 # --- code generation --------------------------------------------------------------------------------
@@ -213,7 +218,7 @@ class _Slots:
 
 def _numbers(block: _Block, slots: _Slots) -> dict[str, str]:
     """``p[i]`` for every number of a block, in the order ``vector`` lays them out."""
-    return {k: f"p[{slots.num()}]" for k in block.model_dump() if k not in ("block", "kind")}
+    return {k: f"p[{slots.num()}]" for k in _number_fields(block)}
 
 
 def _ma(block: _FastSlow, s: _Slots) -> tuple[int, int]:

@@ -30,8 +30,10 @@ class Params(BaseModel):
     allow_short: bool = False
 
     def vector(self) -> np.ndarray:
-        """Parameters as float64 in declaration order (what ``decide`` indexes)."""
-        return np.array([float(getattr(self, k)) for k in type(self).model_fields], dtype=np.float64)
+        """Numeric parameters (bools as 0/1) as float64 in declaration order (what ``decide`` indexes);
+        text parameters, such as a timeframe, shape the features, not the decision."""
+        values = (getattr(self, k) for k in type(self).model_fields)
+        return np.array([float(v) for v in values if not isinstance(v, str)], dtype=np.float64)
 
 
 def require_below(model: BaseModel, low: str, high: str) -> None:
@@ -298,10 +300,6 @@ class RegimeGatedParams(FastSlowParams):
     adx_period: int = Field(14, ge=2)
     adx_min: float = Field(20.0, ge=0, le=100)
     regime_timeframe: str = "1h"
-
-    def vector(self) -> np.ndarray:
-        return np.array([float(self.allow_short), self.fast, self.slow, self.chop_period, self.chop_max,
-                         self.adx_period, self.adx_min], dtype=np.float64)
 
 
 @_jit
