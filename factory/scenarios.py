@@ -47,7 +47,7 @@ from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import run_trial
 from tradebus.replay.marketdata import MarketData
 from tradebus.replay import report
-from tradebus.replay.artifacts import write_json
+from tradebus.replay.artifacts import atomic_write, write_json
 from tradebus.replay.metrics import summarize
 from tradebus.replay.runner import load_market
 
@@ -395,10 +395,8 @@ def write_outputs(rep: ScenarioReport, out: Path) -> list[Path]:
         for cfg in r.configs:
             path = out / "configs" / f"{cfg['system'] if r.kind == 'ensemble' else r.name}.yaml"
             data = {**cfg, "system": path.stem}
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(f"# scenario {r.name} ({r.kind}) of job {rep.spec.job}: {r.description}\n"
-                           + dump_yaml(data), encoding="utf-8")
-            tmp.replace(path)
+            atomic_write(path, (f"# scenario {r.name} ({r.kind}) of job {rep.spec.job}: {r.description}\n"
+                                + dump_yaml(data)).encode())
             written.append(path)
     write_json(out / "scenarios.json", {
         "job": rep.spec.job, "rank_by": rep.spec.rank_by, "test_window": rep.spec.test, "warnings": rep.warnings,

@@ -41,14 +41,15 @@ def clean(value: object) -> object:
     return value
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename: a reader never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
 
 def write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, (json.dumps(clean(data), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+    atomic_write(path, (json.dumps(clean(data), indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def _csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
@@ -56,7 +57,7 @@ def _csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) ->
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    _atomic_write(path, buf.getvalue().encode())
+    atomic_write(path, buf.getvalue().encode())
 
 
 def trade_rows(trades: Sequence[Trade]) -> list[list[object]]:
@@ -80,4 +81,4 @@ def write_curves(out: Path, times: np.ndarray, curve: np.ndarray) -> None:
 
 
 def write_events(path: Path, events: Iterable[Event]) -> None:
-    _atomic_write(path, b"".join(codec.to_json(e) + b"\n" for e in events))
+    atomic_write(path, b"".join(codec.to_json(e) + b"\n" for e in events))

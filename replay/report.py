@@ -17,6 +17,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from tradebus.replay.artifacts import atomic_write
 from tradebus.replay.trades import Trade
 
 _LABELS = {
@@ -98,9 +99,7 @@ td {{ text-align: right; font-variant-numeric: tabular-nums; }} td.text {{ text-
 {body}
 </body></html>
 """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, page.encode())
 
 
 _COMPARED = (("total_return", "pct"), ("annualized_return", "pct"), ("sharpe", "num"), ("max_drawdown", "pct"),
