@@ -47,7 +47,7 @@ class RiskManager(Component):
         self._max_leverage = max_leverage
         self._max_notional = max_position_notional or math.inf
         self._stop_kind = stop_kind
-        self._atr_name = f"atr_{atr_period}"
+        self._atr_name = f("atr", atr_period).name
         self._atr_mult = atr_mult
         self._stop_percent = stop_percent
         self._tp_rr = take_profit_rr

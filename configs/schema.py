@@ -163,12 +163,16 @@ class SystemConfig(_Strict):
         needed = set(self.higher_timeframes) | set(strategies.get(self.strategy.id).htf_features(self.params()))
         return tuple(sorted(needed, key=TIMEFRAMES.__getitem__))
 
-    def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of the validated config, strategy parameters included with their
-        defaults and types, so equal configs written differently hash the same."""
+    def canonical(self) -> dict[str, Any]:
+        """The validated config as JSON data, strategy parameters included with their defaults and types,
+        so equal configs written differently are equal here."""
         data = self.model_dump(mode="json")
         data["strategy"]["params"] = self.params().model_dump(mode="json")
-        return hashlib.sha256(msgspec.json.encode(data, order="sorted")).hexdigest()
+        return data
+
+    def config_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the config."""
+        return hashlib.sha256(msgspec.json.encode(self.canonical(), order="sorted")).hexdigest()
 
 
 def _format(path: Path | str, exc: ValidationError, prefix: str = "") -> list[str]:

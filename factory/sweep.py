@@ -133,9 +133,8 @@ def trial_config(job: SweepJob, task: SweepTask, symbol: str, timeframe: str, va
 
 def trial_id(config: SystemConfig, window: str, data_id: str) -> str:
     """What decides a trial's result, hashed: the config (its system name aside), window, data, code."""
-    body = config.model_dump(mode="json")
+    body = config.canonical()
     body.pop("system")
-    body["strategy"]["params"] = config.params().model_dump(mode="json")
     key = msgspec.json.encode({"config": body, "window": window, "data": data_id, "code": __version__}, order="sorted")
     return hashlib.sha256(key).hexdigest()[:32]
 

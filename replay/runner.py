@@ -8,6 +8,7 @@ but never published, so they are never traded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import itertools
@@ -66,8 +67,10 @@ class MarketSlice:
     source: str = ""  # which stored series the candles came from
     requested_start: int = 0  # the window's start; ``start`` is later when history was short for warm-up
 
+    @functools.cached_property
     def data_hash(self) -> str:
-        """SHA-256 over every input the replay reads: candles, higher-timeframe candles, funding, marks."""
+        """SHA-256 over every input the replay reads: candles, higher-timeframe candles, funding, marks
+        (once: the run id and the manifest both name it)."""
         h = hashlib.sha256()
         for cols in (self.candles, *(self.higher[tf] for tf in sorted(self.higher)), self.funding, self.marks):
             for name in sorted(cols or {}):
@@ -301,7 +304,7 @@ def strategy_rows(defn: strategies.StrategyDef, params: strategies.Params, own: 
 
 def run_id_for(config: SystemConfig, m: MarketSlice, window: str) -> str:
     """A run id that is a pure function of config, window, data and code: a rerun is the same run."""
-    key = f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash()}|{__version__}"
+    key = f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash}|{__version__}"
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{config.system}-{digest[:12]}"
 
@@ -318,7 +321,7 @@ def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: s
         "config": config.model_dump(mode="json"),
         "config_hash": config.config_hash(),
         "data": {"source": m.source, "bars": int(len(m.candles["close"]) - m.first),
-                 "warmup_bars": m.first, "candles_sha256": m.data_hash(),
+                 "warmup_bars": m.first, "candles_sha256": m.data_hash,
                  "funding_rows": 0 if m.funding is None else int(len(m.funding["open_time"]))},
         "cost_model": config.costs.model_dump(mode="json"),
         "fill": config.fill,
