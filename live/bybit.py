@@ -1,0 +1,423 @@
+"""The Bybit adapter: pybit's REST client and websockets, made safe to build a trading daemon on.
+
+pybit is synchronous and threaded, so this module is blocking by design and the daemon calls it with
+``asyncio.to_thread``. What it adds to pybit (see ../shared/BYBIT.md for the traps):
+
+- **clock**: requests and websocket auth are signed with the venue's time (local clock + an offset
+  measured from ``/v5/market/time``), so a drifting local clock cannot lock the daemon out (10002);
+- **rate limits**: ``X-Bapi-Limit-Status`` / ``X-Bapi-Limit-Reset-Timestamp`` are honoured before the
+  next call; 10006 waits until the reset the venue names and retries (pybit's own retry would sleep on
+  the local clock and raise on a reset already past);
+- **errors**: a refusal is ``VenueRejected`` (with the venue's code); an order create whose outcome is
+  not known (a timeout, a dropped connection, 10000, 10016, 110072) is ``OutcomeUnknown``, which the
+  caller resolves by looking the order up by its ``orderLinkId``, never by sending a second one;
+- **streams**: every websocket callback is wrapped (an exception escaping one kills pybit's stream for
+  good) and hands the message to asyncio with ``call_soon_threadsafe``; a supervisor rebuilds a socket
+  pybit has given up on, and each (re)open is reported so the daemon can backfill what it missed.
+
+Secrets: the key and secret live in ``Credentials``, whose repr hides them; pybit's request logging
+(which prints them) stays off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+import requests
+import structlog
+from pybit import _helpers
+from pybit._http_manager import generate_signature
+from pybit.exceptions import FailedRequestError, InvalidRequestError
+from pybit.unified_trading import HTTP, WebSocket
+
+from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
+from tradebus.live import bybit_wire as w
+from tradebus.live.bybit_public import VenueError
+
+log = structlog.get_logger("tradebus.bybit")
+
+UNKNOWN_OUTCOME_CODES = frozenset({10000, 10016, 110072})
+RATE_LIMITED = 10006
+CLOCK_REJECTED = 10002
+
+
+class VenueRejected(VenueError):
+    """The venue refused a request; ``code`` is its retCode."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"retCode {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class OutcomeUnknown(VenueError):
+    """A request may or may not have taken effect: look it up before doing anything else."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key: str
+    secret: str = field(repr=False)
+
+    def __repr__(self) -> str:  # never print the key either: it identifies the account
+        return "Credentials(key=***, secret=***)"
+
+    @classmethod
+    def load(cls, prefix: str, file: Path | None = None) -> "Credentials":
+        """From ``{prefix}_API_KEY`` / ``{prefix}_API_SECRET``, else from ``file`` (JSON ``{"key", "secret"}``
+        or two lines); the error says where it looked and never echoes a value."""
+        key, secret = os.environ.get(f"{prefix}_API_KEY", ""), os.environ.get(f"{prefix}_API_SECRET", "")
+        if key and secret:
+            return cls(key, secret)
+        if file is not None:
+            try:
+                text = file.read_text()
+            except OSError as exc:
+                raise ValueError(f"key file {file}: {exc.strerror}") from None
+            try:
+                data = json.loads(text)
+                key, secret = str(data["key"]), str(data["secret"])
+            except (ValueError, KeyError, TypeError):
+                lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+                if len(lines) != 2:
+                    raise ValueError(f"key file {file}: expected JSON {{\"key\", \"secret\"}} or two lines "
+                                     "(key, then secret)") from None
+                key, secret = lines
+            if file.stat().st_mode & 0o077:
+                log.warning("key file is readable by other users; chmod 600 it", file=str(file))
+            return cls(key, secret)
+        raise ValueError(f"no API key: set {prefix}_API_KEY and {prefix}_API_SECRET, or pass --keys FILE")
+
+
+class _Clock:
+    """Venue time: the local clock plus an offset measured from the venue's own clock."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return _helpers.generate_timestamp() + self.offset_ms
+
+
+class _SignedHTTP(HTTP):
+    """pybit's HTTP client signing with venue time instead of the local clock."""
+
+    venue_clock: _Clock
+
+    def _prepare_headers(self, payload: Any, recv_window: int, content_type: str = "application/json") -> dict:
+        timestamp = self.venue_clock.now_ms()
+        signature = self._auth(payload=payload, recv_window=recv_window, timestamp=timestamp)
+        return {"Content-Type": content_type, "X-BAPI-API-KEY": self.api_key, "X-BAPI-SIGN": signature,
+                "X-BAPI-SIGN-TYPE": "2", "X-BAPI-TIMESTAMP": str(timestamp), "X-BAPI-RECV-WINDOW": str(recv_window)}
+
+
+_ENC = msgspec.json.Encoder()
+
+
+class BybitRest:
+    """Signed REST for one account (blocking: call it from a worker thread)."""
+
+    def __init__(self, creds: Credentials, *, endpoint: str | None = None, demo: bool = False,
+                 testnet: bool = False, timeout: float = 5.0, recv_window: int = 5000, max_rate_waits: int = 3) -> None:
+        self.clock = _Clock()
+        # retry_codes: a code that never occurs, so pybit retries nothing by itself (an empty set means
+        # "the defaults" to pybit); rate limits and clock errors are handled here, against venue time.
+        self._http = _SignedHTTP(testnet=testnet, demo=demo, api_key=creds.key, api_secret=creds.secret,
+                                 recv_window=recv_window, timeout=timeout, max_retries=1, retry_codes={-1},
+                                 return_response_headers=True, log_requests=False)
+        self._http.venue_clock = self.clock
+        if endpoint:
+            self._http.endpoint = endpoint.rstrip("/")
+        self._max_rate_waits = max_rate_waits
+        self._limit_reset_ms = 0  # when the budget runs out, the venue time it refills
+        self.requests = 0
+
+    @property
+    def endpoint(self) -> str:
+        return self._http.endpoint
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def _wait_ms(self, reset_ms: int) -> float:
+        return max(0.0, min(10.0, (reset_ms - self.clock.now_ms()) / 1000))
+
+    def _call(self, method: str, **params: Any) -> Any:
+        """One request, with rate-limit waits and one clock resync; returns ``result``."""
+        resynced = False
+        for _ in range(self._max_rate_waits + 2):
+            if self._limit_reset_ms:
+                time.sleep(self._wait_ms(self._limit_reset_ms))
+                self._limit_reset_ms = 0
+            self.requests += 1
+            try:
+                body, _elapsed, headers = getattr(self._http, method)(**params)
+            except InvalidRequestError as exc:
+                code = int(exc.status_code)
+                if code == RATE_LIMITED:
+                    reset = (exc.resp_headers or {}).get("X-Bapi-Limit-Reset-Timestamp")
+                    self._limit_reset_ms = int(reset) if reset else self.clock.now_ms() + 1000
+                    log.warning("rate limited by the venue; waiting for the reset", method=method,
+                                wait_s=round(self._wait_ms(self._limit_reset_ms), 3))
+                    continue
+                if code == CLOCK_REJECTED and not resynced:
+                    resynced = True
+                    self.sync_clock()
+                    continue
+                if code in UNKNOWN_OUTCOME_CODES and method == "place_order":
+                    raise OutcomeUnknown(f"create answered retCode {code}: {exc.message}") from None
+                raise VenueRejected(code, str(exc.message)) from None
+            except FailedRequestError as exc:
+                hint = " (403: Bybit bans this IP for about 10 minutes)" if exc.status_code == 403 else ""
+                raise VenueError(f"{method}: HTTP {exc.status_code} {exc.message}{hint}") from None
+            except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+                if method == "place_order":
+                    raise OutcomeUnknown(f"create: {type(exc).__name__}") from None
+                raise VenueError(f"{method}: {type(exc).__name__}") from None
+            self._note_limit(headers)
+            return body["result"]
+        raise VenueError(f"{method}: still rate limited after {self._max_rate_waits} waits")
+
+    def _note_limit(self, headers: Any) -> None:
+        status, reset = headers.get("X-Bapi-Limit-Status"), headers.get("X-Bapi-Limit-Reset-Timestamp")
+        if status is not None and reset is not None and int(status) <= 1:
+            self._limit_reset_ms = int(reset)
+
+    @staticmethod
+    def _typed(result: Any, shape: type) -> Any:
+        try:
+            return msgspec.json.decode(_ENC.encode(result), type=shape)
+        except msgspec.DecodeError as exc:
+            raise VenueError(f"unexpected {shape.__name__}: {exc}") from None
+
+    # -- calls --------------------------------------------------------------------------------------
+
+    def sync_clock(self) -> int:
+        """Measure the venue clock's offset from ours (half the round trip is taken as latency)."""
+        t0 = _helpers.generate_timestamp()
+        body, _elapsed, _headers = self._http.get_server_time()
+        t1 = _helpers.generate_timestamp()
+        venue = int(body["result"]["timeNano"]) // 1_000_000
+        self.clock.offset_ms = venue - (t0 + t1) // 2
+        return self.clock.offset_ms
+
+    def instrument(self, symbol: str, category: str = "linear") -> w.InstrumentRules:
+        page = self._typed(self._call("get_instruments_info", category=category, symbol=symbol), w.InstrumentsPage)
+        found = [i for i in page.list if i.symbol == symbol]
+        if not found:
+            raise VenueError(f"{symbol}: no such {category} instrument at the venue")
+        return w.InstrumentRules.of(found[0])
+
+    def create(self, params: dict[str, Any]) -> w.OrderAck:
+        return self._typed(self._call("place_order", **params), w.OrderAck)
+
+    def cancel(self, symbol: str, link_id: str, category: str = "linear") -> None:
+        self._call("cancel_order", category=category, symbol=symbol, orderLinkId=link_id)
+
+    def cancel_all(self, symbol: str, category: str = "linear") -> None:
+        self._call("cancel_all_orders", category=category, symbol=symbol)
+
+    def find_order(self, symbol: str, link_id: str, category: str = "linear") -> w.Order | None:
+        """The order with this ``orderLinkId``, open or recently closed, or None if the venue has none."""
+        for method in ("get_open_orders", "get_order_history"):
+            page = self._typed(self._call(method, category=category, symbol=symbol, orderLinkId=link_id), w.OrdersPage)
+            for order in page.list:
+                if order.orderLinkId == link_id:
+                    return order
+        return None
+
+    def open_orders(self, symbol: str, category: str = "linear") -> list[w.Order]:
+        out, cursor = [], ""
+        while True:
+            page = self._typed(self._call("get_open_orders", category=category, symbol=symbol, limit=50,
+                                          **({"cursor": cursor} if cursor else {})), w.OrdersPage)
+            out += page.list
+            cursor = page.nextPageCursor
+            if not cursor or not page.list:
+                return out
+
+    def executions(self, symbol: str, since_ms: int, category: str = "linear") -> list[w.Execution]:
+        """Executions at or after ``since_ms`` (venue time), oldest first, every page."""
+        out, cursor = [], ""
+        while True:
+            page = self._typed(self._call("get_executions", category=category, symbol=symbol, startTime=since_ms,
+                                          limit=100, **({"cursor": cursor} if cursor else {})), w.ExecutionsPage)
+            out += page.list
+            cursor = page.nextPageCursor
+            if not cursor or not page.list:
+                return sorted(out, key=lambda e: (int(e.execTime), e.seq))
+
+    def position(self, symbol: str, category: str = "linear") -> w.Position | None:
+        page = self._typed(self._call("get_positions", category=category, symbol=symbol), w.PositionsPage)
+        return next((p for p in page.list if p.symbol == symbol), None)
+
+    def wallet(self) -> w.Wallet:
+        result = self._call("get_wallet_balance", accountType="UNIFIED")
+        return self._typed(result["list"][0], w.Wallet)
+
+    def klines(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, category: str = "linear"
+               ) -> list[list[str]]:
+        """Closed candles opening in [start_ms, end_ms], oldest first (every page; the open one dropped)."""
+        step = tf_ns(timeframe) // 1_000_000
+        now = self.clock.now_ms()
+        rows: dict[int, list[str]] = {}
+        end = end_ms
+        while end >= start_ms:
+            page = self._call("get_kline", category=category, symbol=symbol, interval=BYBIT_INTERVAL[timeframe],
+                              start=start_ms, end=end, limit=1000)["list"]
+            for row in page:
+                t = int(row[0])
+                if start_ms <= t <= end_ms and t + step <= now:
+                    rows[t] = row
+            if len(page) < 1000:
+                break
+            end = min(int(r[0]) for r in page) - 1
+        return [rows[t] for t in sorted(rows)]
+
+
+# --- websockets -------------------------------------------------------------------------------------
+
+
+class _Socket(WebSocket):
+    """pybit's WebSocket, pointed at ``url`` when given, signing auth with venue time, reporting opens."""
+
+    def __init__(self, url: str | None, clock: _Clock, on_open: Callable[[], None], **kwargs: Any) -> None:
+        self._url = url
+        self._venue_clock = clock
+        self._opened = on_open
+        super().__init__(**kwargs)
+
+    def _connect(self, url: str) -> None:
+        super()._connect(self._url or url)
+
+    def _on_open(self) -> None:
+        super()._on_open()
+        self._opened()
+
+    def _auth(self) -> None:
+        expires = self._venue_clock.now_ms() + self.private_auth_expire * 1000
+        signature = generate_signature(self.rsa_authentication, self.api_secret, f"GET/realtime{expires}")
+        self.ws.send(json.dumps({"op": "auth", "args": [self.api_key, expires, signature]}))
+
+
+Inbox = Callable[[tuple[str, Any]], None]
+"""Where stream messages go, on the event loop: ``("frame", Frame)``, ``("open", name)``, ``("bad", text)``."""
+
+
+class Stream:
+    """One supervised websocket: public klines, or the private order/execution/position/wallet topics."""
+
+    def __init__(self, name: str, build: Callable[[Callable[[], None]], WebSocket],
+                 subscribe: Callable[[WebSocket, Callable[[dict], None]], None], loop: asyncio.AbstractEventLoop,
+                 inbox: Inbox) -> None:
+        self.name = name
+        self._build = build
+        self._subscribe = subscribe
+        self._loop = loop
+        self._inbox = inbox
+        self._ws: WebSocket | None = None
+        self.opens = 0
+        self.rebuilds = 0
+        self.bad = 0
+
+    def _post(self, item: tuple[str, Any]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._inbox, item)
+        except RuntimeError:  # the loop is closed: the daemon is stopping
+            pass
+
+    def _on_message(self, msg: dict) -> None:
+        # Runs on pybit's thread: nothing may escape, or the stream is dead for good.
+        try:
+            frame = w.decode(_ENC.encode(msg))
+        except Exception as exc:  # noqa: BLE001 - a bad frame is logged and skipped
+            self.bad += 1
+            self._post(("bad", f"{self.name}: {exc}"))
+            return
+        self._post(("frame", frame))
+
+    def _on_open(self) -> None:
+        try:
+            self.opens += 1
+            self._post(("open", self.name))
+        except Exception:  # noqa: BLE001 - as above
+            pass
+
+    def connect(self) -> None:
+        """Build and subscribe (blocking: pybit connects inside its constructor)."""
+        ws = self._build(self._on_open)
+        self._subscribe(ws, self._on_message)
+        self._ws = ws
+
+    def healthy(self) -> bool:
+        ws = self._ws
+        if ws is None:
+            return False
+        return (not ws.exited and ws.is_connected()) or bool(getattr(ws, "attempting_connection", False))
+
+    def close(self) -> None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            try:
+                ws.exit()
+            except Exception:  # noqa: BLE001 - closing a dead socket may fail; it is gone either way
+                pass
+
+    async def supervise(self, every: float = 0.5, grace: float = 3.0) -> None:
+        """Rebuild the socket whenever pybit has given up on it (runs until cancelled)."""
+        bad_since: float | None = None
+        while True:
+            await asyncio.sleep(every)
+            if self.healthy():
+                bad_since = None
+                continue
+            bad_since = bad_since or time.monotonic()
+            if time.monotonic() - bad_since < grace and self._ws is not None:
+                continue
+            log.warning("websocket down; rebuilding", stream=self.name)
+            await asyncio.to_thread(self.close)
+            try:
+                await asyncio.to_thread(self.connect)
+                self.rebuilds += 1
+                bad_since = None
+            except Exception as exc:  # noqa: BLE001 - the venue is unreachable: try again later
+                log.warning("websocket rebuild failed", stream=self.name, error=str(exc))
+
+
+def public_stream(symbol: str, timeframe: str, loop: asyncio.AbstractEventLoop, inbox: Inbox, *,
+                  url: str | None = None, testnet: bool = False, clock: _Clock | None = None) -> Stream:
+    """Confirmed and open candles of one symbol (public data comes from mainnet even for demo)."""
+    vc = clock or _Clock()
+
+    def build(on_open: Callable[[], None]) -> WebSocket:
+        return _Socket(url, vc, on_open, testnet=testnet, channel_type="linear", retries=3, ping_interval=20,
+                       ping_timeout=10)
+
+    def subscribe(ws: WebSocket, cb: Callable[[dict], None]) -> None:
+        ws.kline_stream(interval=BYBIT_INTERVAL[timeframe], symbol=symbol, callback=cb)
+
+    return Stream("public", build, subscribe, loop, inbox)
+
+
+def private_stream(creds: Credentials, loop: asyncio.AbstractEventLoop, inbox: Inbox, *, url: str | None = None,
+                   demo: bool = False, testnet: bool = False, clock: _Clock | None = None) -> Stream:
+    vc = clock or _Clock()
+
+    def build(on_open: Callable[[], None]) -> WebSocket:
+        return _Socket(url, vc, on_open, testnet=testnet, demo=demo, channel_type="private", api_key=creds.key,
+                       api_secret=creds.secret, retries=3, ping_interval=20, ping_timeout=10,
+                       private_auth_expire=10)
+
+    def subscribe(ws: WebSocket, cb: Callable[[dict], None]) -> None:
+        ws.order_stream(cb)
+        ws.execution_stream(cb)
+        ws.position_stream(cb)
+        ws.wallet_stream(cb)
+
+    return Stream("private", build, subscribe, loop, inbox)
