@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -599,6 +600,232 @@ def replay(
     table.add_row("speed", f"{result.bars:,} bars in {result.seconds:.2f}s ({result.bars / max(result.seconds, 1e-9):,.0f} bars/s, bus {bus})")
     out.print(table)
     out.print(f"artifacts in {dest}/ (report.html) · {stored} · run {result.run}")
+
+
+# --- daemons -------------------------------------------------------------------------------------
+
+KEY_PREFIX = {"demo": "TRADEBUS_DEMO", "live": "TRADEBUS_LIVE"}
+
+
+def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optional[str], limits: Optional[Path],
+            keys: Optional[Path], rest_url: Optional[str], public_ws: Optional[str], private_ws: Optional[str],
+            heartbeat: float) -> None:
+    from tradebus.bus.connect import open_bus
+    from tradebus.bus.natsserver import NatsServerError
+    from tradebus.configs.limits import DEMO_DEFAULTS, load_limits
+    from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.eventstore.store import StoreError
+    from tradebus.live.bybit import Credentials
+    from tradebus.live.bybit_public import VenueError
+    from tradebus.live.daemon import Daemon, DaemonSettings
+
+    try:
+        config = load_config(config_path)
+        lim = load_limits(limits) if limits else DEMO_DEFAULTS
+        creds = Credentials.load(KEY_PREFIX[mode], keys)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    if mode == "live":
+        demo_key = os.environ.get("TRADEBUS_DEMO_API_KEY")
+        if demo_key and demo_key == creds.key:
+            _fail("live needs its own API key: TRADEBUS_LIVE_API_KEY is the demo key")
+    store_path = store or settings.data_home() / "store" / f"{mode}.sqlite"
+
+    async def run() -> int:
+        stop = _stop_event()
+        async with open_bus("nats", url=nats_url, name=f"tradebus-{mode}-{config.system}") as bus:
+            daemon = Daemon(DaemonSettings(
+                mode=mode, config=config, creds=creds, limits=lim, store_path=store_path, bus=bus,
+                status_dir=settings.data_home() / "daemons", rest_url=rest_url, public_ws=public_ws,
+                private_ws=private_ws, heartbeat_s=heartbeat,
+                manifest={"config_path": str(config_path), "limits_path": str(limits) if limits else "demo defaults"}))
+            err.print(f"{mode} daemon {config.system} · store {store_path} · NATS {getattr(bus, 'url', '')} "
+                      f"(tradebus tail --system {config.system})", style="dim")
+            return await daemon.run(stop)
+
+    try:
+        code = asyncio.run(run())
+    except (StoreError, NatsServerError, VenueError) as exc:
+        _fail(str(exc))
+    if code == 3:
+        _fail("halted: the venue's position differs from the store's (see the log); nothing was traded. "
+              "Fix the account or the store, then `tradebus resume` and restart", code=3)
+    raise typer.Exit(code)
+
+
+LimitsOpt = typer.Option(None, "--limits", help="Risk limits YAML (required for live; demo has defaults).")
+KeysOpt = typer.Option(None, "--keys", help="Key file (JSON {key, secret} or two lines); default: environment.")
+RestOpt = typer.Option(None, "--rest-url", envvar="TRADEBUS_BYBIT_REST", help="Venue REST base URL (a test venue).")
+PublicWsOpt = typer.Option(None, "--public-ws", envvar="TRADEBUS_BYBIT_WS_PUBLIC", help="Public websocket URL.")
+PrivateWsOpt = typer.Option(None, "--private-ws", envvar="TRADEBUS_BYBIT_WS_PRIVATE", help="Private websocket URL.")
+HeartbeatOpt = typer.Option(5.0, "--heartbeat", min=0.1, help="Seconds between heartbeats.")
+
+
+@app.command()
+def demo(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Event store (default $TRADEBUS_HOME/store/demo.sqlite)."),
+    nats_url: Optional[str] = NatsUrlOpt, limits: Optional[Path] = LimitsOpt, keys: Optional[Path] = KeysOpt,
+    rest_url: Optional[str] = RestOpt, public_ws: Optional[str] = PublicWsOpt,
+    private_ws: Optional[str] = PrivateWsOpt, heartbeat: float = HeartbeatOpt,
+) -> None:
+    """Trade a system on Bybit demo (api-demo.bybit.com) until Ctrl-C; keys: TRADEBUS_DEMO_API_KEY/_SECRET."""
+    _daemon("demo", config_path, store, nats_url, limits, keys, rest_url, public_ws, private_ws, heartbeat)
+
+
+@app.command()
+def live(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML."),
+    confirm: str = typer.Option("", "--confirm-live", metavar="SYSTEM",
+                                help="The system's id, typed out: live trading spends real money."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Event store (default $TRADEBUS_HOME/store/live.sqlite)."),
+    nats_url: Optional[str] = NatsUrlOpt, limits: Optional[Path] = LimitsOpt, keys: Optional[Path] = KeysOpt,
+    rest_url: Optional[str] = RestOpt, public_ws: Optional[str] = PublicWsOpt,
+    private_ws: Optional[str] = PrivateWsOpt, heartbeat: float = HeartbeatOpt,
+) -> None:
+    """Trade a system with real money on Bybit; needs --confirm-live SYSTEM, --limits and its own key
+    (TRADEBUS_LIVE_API_KEY/_SECRET)."""
+    from tradebus.configs.schema import ConfigError, load_config
+
+    try:
+        system = load_config(config_path).system
+    except ConfigError as exc:
+        _fail(str(exc))
+    if confirm != system:
+        _fail(f"live trading spends real money: pass --confirm-live {system} to start it"
+              + (f" (got {confirm!r})" if confirm else ""), code=2)
+    if limits is None:
+        _fail("live trading needs a limits file you wrote: --limits FILE (see configs/limits.example.yaml)", code=2)
+    _daemon("live", config_path, store, nats_url, limits, keys, rest_url, public_ws, private_ws, heartbeat)
+
+
+def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_url: Optional[str],
+             store: Optional[Path], wait: float) -> None:
+    """Send a kill/resume: over NATS to a running daemon (which answers), else into its store."""
+    from tradebus.bus import events as ev
+    from tradebus.bus.connect import find_nats_url
+    from tradebus.bus.ids import IdGenerator
+    from tradebus.bus.nats import NatsBus
+    from tradebus.eventstore.store import EventStore, StoreError
+
+    if bool(system) == all_:
+        _fail("name one SYSTEM or pass --all")
+    now = time.time_ns()
+    cmd = ev.RiskStateChanged(id=IdGenerator().next(now), ts_event=now, ts_init=now, system=system or "",
+                              run=f"command-{IdGenerator().next(now)[:16].lower()}", scope="global" if all_ else "system",
+                              state=state, previous="active" if state != "active" else "halted",
+                              reason=f"{'kill' if state == 'halted' else 'resume'} by {os.environ.get('USER', 'user')}"
+                                     + (f": {reason}" if reason else ""))
+    url = find_nats_url(nats_url)
+
+    async def over_nats() -> bool:
+        async with await NatsBus.connect(url, name="tradebus-command") as bus:
+            sub = await bus.subscribe("tb.risk.>")
+            await bus.publish(cmd)
+            await bus.flush()
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                try:
+                    answer = await sub.next(max(0.05, deadline - time.monotonic()))
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+                if answer.cause == cmd.id or (answer.run != cmd.run and answer.state == state
+                                               and answer.system == cmd.system):
+                    out.print(f"{answer.system or 'all systems'}: {answer.previous} -> {answer.state} ({answer.reason})")
+                    return True
+            return False
+
+    answered = False
+    if url:
+        try:
+            answered = asyncio.run(over_nats())
+        except Exception as exc:  # noqa: BLE001 - NATS unreachable: fall back to the store
+            err.print(f"NATS at {url} unreachable ({exc}); writing to the store instead", style="yellow")
+    if answered:
+        return
+    paths = [store] if store else [p for p in (settings.data_home() / "store" / f"{m}.sqlite" for m in ("demo", "live"))
+                                   if p.exists()]
+    if not paths:
+        _fail("no daemon answered and no daemon store exists: nothing to record the command in")
+    for path in paths:
+        try:
+            with EventStore.open_writer(path) as st:
+                st.append([cmd])
+        except StoreError as exc:
+            _fail(f"{path}: {exc}; a daemon holds the store but did not answer over NATS — stop it with SIGTERM")
+        out.print(f"no daemon answered; recorded in {path}: {cmd.system or 'all systems'} -> {state} at next start")
+
+
+@app.command()
+def kill(
+    system: Optional[str] = typer.Argument(None, help="The system to halt."),
+    all_: bool = typer.Option(False, "--all", help="Halt every system trading in the account."),
+    reason: str = typer.Option("", "--reason"),
+    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store"),
+    wait: float = typer.Option(5.0, "--wait", help="Seconds to wait for the daemon's answer."),
+) -> None:
+    """Kill switch: halt a system (cancel its open orders, no new ones) until `tradebus resume`."""
+    _command(system, all_, "halted", reason, nats_url, store, wait)
+
+
+@app.command()
+def resume(
+    system: Optional[str] = typer.Argument(None, help="The system to resume."),
+    all_: bool = typer.Option(False, "--all", help="Lift an account-wide halt."),
+    reason: str = typer.Option("", "--reason"),
+    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store"),
+    wait: float = typer.Option(5.0, "--wait"),
+) -> None:
+    """Lift a halt (kill switch, drawdown, failed reconciliation): the system trades again."""
+    _command(system, all_, "active", reason, nats_url, store, wait)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The demo and live daemons on this machine: alive, position, equity, risk state."""
+    from tradebus.console import fmt_ns
+
+    folder = settings.data_home() / "daemons"
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        alive = info.get("status") == "running" and _pid_alive(int(info.get("pid", 0)))
+        age = (time.time_ns() - int(info.get("heartbeat_ns", 0))) / 1e9
+        info["alive"] = alive
+        info["heartbeat_age_s"] = round(age, 1)
+        if info.get("status") == "running" and not alive:
+            info["status"] = "dead (no process)"
+        rows.append(info)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print("no daemons have run on this machine (status files live in $TRADEBUS_HOME/daemons)")
+        return
+    table = Table(title="daemons")
+    for col in ("system", "mode", "status", "pid", "position", "equity", "risk", "last bar", "heartbeat"):
+        table.add_column(col)
+    for r in rows:
+        last = r.get("last_bar_open_ns")
+        table.add_row(r["system"], r["mode"], r["status"], str(r["pid"]), f"{r['position']:g}", f"{r['equity']:,.2f}",
+                      r["risk"] + (f" ({r['risk_reason']})" if r.get("risk_reason") else ""),
+                      fmt_ns(last)[:16] if last else "-", f"{r['heartbeat_age_s']:.0f}s ago")
+    out.print(table)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- rebuild -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from msgspec.structs import replace
@@ -259,16 +259,8 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
     builder = SnapshotBuilder(Stamper(clock, f"{run}:snapshot", "", run), config.venue, config.symbol,
                               config.timeframe, m.candles["open_time"], own, higher)
     defn = config.strategy_def()
-    params = config.params()
-    prev_row = strategy_rows(defn, params, own, higher)[m.first - 1] if m.first > 0 else None
-    host = StrategyHost(stamp("strategy"), defn, params, config.venue, config.symbol, config.timeframe, prev_row)
-    r = config.risk
-    risk = RiskManager(stamp("risk"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
-                       sizing=r.sizing, fraction=r.fraction, risk_per_trade=r.risk_per_trade,
-                       max_leverage=r.max_leverage, max_position_notional=r.max_position_notional,
-                       stop_kind=r.stop.kind, atr_period=r.stop.atr_period, atr_mult=r.stop.atr_mult,
-                       stop_percent=r.stop.percent, take_profit_rr=r.stop.take_profit_rr,
-                       initial_capital=config.initial_capital)
+    prev_row = strategy_rows(defn, config.params(), own, higher)[m.first - 1] if m.first > 0 else None
+    host, risk, portfolio = decision_components(config, stamp, prev_row)
     c = config.costs
     exchange = SimExchange(
         stamp("exchange"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
@@ -281,11 +273,27 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
         initial_capital=config.initial_capital, maintenance_margin=config.maintenance_margin,
     )
     exchange.skip_funding_before(m.start)
-    portfolio = Portfolio(stamp("portfolio"), symbol=config.symbol, initial_capital=config.initial_capital,
-                          max_leverage=r.max_leverage)
     # Registration order is dispatch order: the venue sees a bar (fills at its open) before the strategy
     # sees the bar's snapshot, as it would live.
     return Wiring(clock, [exchange, builder, host, risk, portfolio], portfolio, own, higher)
+
+
+def decision_components(config: SystemConfig, stamp: Callable[[str], Stamper], prev_row: np.ndarray | None
+                        ) -> tuple[StrategyHost, RiskManager, Portfolio]:
+    """The system's strategy host, risk manager and portfolio: the same in a replay and a daemon.
+    ``stamp(name)`` makes each one's stamper; ``prev_row`` is the strategy row of the last warm-up bar."""
+    r = config.risk
+    host = StrategyHost(stamp("strategy"), config.strategy_def(), config.params(), config.venue, config.symbol,
+                        config.timeframe, prev_row)
+    risk = RiskManager(stamp("risk"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
+                       sizing=r.sizing, fraction=r.fraction, risk_per_trade=r.risk_per_trade,
+                       max_leverage=r.max_leverage, max_position_notional=r.max_position_notional,
+                       stop_kind=r.stop.kind, atr_period=r.stop.atr_period, atr_mult=r.stop.atr_mult,
+                       stop_percent=r.stop.percent, take_profit_rr=r.stop.take_profit_rr,
+                       initial_capital=config.initial_capital)
+    portfolio = Portfolio(stamp("portfolio"), symbol=config.symbol, initial_capital=config.initial_capital,
+                          max_leverage=r.max_leverage)
+    return host, risk, portfolio
 
 
 def strategy_rows(defn: strategies.StrategyDef, params: strategies.Params, own: FeatureTable,

@@ -1,0 +1,454 @@
+"""The demo and live daemons: the replay's components, fed by Bybit, recorded to the store, on NATS.
+
+One daemon runs one system on one symbol. Its loop takes one input at a time (a websocket push, a
+request's outcome, a command, a timer) and runs it as a step, exactly as the replay host does: the
+components handle the step's events and everything they cause, in FIFO order. Then, in this order:
+
+1. the step's events are appended to the store (one fsynced transaction), market snapshots excepted;
+2. they are published on NATS (``tradebus tail`` follows them; a NATS outage loses nothing stored);
+3. the venue's requests (order creates, cancels) are sent, each off the loop in a worker thread.
+
+So no order leaves before the event that asked for it is durable, and a crash can at worst lose a
+request, never the record of one. Every order's ``orderLinkId`` is its order id, derived from the event
+that caused it: resending can never make a second order, and a create whose outcome is unknown is
+resolved by looking the order up.
+
+Start (and every reconnect of the private stream) reconciles with the venue before trading: executions
+since the last one stored (deduplicated by exec id), the state of every order the store says is open,
+the position and the wallet. At start, a position that still differs from the store's is not explained
+by anything the daemon can see: it halts and exits (fail closed). Bars that closed before the start are
+history (they warm the indicators up and are not traded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import structlog
+
+from tradebus import __version__
+from tradebus.bus import events as ev
+from tradebus.bus import subjects
+from tradebus.bus.base import Bus
+from tradebus.bus.ids import IdGenerator
+from tradebus.components.base import Stamper
+from tradebus.components.timeframes import tf_ns
+from tradebus.configs.limits import Limits
+from tradebus.configs.schema import SystemConfig
+from tradebus.eventstore import projections
+from tradebus.eventstore.store import EventStore
+from tradebus.live import bybit_wire as w
+from tradebus.live.bybit import BybitRest, Credentials, OutcomeUnknown, VenueRejected, private_stream, public_stream
+from tradebus.live.bybit_public import VenueError
+from tradebus.live.guard import RiskGuard
+from tradebus.live.market import FIELDS, GapError, RollingFeatures, history_rows
+from tradebus.live.venue import LiveVenue, Request
+from tradebus.replay.artifacts import atomic_write
+from tradebus.replay.host import LocalHost
+from tradebus.replay.runner import decision_components
+
+log = structlog.get_logger("tradebus.daemon")
+MS = 1_000_000
+EXIT_OK, EXIT_FAILED, EXIT_FAIL_CLOSED = 0, 1, 3
+
+
+class WallClock:
+    """Live time. ``t`` is there because hosts set it at each step; live, the wall decides."""
+
+    t = 0
+
+    def now(self) -> int:
+        return time.time_ns()
+
+
+class FailClosed(RuntimeError):
+    """Local state and the venue's disagree in a way the daemon cannot explain."""
+
+
+@dataclass
+class DaemonSettings:
+    mode: Literal["demo", "live"]
+    config: SystemConfig
+    creds: Credentials
+    limits: Limits
+    store_path: Path
+    bus: Bus
+    status_dir: Path
+    rest_url: str | None = None
+    public_ws: str | None = None
+    private_ws: str | None = None
+    heartbeat_s: float = 5.0
+    rest_timeout: float = 5.0
+    lookup_delay: float = 0.5
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _rows_to_columns(rows: list[list[str]]) -> dict[str, np.ndarray]:
+    """REST kline rows (oldest first) as candle columns (open_time in ns)."""
+    arr = np.array([[float(x) for x in r[:7]] for r in rows], dtype=np.float64).reshape(-1, 7)
+    cols = {k: arr[:, i] for i, k in enumerate(FIELDS)}
+    cols["open_time"] = (np.array([int(r[0]) for r in rows], dtype=np.int64) * MS).reshape(-1)
+    return cols
+
+
+class Daemon:
+    def __init__(self, s: DaemonSettings) -> None:
+        self.s = s
+        c = s.config
+        self.config = c
+        self.clock = WallClock()
+        self.run_id = f"{c.system}-{s.mode}-{IdGenerator().next(time.time_ns())[:16].lower()}"
+        self._stamp = lambda name: Stamper(self.clock, None, c.system, self.run_id)  # noqa: E731
+        self.rest = BybitRest(s.creds, endpoint=s.rest_url, demo=s.mode == "demo" and not s.rest_url,
+                              timeout=s.rest_timeout)
+        self.store: EventStore | None = None
+        self.inbox: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
+        self.tasks: set[asyncio.Task] = set()
+        self.latencies_ns: list[int] = []  # confirmed kline received -> its order's create sent
+        self.steps = 0
+        self.stored = 0
+        self._hb = 0
+        self._failed: str = ""
+
+    # -- set up ---------------------------------------------------------------------------------------
+
+    def _history(self) -> dict[str, np.ndarray]:
+        """The latest closed candles, enough to warm every feature up (blocking)."""
+        c = self.config
+        step = tf_ns(c.timeframe) // MS
+        now = self.rest.clock.now_ms()
+        need = history_rows(c)
+        rows = self.rest.klines(c.symbol, c.timeframe, now - (need + 2) * step, now)
+        if len(rows) < need:
+            # The venue may hold less recent history (a test venue, a new listing): take what it has.
+            rows = self.rest.klines(c.symbol, c.timeframe, 0, now)[-need:]
+        return _rows_to_columns(rows)
+
+    def _restore(self, state: projections.State, records: list[ev.Event]) -> None:
+        """Put the components where the store says the last session left them."""
+        c = self.config
+        own = [e for e in records if self._ours(e, state)]
+        for event in own:  # fold the stored stream through the components that keep state (outputs dropped)
+            subject = subjects.subject_for(event)
+            for comp in (self.host, self.risk, self.portfolio, self.guard):
+                if any(subjects.matches(p, subject) for p in comp.patterns()):
+                    comp.on_event(event)
+        for order in state.open_orders.values():
+            if order.system == c.system and order.symbol == c.symbol:
+                self.venue.restore(order.order_id, order.symbol, order.qty, order.filled, order.venue_order_id,
+                                   order.status in ("accepted", "partially_filled"))
+        prefix = f"{c.system}|"
+        self.venue.exec_ids.update(k[len(prefix):] for k in state.exec_ids if k.startswith(prefix))
+        fills = [e for e in own if isinstance(e, ev.Fill)]
+        self.venue.last_exec_ms = max((e.ts_event // MS for e in fills), default=0)
+
+    def _ours(self, e: ev.Event, state: projections.State) -> bool:
+        """Stored events this daemon's state is folded from: its system's (and its account's) in this mode."""
+        if e.run.startswith("command-"):
+            return e.system in (self.config.system, "")
+        return state.run_modes.get(e.run) == self.s.mode and e.system in (self.config.system, "")
+
+    async def _setup(self) -> None:
+        s, c = self.s, self.config
+        self.store = await asyncio.to_thread(EventStore.open_writer, s.store_path)
+        records = [r.event for r in await asyncio.to_thread(lambda: list(self.store.read()))]
+        state = projections.rebuild(enumerate(records, start=1))
+        offset = await asyncio.to_thread(self.rest.sync_clock)
+        rules = await asyncio.to_thread(self.rest.instrument, c.symbol)
+        history = await asyncio.to_thread(self._history)
+        self.features = RollingFeatures(Stamper(self.clock, None, "", self.run_id), c, history)
+        self.host, self.risk, self.portfolio = decision_components(c, self._stamp, self.features.prev_row())
+        self.guard = RiskGuard(self._stamp("guard"), s.limits, venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
+        self.venue = LiveVenue(self._stamp("venue"), Stamper(self.clock, None, "", self.run_id), self.guard, rules,
+                               venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
+        if len(history["close"]):
+            self.venue.last_price = float(history["close"][-1])
+            self.guard.price = self.venue.last_price
+        self._restore(state, records)
+        # Registration order is dispatch order, as in a replay: the venue and the guard see a bar before
+        # the strategy sees its snapshot.
+        self.bus_host = LocalHost([self.venue, self.guard, self.features, self.host, self.risk, self.portfolio],
+                                  self.clock, sinks=[self._collect])
+        self._collected: list[ev.Event] = []
+        log.info("daemon set up", system=c.system, mode=s.mode, run=self.run_id, clock_offset_ms=offset,
+                 history_bars=int(len(history["close"])), stored_events=len(records),
+                 open_orders=len(self.venue.open_order_ids()), risk=self.guard.state)
+
+    def _collect(self, event: ev.Event) -> None:
+        self._collected.append(event)
+
+    # -- steps ------------------------------------------------------------------------------------------
+
+    async def step(self, roots: list[ev.Event], received_ns: int = 0) -> list[ev.Event]:
+        """Run one step; store, publish, then send what it asked for."""
+        if not roots:
+            return []
+        self._collected = []
+        self.bus_host.step(roots, time.time_ns())
+        done = self._collected
+        durable = [e for e in done if type(e) is not ev.Snapshot]
+        if durable:
+            await asyncio.to_thread(self.store.append, durable)
+            self.stored += len(durable)
+        for event in done:
+            await self._publish(event)
+        for req in self.venue.take_outbox():
+            self._spawn(self._execute(req, received_ns))
+        self.steps += 1
+        return done
+
+    async def _publish(self, event: ev.Event) -> None:
+        try:
+            await self.s.bus.publish(event)
+        except Exception as exc:  # noqa: BLE001 - NATS down: the store has it; tail misses it
+            log.warning("publish failed", error=str(exc), type=ev.tag_of(event))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _post(self, kind: str, payload: Any) -> None:
+        self.inbox.put_nowait((kind, payload, time.perf_counter_ns()))
+
+    # -- requests -----------------------------------------------------------------------------------
+
+    async def _execute(self, req: Request, received_ns: int) -> None:
+        try:
+            if req.kind == "create":
+                if received_ns:
+                    self.latencies_ns.append(time.perf_counter_ns() - received_ns)
+                events = await self._create(req)
+            elif req.kind == "cancel_all":
+                await asyncio.to_thread(self.rest.cancel_all, req.symbol)
+                events = []  # the cancellations arrive as order pushes (and by lookup on reconnect)
+            else:
+                raise ValueError(f"unknown request {req.kind}")
+        except VenueError as exc:
+            log.error("venue request failed", kind=req.kind, order_id=req.order_id, error=str(exc))
+            events = self.venue.from_refusal(req.order_id, "http", str(exc)) if req.kind == "create" else []
+        self._post("result", events)
+
+    async def _create(self, req: Request) -> list[ev.Event]:
+        """Send a create; an unknown outcome is looked up, and resent (same link id) only if not found."""
+        for attempt in range(2):
+            try:
+                ack = await asyncio.to_thread(self.rest.create, req.params)
+                return self.venue.from_ack(req.order_id, ack)
+            except VenueRejected as exc:
+                return self.venue.from_refusal(req.order_id, exc.code, exc.message)
+            except OutcomeUnknown as exc:
+                log.warning("order outcome unknown; looking it up", order_id=req.order_id, error=str(exc))
+                for wait in (1, 2, 4):
+                    await asyncio.sleep(self.s.lookup_delay * wait)
+                    try:
+                        order = await asyncio.to_thread(self.rest.find_order, req.symbol, req.order_id)
+                    except VenueError:
+                        continue
+                    if order is not None:
+                        return self.venue.from_order(order)
+                log.warning("order not at the venue; sending it again under the same link id", order_id=req.order_id,
+                            attempt=attempt + 1)
+        return self.venue.from_refusal(req.order_id, "unknown", "outcome unknown and the order is not at the venue")
+
+    # -- reconciliation -----------------------------------------------------------------------------
+
+    async def reconcile(self, startup: bool) -> None:
+        """Executions missed, orders' true state, position and wallet, from REST; fail closed at start."""
+        c, rest, venue = self.config, self.rest, self.venue
+        since = venue.last_exec_ms - 60_000 if venue.last_exec_ms else rest.clock.now_ms() - 60_000
+        events: list[ev.Event] = []
+        for item in await asyncio.to_thread(rest.executions, c.symbol, since):
+            events += venue.from_execution(item)
+        for oid in venue.open_order_ids():
+            order = await asyncio.to_thread(rest.find_order, c.symbol, oid)
+            if order is not None:
+                events += venue.from_order(order)
+            elif startup and not venue.orders[oid].accepted:
+                events += venue.from_refusal(oid, "not_sent", "not at the venue at restart: the request never left")
+        pos = await asyncio.to_thread(rest.position, c.symbol)
+        wallet = await asyncio.to_thread(rest.wallet)
+        if pos is not None:
+            events += venue.from_position(pos)
+        events += venue.from_wallet(wallet, rest.clock.now_ms())
+        await self.step(events)
+        local = self.portfolio.positions.get(c.symbol)
+        mine = local.qty if local else 0.0
+        theirs = pos.signed_qty() if pos is not None else 0.0
+        if abs(mine - theirs) > float(venue.rules.step) / 2:
+            msg = (f"{c.symbol}: the store's position is {mine:g} but the venue's is {theirs:g}, and the executions "
+                   f"since the last stored one do not explain it")
+            if startup:
+                change = ev.RiskStateChanged(**self._stamp("guard")(self.clock.now(), ""), scope="system",
+                                             state="halted", previous=self.guard.state, reason=msg)
+                await self.step([change])
+                raise FailClosed(msg)
+            log.error("position differs from the venue's after a reconnect", detail=msg)
+
+    async def backfill_bars(self, until_open: int | None = None) -> None:
+        """Closed bars after the last held, up to ``until_open`` (exclusive) or now, from REST, in order."""
+        c = self.config
+        last = self.features.last_open
+        if last is None:
+            return
+        step = tf_ns(c.timeframe)
+        end = (until_open - step) if until_open is not None else self.rest.clock.now_ms() * MS
+        if end < last + step:
+            return
+        rows = await asyncio.to_thread(self.rest.klines, c.symbol, c.timeframe, (last + step) // MS, end // MS)
+        for row in rows:
+            await self._bar(self._bar_event(row), 0)
+
+    def _bar_event(self, row: list[str]) -> ev.BarClosed:
+        c = self.config
+        t = int(row[0]) * MS
+        close = t + tf_ns(c.timeframe)
+        stamp = Stamper(self.clock, None, "", self.run_id)
+        return ev.BarClosed(**stamp(close), venue=c.venue, market=c.market, symbol=c.symbol, timeframe=c.timeframe,
+                            open_time=t, open=float(row[1]), high=float(row[2]), low=float(row[3]),
+                            close=float(row[4]), volume=float(row[5]), turnover=float(row[6]))
+
+    async def _bar(self, bar: ev.BarClosed, received_ns: int) -> None:
+        last = self.features.last_open
+        if last is not None and bar.open_time <= last:
+            return
+        if last is not None and bar.open_time != last + tf_ns(self.config.timeframe):
+            await self.backfill_bars(bar.open_time)
+        await self.step([bar], received_ns)
+
+    # -- the loop ---------------------------------------------------------------------------------------
+
+    async def _handle(self, kind: str, payload: Any, received_ns: int) -> None:
+        c = self.config
+        if kind == "frame":
+            if payload.topic.startswith("kline."):
+                stamp = Stamper(self.clock, None, "", self.run_id)
+                for item in payload.data:
+                    bar = w.bar(item, c.symbol, c.timeframe, stamp, c.market)
+                    if bar is not None:
+                        await self._bar(bar, received_ns)
+            else:
+                await self.step(self.venue.from_frame(payload))
+        elif kind == "result":
+            await self.step(payload)
+        elif kind == "command":
+            await self.step([payload])
+        elif kind == "open":
+            if payload == "private":
+                await self.reconcile(startup=False)
+            else:
+                await self.backfill_bars()
+        elif kind == "bad":
+            log.warning("undecodable venue message skipped", detail=payload)
+
+    async def _commands(self) -> None:
+        """Kill and resume commands from NATS (``tradebus kill``)."""
+        sub = await self.s.bus.subscribe("tb.risk.>")
+        async for event in sub:
+            if (isinstance(event, ev.RiskStateChanged) and event.run.startswith("command-")
+                    and event.system in (self.config.system, "")):
+                self._post("command", event)
+
+    async def _heartbeat(self) -> None:
+        stamp = Stamper(self.clock, None, self.config.system, self.run_id)
+        while True:
+            self._hb += 1
+            await self._publish(ev.Heartbeat(**stamp(self.clock.now()), component="daemon", seq=self._hb))
+            self.write_status("running")
+            await asyncio.sleep(self.s.heartbeat_s)
+
+    def status_path(self) -> Path:
+        return self.s.status_dir / f"{self.config.system}.{self.s.mode}.json"
+
+    def write_status(self, status: str) -> None:
+        c = self.config
+        pos = self.portfolio.positions.get(c.symbol)
+        info = {"system": c.system, "mode": self.s.mode, "status": status, "pid": os.getpid(), "run": self.run_id,
+                "store": str(self.s.store_path), "nats": getattr(self.s.bus, "url", ""), "symbol": c.symbol,
+                "heartbeat_ns": time.time_ns(), "last_bar_open_ns": self.features.last_open, "position":
+                pos.qty if pos else 0.0, "equity": self.portfolio.equity(), "risk": self.guard.state,
+                "risk_reason": self.guard.reason(), "open_orders": len(self.venue.open_order_ids()),
+                "events_stored": self.stored, "failure": self._failed}
+        self.s.status_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.status_path(), json.dumps(info, indent=1).encode())
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> int:
+        """Trade until ``stop`` is set; returns the exit code."""
+        s, c = self.s, self.config
+        loop = asyncio.get_running_loop()
+        streams = []
+        status = "ok"
+        try:
+            await self._setup()
+            await self.step([ev.RunStarted(**self._stamp("daemon")(self.clock.now()), mode=s.mode, manifest={
+                **s.manifest, "run": self.run_id, "system": c.system, "config": c.model_dump(mode="json"),
+                "config_hash": c.config_hash(), "limits": s.limits.model_dump(mode="json", by_alias=True),
+                "venue": self.rest.endpoint, "code_version": __version__})])
+            post = lambda item: self.inbox.put_nowait((*item, time.perf_counter_ns()))  # noqa: E731
+            private = private_stream(s.creds, loop, post, url=s.private_ws, demo=s.mode == "demo" and not s.private_ws,
+                                     clock=self.rest.clock)
+            await asyncio.to_thread(private.connect)
+            streams.append(private)
+            await self.reconcile(startup=True)
+            public = public_stream(c.symbol, c.timeframe, loop, post, url=s.public_ws, clock=self.rest.clock)
+            await asyncio.to_thread(public.connect)
+            streams.append(public)
+            for coro in (private.supervise(), public.supervise(), self._heartbeat(), self._commands()):
+                self._spawn(coro)
+            log.info("daemon trading", system=c.system, mode=s.mode, run=self.run_id)
+            if ready is not None:
+                ready.set()
+            stopper = asyncio.ensure_future(stop.wait())
+            while True:
+                getter = asyncio.ensure_future(self.inbox.get())
+                done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    break
+                await self._handle(*getter.result())
+            status = "interrupted"
+        except FailClosed as exc:
+            self._failed = str(exc)
+            log.error("fail closed: not trading", reason=str(exc))
+            return EXIT_FAIL_CLOSED
+        except Exception as exc:
+            self._failed = f"{type(exc).__name__}: {exc}"
+            status = "failed"
+            log.exception("daemon failed")
+            raise
+        finally:
+            await self._shutdown(streams, status)
+        return EXIT_OK
+
+    async def _shutdown(self, streams: list, status: str) -> None:
+        """Drain: close the streams, let requests in flight finish, record the end, flush."""
+        for stream in streams:
+            await asyncio.to_thread(stream.close)
+        pending = [t for t in self.tasks if not t.done()]
+        requests = [t for t in pending if t.get_coro().__name__ == "_execute"]
+        for t in pending:
+            if t not in requests:
+                t.cancel()
+        if requests:
+            await asyncio.wait(requests, timeout=15)
+        try:
+            while not self.inbox.empty() and self.store is not None and hasattr(self, "bus_host"):
+                kind, payload, _ = self.inbox.get_nowait()
+                if kind == "result":
+                    await self.step(payload)
+            if self.store is not None and hasattr(self, "bus_host"):
+                await self.step([ev.RunFinished(**self._stamp("daemon")(self.clock.now()),
+                                                status="failed" if self._failed else status,
+                                                summary={"steps": self.steps, "events_stored": self.stored,
+                                                         "failure": self._failed})])
+                self.write_status("failed" if self._failed else "stopped")
+        finally:
+            if self.store is not None:
+                self.store.close()

@@ -1,0 +1,224 @@
+"""The risk guard: hard caps on what one system (and the whole account) may do, and the kill switch.
+
+States, per scope (this system; the account, "global"):
+
+- ``active``: orders pass the caps below;
+- ``reducing``: only reduce-only orders pass (a daily-loss breach, or a position grown past its notional
+  or leverage cap by the market moving). A daily-loss state lifts at the next UTC day; a position cap
+  lifts once the position is back inside it;
+- ``halted``: nothing passes and open orders are cancelled (drawdown from peak, a runaway order rate,
+  ``tradebus kill``, or a position the daemon cannot reconcile). Only a person lifts it
+  (``tradebus resume``).
+
+An order that would breach the notional or leverage cap is refused on its own without changing state.
+Every change is a ``RiskStateChanged`` event, so a restart restores the state by replaying the store.
+Commands (kill, resume) arrive as ``RiskStateChanged`` events from another run; the guard answers with its
+own. The guard is a pure component: the venue component asks ``admit`` before an order leaves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from tradebus.bus import events as ev
+from tradebus.bus import subjects
+from tradebus.components.base import NO_EVENTS, Component, Stamper
+from tradebus.configs.limits import Caps, Limits
+
+DAY_NS = 86_400 * 10**9
+MINUTE_NS = 60 * 10**9
+_RANK = {"active": 0, "reducing": 1, "halted": 2}
+_SIGN = {"buy": 1.0, "sell": -1.0}
+
+
+@dataclass
+class _Scope:
+    """What one scope's caps read, and the state they put it in."""
+
+    name: str  # "system" or "global"
+    caps: Caps
+    state: str = "active"
+    reason: str = ""
+    sticky: bool = False  # set by a breach only a person may lift (halted), or by a daily loss (till midnight)
+    balance: float = math.nan
+    equity_reported: float = math.nan  # the venue's wallet equity (global scope)
+    positions: dict[str, tuple[float, float]] = field(default_factory=dict)  # symbol -> (qty, avg)
+    day: int = -1
+    day_start: float = math.nan
+    peak: float = math.nan
+
+
+class RiskGuard(Component):
+    """Caps for one system on one symbol, and for the account it trades in."""
+
+    name = "guard"
+
+    def __init__(self, stamp: Stamper, limits: Limits, *, venue: str, symbol: str, timeframe: str) -> None:
+        super().__init__()
+        self._stamp = stamp
+        self._symbol = symbol
+        system = subjects.token(stamp.system, "system")
+        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.pos.{system}", f"tb.acct.{system}",
+                          f"tb.pos.{subjects.NO_SYSTEM}", f"tb.acct.{subjects.NO_SYSTEM}", f"tb.risk.{system}",
+                          f"tb.risk.{subjects.NO_SYSTEM}")
+        self._scopes = {"system": _Scope("system", limits.for_system(stamp.system)),
+                        "global": _Scope("global", limits.global_)}
+        self._orders: deque[int] = deque()
+        self._halt_later: tuple[str, str] | None = None  # an order-rate breach admit() found
+        self.price = math.nan
+        self._handlers.update({ev.BarClosed: self._on_bar, ev.PositionChanged: self._on_position,
+                               ev.AccountState: self._on_account, ev.RiskStateChanged: self._on_risk})
+
+    def patterns(self) -> tuple[str, ...]:
+        return self._patterns
+
+    @property
+    def state(self) -> str:
+        """The stricter of the two scopes' states."""
+        return max((s.state for s in self._scopes.values()), key=_RANK.__getitem__)
+
+    def reason(self) -> str:
+        return "; ".join(f"{s.name}: {s.reason}" for s in self._scopes.values() if s.state != "active")
+
+    # -- the gate ---------------------------------------------------------------------------------
+
+    def admit(self, intent: ev.OrderIntent, now: int, price: float | None = None) -> str:
+        """Why ``intent`` may not be sent ('' if it may). A refused order changes nothing, except that a
+        runaway order rate halts."""
+        state = self.state
+        if state == "halted":
+            return f"risk halted ({self.reason()})"
+        if state == "reducing" and not intent.reduce_only:
+            return f"risk reducing: only reduce-only orders ({self.reason()})"
+        while self._orders and self._orders[0] <= now - MINUTE_NS:
+            self._orders.popleft()
+        for scope in self._scopes.values():
+            cap = scope.caps.max_orders_per_minute
+            if cap is not None and len(self._orders) >= cap:
+                self._halt_later = (scope.name, f"order rate: more than {cap} orders in 60 s")
+                return f"order rate cap {cap}/min reached"
+        if not intent.reduce_only:
+            px = price or intent.price or self.price
+            for scope in self._scopes.values():
+                why = self._exposure_after(scope, intent, px)
+                if why:
+                    return why
+        self._orders.append(now)
+        return ""
+
+    def take_breach(self, ts: int, cause: str) -> tuple[ev.Event, ...]:
+        """The state change an ``admit`` decided (an order-rate halt), as events."""
+        breach, self._halt_later = self._halt_later, None
+        if breach is None:
+            return NO_EVENTS
+        return self._set(self._scopes[breach[0]], "halted", breach[1], ts, cause, sticky=True)
+
+    def _exposure_after(self, scope: _Scope, intent: ev.OrderIntent, price: float) -> str:
+        caps = scope.caps
+        if caps.max_position_notional is None and caps.max_leverage is None:
+            return ""
+        qty, _ = scope.positions.get(intent.symbol, (0.0, 0.0))
+        after = abs(qty + _SIGN[intent.side] * intent.qty) * price
+        if caps.max_position_notional is not None and after > caps.max_position_notional:
+            return (f"{scope.name} position notional {after:,.2f} would exceed the cap "
+                    f"{caps.max_position_notional:,.2f}")
+        if caps.max_leverage is not None:
+            equity = self._equity(scope)
+            others = sum(abs(q) * price for s, (q, _) in scope.positions.items() if s != intent.symbol)
+            lev = (after + others) / equity if equity > 0 else math.inf
+            if lev > caps.max_leverage:
+                return f"{scope.name} leverage {lev:.2f} would exceed the cap {caps.max_leverage:g}"
+        return ""
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def _equity(self, scope: _Scope) -> float:
+        if scope.name == "global" and not math.isnan(scope.equity_reported):
+            return scope.equity_reported
+        upl = sum(q * (self.price - avg) for q, avg in scope.positions.values() if q and not math.isnan(self.price))
+        return scope.balance + upl
+
+    def _set(self, scope: _Scope, state: str, reason: str, ts: int, cause: str, sticky: bool = False
+             ) -> tuple[ev.Event, ...]:
+        if scope.state == state:
+            return NO_EVENTS
+        previous, scope.state, scope.reason, scope.sticky = scope.state, state, reason, sticky
+        stamp = self._stamp(ts, cause)
+        if scope.name == "global":
+            stamp["system"] = ""  # the account's state: tb.risk._
+        return (ev.RiskStateChanged(**stamp, scope=scope.name, state=state, previous=previous, reason=reason),)
+
+    def _check(self, scope: _Scope, ts: int, cause: str) -> tuple[ev.Event, ...]:
+        """Breaches read from equity and position; called whenever either may have moved."""
+        equity = self._equity(scope)
+        if math.isnan(equity) or scope.state == "halted" and scope.sticky:
+            return NO_EVENTS
+        caps = scope.caps
+        day = ts // DAY_NS
+        if day != scope.day:
+            scope.day, scope.day_start = day, equity
+            if scope.state == "reducing" and scope.sticky:  # a daily-loss state ends with the day
+                out = self._set(scope, "active", "new UTC day", ts, cause)
+                return out + self._check(scope, ts, cause)
+        scope.peak = equity if math.isnan(scope.peak) else max(scope.peak, equity)
+        if caps.max_drawdown is not None and scope.peak > 0 and (scope.peak - equity) / scope.peak >= caps.max_drawdown:
+            return self._set(scope, "halted", f"drawdown {(scope.peak - equity) / scope.peak:.1%} from peak "
+                             f"{scope.peak:,.2f} reached the cap {caps.max_drawdown:.1%}", ts, cause, sticky=True)
+        if caps.max_daily_loss is not None and scope.day_start > 0 and (
+                scope.day_start - equity) / scope.day_start >= caps.max_daily_loss:
+            return self._set(scope, "reducing", f"daily loss {(scope.day_start - equity) / scope.day_start:.1%} "
+                             f"reached the cap {caps.max_daily_loss:.1%}", ts, cause, sticky=True)
+        if scope.sticky:
+            return NO_EVENTS
+        notional = sum(abs(q) * self.price for q, _ in scope.positions.values()) if not math.isnan(self.price) else 0.0
+        over = ""
+        if caps.max_position_notional is not None and notional > caps.max_position_notional:
+            over = f"position notional {notional:,.2f} above the cap {caps.max_position_notional:,.2f}"
+        elif caps.max_leverage is not None and equity > 0 and notional / equity > caps.max_leverage:
+            over = f"leverage {notional / equity:.2f} above the cap {caps.max_leverage:g}"
+        if over:
+            return self._set(scope, "reducing", over, ts, cause)
+        if scope.state == "reducing":
+            return self._set(scope, "active", "back inside the caps", ts, cause)
+        return NO_EVENTS
+
+    def _check_all(self, ts: int, cause: str) -> tuple[ev.Event, ...]:
+        return self._check(self._scopes["system"], ts, cause) + self._check(self._scopes["global"], ts, cause)
+
+    def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Event, ...]:
+        self.price = bar.close
+        return self._check_all(bar.ts_event, bar.id)
+
+    def _scope_of(self, event: ev.Event) -> _Scope:
+        return self._scopes["global" if not event.system else "system"]
+
+    def _on_position(self, pos: ev.PositionChanged) -> tuple[ev.Event, ...]:
+        scope = self._scope_of(pos)
+        scope.positions[pos.symbol] = (pos.qty, pos.avg_price)
+        if pos.mark_price > 0 and pos.symbol == self._symbol:
+            self.price = pos.mark_price
+        return self._check(scope, pos.ts_event, pos.id)
+
+    def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:
+        scope = self._scope_of(acct)
+        scope.balance = acct.balance
+        if scope.name == "global":
+            scope.equity_reported = acct.equity
+        return self._check(scope, acct.ts_event, acct.id)
+
+    def _on_risk(self, change: ev.RiskStateChanged) -> tuple[ev.Event, ...]:
+        scope = self._scopes[change.scope]
+        if change.run == self._stamp.run:
+            return NO_EVENTS  # our own announcement coming back
+        if not change.run.startswith("command-"):
+            # A state recorded by an earlier session: restore it, quietly.
+            scope.state, scope.reason, scope.sticky = change.state, change.reason, change.state != "active"
+            return NO_EVENTS
+        sticky = change.state != "active"
+        if change.state == "active":
+            scope.peak = math.nan  # a person resumed: measure drawdown from here
+            scope.day = -1
+        out = self._set(scope, change.state, change.reason, change.ts_event, change.id, sticky=sticky)
+        return out + (self._check(scope, change.ts_event, change.id) if change.state == "active" else NO_EVENTS)

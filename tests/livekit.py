@@ -1,0 +1,135 @@
+"""What the daemon tests share: a fake Bybit with history, a config that trades often, and a daemon
+running in-process (or as a child process) against them."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+from tradebus.bus.nats import NatsBus
+from tradebus.configs.limits import Limits
+from tradebus.configs.schema import parse_config
+from tradebus.eventstore import projections
+from tradebus.eventstore.store import EventStore
+from tradebus.live.bybit import Credentials
+from tradebus.live.daemon import Daemon, DaemonSettings
+
+from .fake_bybit import API_KEY, API_SECRET, FakeBybit, FakeBybitState, FakeBybitWs
+
+SYMBOL = "BTCUSDT"
+TF = "1m"
+STEP_MS = 60_000
+CONFIG = {
+    "system": "livetest", "symbol": SYMBOL, "timeframe": TF,
+    "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},
+    "strategy": {"id": "sma_cross", "params": {"fast": 2, "slow": 5, "allow_short": True}},
+    "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1},
+    "initial_capital": 10000,
+}
+
+
+def price_at(i: int) -> float:
+    """A wave that crosses its own averages every few bars."""
+    return round(30_000 + 600 * math.sin(i / 1.5), 1)
+
+
+@dataclass
+class Venue:
+    state: FakeBybitState
+    rest: FakeBybit
+    ws: FakeBybitWs
+    next_bar: int = 0  # index of the next bar to close
+    t0_ms: int = 0
+
+    def push_bar(self, n: int = 1) -> None:
+        for _ in range(n):
+            i = self.next_bar
+            c, o = price_at(i), price_at(i - 1)
+            self.state.add_candle(SYMBOL, TF, self.t0_ms + i * STEP_MS, o, max(o, c) + 5, min(o, c) - 5, c, 10.0)
+            self.next_bar += 1
+
+    def close(self) -> None:
+        self.ws.stop()
+        self.rest.stop()
+
+
+def start_venue(history: int = 60) -> Venue:
+    state = FakeBybitState()
+    rest = FakeBybit.start(state)
+    ws = FakeBybitWs(state)
+    # History ends a day ago: the venue's clock is the wall clock, and every pushed bar stays in the past.
+    t0 = (int(time.time() * 1000) // STEP_MS - 24 * 60) * STEP_MS - history * STEP_MS
+    v = Venue(state, rest, ws, next_bar=0, t0_ms=t0)
+    for _ in range(history):
+        i = v.next_bar
+        c, o = price_at(i), price_at(i - 1)
+        state.add_candle(SYMBOL, TF, t0 + i * STEP_MS, o, max(o, c) + 5, min(o, c) - 5, c, 10.0, push=False)
+        v.next_bar += 1
+    return v
+
+
+def settings_for(v: Venue, bus, home: Path, limits: Limits | None = None, **kw) -> DaemonSettings:
+    return DaemonSettings(mode="demo", config=parse_config(dict(CONFIG)), creds=Credentials(API_KEY, API_SECRET),
+                          limits=limits or Limits(), store_path=home / "demo.sqlite", bus=bus,
+                          status_dir=home / "daemons", rest_url=v.rest.url, public_ws=v.ws.public_url,
+                          private_ws=v.ws.private_url, heartbeat_s=0.5, rest_timeout=1.0, lookup_delay=0.1, **kw)
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    stop: asyncio.Event
+    task: asyncio.Task
+    codes: list[int] = field(default_factory=list)
+
+    async def until(self, cond, timeout: float = 15.0, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.task.done():
+                self.task.result()
+                raise AssertionError(f"daemon stopped while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.02)
+
+    async def settle(self, quiet: float = 0.4) -> None:
+        """Wait until the daemon has had nothing to do for ``quiet`` seconds."""
+        last, since = -1, time.monotonic()
+        while time.monotonic() - since < quiet:
+            n = self.daemon.steps + len(self.daemon.tasks) * 1000 + self.daemon.inbox.qsize() * 10**6
+            if n != last:
+                last, since = n, time.monotonic()
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def running(settings: DaemonSettings) -> AsyncIterator[Running]:
+    daemon = Daemon(settings)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(daemon.run(stop, ready))
+    waiter = asyncio.ensure_future(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        waiter.cancel()
+        task.result()
+        raise AssertionError(f"daemon exited at start with {task.result()}")
+    r = Running(daemon, stop, task)
+    try:
+        yield r
+    finally:
+        stop.set()
+        r.codes.append(await asyncio.wait_for(task, 30))
+
+
+def stored_state(path: Path) -> projections.State:
+    with EventStore.open_reader(path) as st:
+        return projections.rebuild(st.read())
+
+
+async def nats_bus(server) -> NatsBus:
+    return await NatsBus.connect(server.url, name="daemon-test")
