@@ -111,8 +111,11 @@ class Daemon:
         self.store: EventStore | None = None
         self.inbox: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
+        # One sender, in order: an exit must reach the venue before the entry decided with it.
+        self.requests: asyncio.Queue[tuple[Request, int]] = asyncio.Queue()
         self.latencies_ns: list[int] = []  # confirmed kline received -> its order's create sent
         self.steps = 0
+        self.in_flight = 0
         self.stored = 0
         self._hb = 0
         self._failed: str = ""
@@ -200,7 +203,7 @@ class Daemon:
         for event in done:
             await self._publish(event)
         for req in self.venue.take_outbox():
-            self._spawn(self._execute(req, received_ns))
+            self.requests.put_nowait((req, received_ns))
         self.steps += 1
         return done
 
@@ -219,6 +222,16 @@ class Daemon:
         self.inbox.put_nowait((kind, payload, time.perf_counter_ns()))
 
     # -- requests -----------------------------------------------------------------------------------
+
+    async def _sender(self) -> None:
+        while True:
+            req, received_ns = await self.requests.get()
+            self.in_flight += 1
+            try:
+                await self._execute(req, received_ns)
+            finally:
+                self.in_flight -= 1
+                self.requests.task_done()
 
     async def _execute(self, req: Request, received_ns: int) -> None:
         try:
@@ -387,6 +400,7 @@ class Daemon:
         status = "ok"
         try:
             await self._setup()
+            self._spawn(self._sender())
             await self.step([ev.RunStarted(**self._stamp("daemon")(self.clock.now()), mode=s.mode, manifest={
                 **s.manifest, "run": self.run_id, "system": c.system, "config": c.model_dump(mode="json"),
                 "config_hash": c.config_hash(), "limits": s.limits.model_dump(mode="json", by_alias=True),
@@ -431,13 +445,12 @@ class Daemon:
         """Drain: close the streams, let requests in flight finish, record the end, flush."""
         for stream in streams:
             await asyncio.to_thread(stream.close)
-        pending = [t for t in self.tasks if not t.done()]
-        requests = [t for t in pending if t.get_coro().__name__ == "_execute"]
-        for t in pending:
-            if t not in requests:
-                t.cancel()
-        if requests:
-            await asyncio.wait(requests, timeout=15)
+        try:
+            await asyncio.wait_for(self.requests.join(), 15)  # requests in flight finish
+        except asyncio.TimeoutError:
+            log.error("requests still in flight at shutdown; the next start looks them up")
+        for t in list(self.tasks):
+            t.cancel()
         try:
             while not self.inbox.empty() and self.store is not None and hasattr(self, "bus_host"):
                 kind, payload, _ = self.inbox.get_nowait()

@@ -99,9 +99,10 @@ class Running:
 
     async def settle(self, quiet: float = 0.4) -> None:
         """Wait until the daemon has had nothing to do for ``quiet`` seconds."""
-        last, since = -1, time.monotonic()
+        last, since = None, time.monotonic()
         while time.monotonic() - since < quiet:
-            n = self.daemon.steps + len(self.daemon.tasks) * 1000 + self.daemon.inbox.qsize() * 10**6
+            d = self.daemon
+            n = (d.steps, d.in_flight, d.requests.qsize(), d.inbox.qsize())
             if n != last:
                 last, since = n, time.monotonic()
             await asyncio.sleep(0.05)

@@ -8,6 +8,8 @@ import asyncio
 import pytest
 
 from tradebus.bus import events as ev
+from tradebus.eventstore import projections
+from tradebus.eventstore.store import EventStore
 
 from .livekit import SYMBOL, nats_bus, running, settings_for, start_venue, stored_state
 
@@ -44,3 +46,97 @@ async def test_demo_daemon_trades_pushed_bars_and_store_matches_venue(venue, nat
     assert state.positions["livetest"][SYMBOL].qty == pytest.approx(_venue_qty(venue))
     assert len(state.exec_ids) == len(venue.state.executions)
     assert not state.open_orders
+
+
+def _creates(v) -> list[dict]:
+    return [b for p, b in v.state.requests if p == "/v5/order/create"]
+
+
+def _check_store_equals_venue(v, path) -> projections.State:
+    state = stored_state(path)
+    with EventStore.open_reader(path) as st:
+        submitted = sorted(r.event.order_id for r in st.read() if isinstance(r.event, ev.OrderSubmitted))
+    at_venue = sorted(o["orderLinkId"] for o in v.state.orders.values())
+    assert at_venue == submitted, "every order sent is at the venue exactly once, and nothing else is"
+    assert state.positions["livetest"][SYMBOL].qty == pytest.approx(_venue_qty(v))
+    mine = {k.split("|", 1)[1] for k in state.exec_ids if k.startswith("livetest|")}
+    assert mine == {e["execId"] for e in v.state.executions}
+    assert state.duplicate_fills == 0
+    return state
+
+
+async def _trade(r, v, bars: int, pause: float = 0.15) -> None:
+    for _ in range(bars):
+        v.push_bar()
+        await r.settle(pause)
+    await r.settle()
+
+
+async def test_private_stream_drop_during_fills_is_backfilled_from_rest(venue, nats_server, tmp_path):
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 4)
+            venue.state.drop_private = 10_000  # the stream goes quiet: fills happen, nobody hears of them
+            before = len(venue.state.executions)
+            await _trade(r, venue, 10)
+            assert len(venue.state.executions) > before, "fills must happen while the stream is deaf"
+            venue.state.drop_private = 0
+            assert venue.ws.close_sockets(private=True) >= 1
+            await r.until(lambda: r.daemon.portfolio.positions[SYMBOL].qty == pytest.approx(_venue_qty(venue)),
+                          what="reconcile after reconnect")
+            await r.settle()
+    finally:
+        await bus.close()
+    _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+
+
+async def test_duplicate_and_out_of_order_executions_count_once(venue, nats_server, tmp_path):
+    venue.state.exec_before_order = True
+    venue.state.duplicate_filled = True
+    venue.state.partial_fills = 3
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 16)
+            assert r.daemon.venue.duplicates == 0  # each push seen once; the second Filled is ignored
+    finally:
+        await bus.close()
+    state = _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    assert len(venue.state.executions) >= 6 and state.by_type["fill"] == len(venue.state.executions)
+    assert state.by_type["order.accepted"] == len(_creates(venue))
+
+
+async def test_create_timeout_makes_exactly_one_order(venue, nats_server, tmp_path):
+    venue.state.ack_delay = 1.6  # the order is made at once; its answer comes after the client gave up
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 12, pause=0.2)
+            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, timeout=30,
+                          what="requests in flight")
+            await r.settle(1.0)
+    finally:
+        await bus.close()
+    creates = _creates(venue)
+    assert creates, "the strategy must have traded"
+    links = [b["orderLinkId"] for b in creates]
+    assert sorted(set(links)) == sorted(o["orderLinkId"] for o in venue.state.orders.values())
+    state = _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    assert state.by_type.get("order.rejected", 0) == 0
+
+
+async def test_rate_limited_create_waits_for_the_reset_and_is_sent_once(venue, nats_server, tmp_path):
+    venue.state.fail_paths = {"/v5/order/create"}
+    venue.state.fail_next = [(200, 10006, "Too many visits!")]
+    venue.state.limit_reset_ms = 700
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 12)
+    finally:
+        await bus.close()
+    assert not venue.state.fail_next, "the 10006 was served"
+    creates = _creates(venue)
+    assert len(creates) == len(venue.state.orders) + 1  # one refused by the limit, then sent again
+    _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
