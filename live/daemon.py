@@ -116,6 +116,7 @@ class Daemon:
         self.latencies_ns: list[int] = []  # confirmed kline received -> its order's create sent
         self.steps = 0
         self.in_flight = 0
+        self._commands_seen: set[str] = set()
         self.stored = 0
         self._hb = 0
         self._failed: str = ""
@@ -352,7 +353,9 @@ class Daemon:
         elif kind == "result":
             await self.step(payload)
         elif kind == "command":
-            await self.step([payload])
+            if payload.id not in self._commands_seen:  # it comes back: the step publishes what it stores
+                self._commands_seen.add(payload.id)
+                await self.step([payload])
         elif kind == "open":
             if payload == "private":
                 await self.reconcile(startup=False)

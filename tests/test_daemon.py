@@ -4,10 +4,12 @@ recorded to the store, restarted from it, reconciled with the venue, and guarded
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
 from tradebus.bus import events as ev
+from tradebus.configs.limits import Limits
 from tradebus.eventstore import projections
 from tradebus.eventstore.store import EventStore
 
@@ -139,4 +141,56 @@ async def test_rate_limited_create_waits_for_the_reset_and_is_sent_once(venue, n
     assert not venue.state.fail_next, "the 10006 was served"
     creates = _creates(venue)
     assert len(creates) == len(venue.state.orders) + 1  # one refused by the limit, then sent again
+    _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+
+
+async def test_risk_caps_refuse_orders_and_rate_breach_halts(venue, nats_server, tmp_path):
+    limits = Limits.model_validate({"global": {"max_orders_per_minute": 2},
+                                    "systems": {"livetest": {"max_position_notional": 100_000}}})
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
+            await _trade(r, venue, 24)
+            assert r.daemon.guard.state == "halted"
+    finally:
+        await bus.close()
+    state = _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    assert len(venue.state.orders) == 2, "the third order in a minute never leaves"
+    assert state.risk[projections.GLOBAL] == "halted" and state.by_type["risk"] == 1  # the account-wide cap
+    assert venue.state.count("/v5/order/cancel-all") == 1  # halting cancels what rests
+
+
+async def test_notional_cap_refuses_the_entry_without_sending_it(venue, nats_server, tmp_path):
+    limits = Limits.model_validate({"systems": {"livetest": {"max_position_notional": 1000}}})
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
+            await _trade(r, venue, 12)
+    finally:
+        await bus.close()
+    state = stored_state(tmp_path / "demo.sqlite")
+    assert not _creates(venue) and state.by_type["order.rejected"] >= 1 and state.risk.get("livetest") is None
+
+
+async def test_kill_command_over_nats_halts_and_resume_lifts(venue, nats_server, tmp_path):
+    from tradebus.bus.ids import IdGenerator
+
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 6)
+            sent = len(_creates(venue))
+            now = time.time_ns()
+            for state in ("halted", "active"):
+                cmd = ev.RiskStateChanged(id=IdGenerator().next(now), ts_event=now, ts_init=now, system="livetest",
+                                          run=f"command-{state}", state=state, previous="active", reason="test")
+                await bus.publish(cmd)
+                await r.until(lambda: r.daemon.guard.state == state, what=f"guard {state}")
+                if state == "halted":
+                    await _trade(r, venue, 6)
+                    assert len(_creates(venue)) == sent, "no order while halted"
+            await _trade(r, venue, 8)
+            assert len(_creates(venue)) > sent, "trading resumed"
+    finally:
+        await bus.close()
     _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
