@@ -38,6 +38,7 @@ from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP, WebSocket
 
 from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
+from tradebus.log import register_secret
 from tradebus.live import bybit_wire as w
 from tradebus.live.bybit_public import VenueError
 
@@ -68,6 +69,10 @@ class Credentials:
 
     def __repr__(self) -> str:  # never print the key either: it identifies the account
         return "Credentials(key=***, secret=***)"
+
+    def __post_init__(self) -> None:
+        register_secret(self.key)  # scrubbed from every log line, should one ever carry them
+        register_secret(self.secret)
 
     @classmethod
     def load(cls, prefix: str, file: Path | None = None) -> "Credentials":

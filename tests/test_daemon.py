@@ -194,3 +194,24 @@ async def test_kill_command_over_nats_halts_and_resume_lifts(venue, nats_server,
     finally:
         await bus.close()
     _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+
+
+def test_live_never_starts_without_the_typed_confirmation_and_a_limits_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from tradebus.cli import app
+
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("system: s1\nsymbol: BTCUSDT\ntimeframe: 5m\nwindows: {hygiene: {preset: first_70pct}, "
+                   "test: {preset: last_30pct}}\nstrategy: {id: sma_cross}\n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["live", str(cfg)])
+    assert res.exit_code == 2 and "--confirm-live s1" in res.output
+    res = runner.invoke(app, ["live", str(cfg), "--confirm-live", "s1"])
+    assert res.exit_code == 2 and "--limits" in res.output
+    bad = tmp_path / "limits.yaml"
+    bad.write_text("global: {max_leverage: -1}\n")
+    res = runner.invoke(app, ["live", str(cfg), "--confirm-live", "s1", "--limits", str(bad)],
+                        env={"TRADEBUS_LIVE_API_KEY": "k" * 20, "TRADEBUS_LIVE_API_SECRET": "s" * 30})
+    assert res.exit_code == 1 and "limits.yaml" in res.output and "max_leverage" in res.output
+    assert "s" * 30 not in res.output
