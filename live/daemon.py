@@ -48,7 +48,7 @@ from tradebus.live import bybit_wire as w
 from tradebus.live.bybit import BybitRest, Credentials, OutcomeUnknown, VenueRejected, private_stream, public_stream
 from tradebus.live.bybit_public import VenueError
 from tradebus.live.guard import RiskGuard
-from tradebus.live.market import FIELDS, GapError, RollingFeatures, history_rows
+from tradebus.live.market import FIELDS, RollingFeatures, history_rows
 from tradebus.live.venue import LiveVenue, Request
 from tradebus.replay.artifacts import atomic_write
 from tradebus.replay.host import LocalHost

@@ -3,7 +3,6 @@ recorded to the store, restarted from it, reconciled with the venue, and guarded
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
