@@ -617,7 +617,7 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
     from tradebus.eventstore.store import StoreError
     from tradebus.live.bybit import Credentials
     from tradebus.live.bybit_public import VenueError
-    from tradebus.live.daemon import Daemon, DaemonSettings
+    from tradebus.live.daemon import EXIT_FAIL_CLOSED, Daemon, DaemonSettings
 
     try:
         config = load_config(config_path)
@@ -647,9 +647,9 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
         code = asyncio.run(run())
     except (StoreError, NatsServerError, VenueError) as exc:
         _fail(str(exc))
-    if code == 3:
+    if code == EXIT_FAIL_CLOSED:
         _fail("halted: the venue's position differs from the store's (see the log); nothing was traded. "
-              "Fix the account or the store, then `tradebus resume` and restart", code=3)
+              "Fix the account or the store, then `tradebus resume` and restart", code=EXIT_FAIL_CLOSED)
     raise typer.Exit(code)
 
 
@@ -729,8 +729,7 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
                     answer = await sub.next(max(0.05, deadline - time.monotonic()))
                 except (asyncio.TimeoutError, TimeoutError):
                     break
-                if answer.cause == cmd.id or (answer.run != cmd.run and answer.state == state
-                                               and answer.system == cmd.system):
+                if answer.cause == cmd.id:  # the guard answers every command, changed or not
                     out.print(f"{answer.system or 'all systems'}: {answer.previous} -> {answer.state} ({answer.reason})")
                     return True
             return False

@@ -5,12 +5,10 @@ pybit is synchronous and threaded, so this module is blocking by design and the 
 
 - **clock**: requests and websocket auth are signed with the venue's time (local clock + an offset
   measured from ``/v5/market/time``), so a drifting local clock cannot lock the daemon out (10002);
-- **rate limits**: ``X-Bapi-Limit-Status`` / ``X-Bapi-Limit-Reset-Timestamp`` are honoured before the
-  next call; 10006 waits until the reset the venue names and retries (pybit's own retry would sleep on
-  the local clock and raise on a reset already past);
-- **errors**: a refusal is ``VenueRejected`` (with the venue's code); an order create whose outcome is
-  not known (a timeout, a dropped connection, 10000, 10016, 110072) is ``OutcomeUnknown``, which the
-  caller resolves by looking the order up by its ``orderLinkId``, never by sending a second one;
+- **rate limits and errors** (``BybitPublic._call``, shared with the public client): the venue's limit
+  headers are honoured, 10006 waits for the reset it names; a refusal is ``VenueRejected``; an order
+  create whose outcome is not known (a timeout, a dropped connection, 10000, 10016, 110072) is
+  ``OutcomeUnknown``, which the caller resolves by looking the order up by its ``orderLinkId``;
 - **streams**: every websocket callback is wrapped (an exception escaping one kills pybit's stream for
   good) and hands the message to asyncio with ``call_soon_threadsafe``; a supervisor rebuilds a socket
   pybit has given up on, and each (re)open is reported so the daemon can backfill what it missed.
@@ -30,37 +28,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 import msgspec
-import requests
 import structlog
 from pybit import _helpers
 from pybit._http_manager import generate_signature
-from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP, WebSocket
 
 from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
 from tradebus.log import register_secret
 from tradebus.live import bybit_wire as w
-from tradebus.live.bybit_public import VenueError
+from tradebus.live.bybit_public import BybitPublic, VenueClock, VenueError
 
 log = structlog.get_logger("tradebus.bybit")
-
-UNKNOWN_OUTCOME_CODES = frozenset({10000, 10016, 110072})
-RATE_LIMITED = 10006
-CLOCK_REJECTED = 10002
-
-
-class VenueRejected(VenueError):
-    """The venue refused a request; ``code`` is its retCode."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"retCode {code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class OutcomeUnknown(VenueError):
-    """A request may or may not have taken effect: look it up before doing anything else."""
-
 
 @dataclass(frozen=True)
 class Credentials:
@@ -101,20 +79,10 @@ class Credentials:
         raise ValueError(f"no API key: set {prefix}_API_KEY and {prefix}_API_SECRET, or pass --keys FILE")
 
 
-class _Clock:
-    """Venue time: the local clock plus an offset measured from the venue's own clock."""
-
-    def __init__(self) -> None:
-        self.offset_ms = 0
-
-    def now_ms(self) -> int:
-        return _helpers.generate_timestamp() + self.offset_ms
-
-
 class _SignedHTTP(HTTP):
     """pybit's HTTP client signing with venue time instead of the local clock."""
 
-    venue_clock: _Clock
+    venue_clock: VenueClock
 
     def _prepare_headers(self, payload: Any, recv_window: int, content_type: str = "application/json") -> dict:
         timestamp = self.venue_clock.now_ms()
@@ -126,73 +94,20 @@ class _SignedHTTP(HTTP):
 _ENC = msgspec.json.Encoder()
 
 
-class BybitRest:
+class BybitRest(BybitPublic):
     """Signed REST for one account (blocking: call it from a worker thread)."""
 
     def __init__(self, creds: Credentials, *, endpoint: str | None = None, demo: bool = False,
-                 testnet: bool = False, timeout: float = 5.0, recv_window: int = 5000, max_rate_waits: int = 3) -> None:
-        self.clock = _Clock()
-        # retry_codes: a code that never occurs, so pybit retries nothing by itself (an empty set means
-        # "the defaults" to pybit); rate limits and clock errors are handled here, against venue time.
-        self._http = _SignedHTTP(testnet=testnet, demo=demo, api_key=creds.key, api_secret=creds.secret,
-                                 recv_window=recv_window, timeout=timeout, max_retries=1, retry_codes={-1},
-                                 return_response_headers=True, log_requests=False)
-        self._http.venue_clock = self.clock
-        if endpoint:
-            self._http.endpoint = endpoint.rstrip("/")
-        self._max_rate_waits = max_rate_waits
-        self._limit_reset_ms = 0  # when the budget runs out, the venue time it refills
-        self.requests = 0
+                 testnet: bool = False, timeout: float = 5.0, recv_window: int = 5000, max_rps: float = 50.0) -> None:
+        http = _SignedHTTP(testnet=testnet, demo=demo, api_key=creds.key, api_secret=creds.secret,
+                           recv_window=recv_window, timeout=timeout, max_retries=1, retry_codes={-1},
+                           return_response_headers=True, log_requests=False)
+        super().__init__(endpoint=endpoint, max_rps=max_rps, http=http)
+        http.venue_clock = self.clock
 
-    @property
-    def endpoint(self) -> str:
-        return self._http.endpoint
-
-    # -- plumbing -----------------------------------------------------------------------------------
-
-    def _wait_ms(self, reset_ms: int) -> float:
-        return max(0.0, min(10.0, (reset_ms - self.clock.now_ms()) / 1000))
-
-    def _call(self, method: str, **params: Any) -> Any:
-        """One request, with rate-limit waits and one clock resync; returns ``result``."""
-        resynced = False
-        for _ in range(self._max_rate_waits + 2):
-            if self._limit_reset_ms:
-                time.sleep(self._wait_ms(self._limit_reset_ms))
-                self._limit_reset_ms = 0
-            self.requests += 1
-            try:
-                body, _elapsed, headers = getattr(self._http, method)(**params)
-            except InvalidRequestError as exc:
-                code = int(exc.status_code)
-                if code == RATE_LIMITED:
-                    reset = (exc.resp_headers or {}).get("X-Bapi-Limit-Reset-Timestamp")
-                    self._limit_reset_ms = int(reset) if reset else self.clock.now_ms() + 1000
-                    log.warning("rate limited by the venue; waiting for the reset", method=method,
-                                wait_s=round(self._wait_ms(self._limit_reset_ms), 3))
-                    continue
-                if code == CLOCK_REJECTED and not resynced:
-                    resynced = True
-                    self.sync_clock()
-                    continue
-                if code in UNKNOWN_OUTCOME_CODES and method == "place_order":
-                    raise OutcomeUnknown(f"create answered retCode {code}: {exc.message}") from None
-                raise VenueRejected(code, str(exc.message)) from None
-            except FailedRequestError as exc:
-                hint = " (403: Bybit bans this IP for about 10 minutes)" if exc.status_code == 403 else ""
-                raise VenueError(f"{method}: HTTP {exc.status_code} {exc.message}{hint}") from None
-            except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
-                if method == "place_order":
-                    raise OutcomeUnknown(f"create: {type(exc).__name__}") from None
-                raise VenueError(f"{method}: {type(exc).__name__}") from None
-            self._note_limit(headers)
-            return body["result"]
-        raise VenueError(f"{method}: still rate limited after {self._max_rate_waits} waits")
-
-    def _note_limit(self, headers: Any) -> None:
-        status, reset = headers.get("X-Bapi-Limit-Status"), headers.get("X-Bapi-Limit-Reset-Timestamp")
-        if status is not None and reset is not None and int(status) <= 1:
-            self._limit_reset_ms = int(reset)
+    def _resync(self) -> bool:
+        self.sync_clock()
+        return True
 
     @staticmethod
     def _typed(result: Any, shape: type) -> Any:
@@ -201,14 +116,23 @@ class BybitRest:
         except msgspec.DecodeError as exc:
             raise VenueError(f"unexpected {shape.__name__}: {exc}") from None
 
+    def _pages(self, method: str, shape: type, **params: Any) -> list:
+        """Every item of a cursor-paginated list."""
+        out, cursor = [], ""
+        while True:
+            page = self._typed(self._call(method, **params, **({"cursor": cursor} if cursor else {})), shape)
+            out += page.list
+            cursor = page.nextPageCursor
+            if not cursor or not page.list:
+                return out
+
     # -- calls --------------------------------------------------------------------------------------
 
     def sync_clock(self) -> int:
         """Measure the venue clock's offset from ours (half the round trip is taken as latency)."""
         t0 = _helpers.generate_timestamp()
-        body, _elapsed, _headers = self._http.get_server_time()
+        venue = self.server_time_ms()
         t1 = _helpers.generate_timestamp()
-        venue = int(body["result"]["timeNano"]) // 1_000_000
         self.clock.offset_ms = venue - (t0 + t1) // 2
         return self.clock.offset_ms
 
@@ -238,25 +162,13 @@ class BybitRest:
         return None
 
     def open_orders(self, symbol: str, category: str = "linear") -> list[w.Order]:
-        out, cursor = [], ""
-        while True:
-            page = self._typed(self._call("get_open_orders", category=category, symbol=symbol, limit=50,
-                                          **({"cursor": cursor} if cursor else {})), w.OrdersPage)
-            out += page.list
-            cursor = page.nextPageCursor
-            if not cursor or not page.list:
-                return out
+        return self._pages("get_open_orders", w.OrdersPage, category=category, symbol=symbol, limit=50)
 
     def executions(self, symbol: str, since_ms: int, category: str = "linear") -> list[w.Execution]:
         """Executions at or after ``since_ms`` (venue time), oldest first, every page."""
-        out, cursor = [], ""
-        while True:
-            page = self._typed(self._call("get_executions", category=category, symbol=symbol, startTime=since_ms,
-                                          limit=100, **({"cursor": cursor} if cursor else {})), w.ExecutionsPage)
-            out += page.list
-            cursor = page.nextPageCursor
-            if not cursor or not page.list:
-                return sorted(out, key=lambda e: (int(e.execTime), e.seq))
+        out = self._pages("get_executions", w.ExecutionsPage, category=category, symbol=symbol, startTime=since_ms,
+                          limit=100)
+        return sorted(out, key=lambda e: (int(e.execTime), e.seq))
 
     def position(self, symbol: str, category: str = "linear") -> w.Position | None:
         page = self._typed(self._call("get_positions", category=category, symbol=symbol), w.PositionsPage)
@@ -266,24 +178,22 @@ class BybitRest:
         result = self._call("get_wallet_balance", accountType="UNIFIED")
         return self._typed(result["list"][0], w.Wallet)
 
-    def klines(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, category: str = "linear"
-               ) -> list[list[str]]:
-        """Closed candles opening in [start_ms, end_ms], oldest first (every page; the open one dropped)."""
+    def closed_klines(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, *, last: int | None = None,
+                      category: str = "linear") -> list[list[str]]:
+        """Closed candles opening in [start_ms, end_ms], oldest first, as REST rows (the open one dropped);
+        with ``last``, the newest ``last`` of them (paging back from ``end_ms`` stops once they are in)."""
         step = tf_ns(timeframe) // 1_000_000
         now = self.clock.now_ms()
         rows: dict[int, list[str]] = {}
         end = end_ms
-        while end >= start_ms:
-            page = self._call("get_kline", category=category, symbol=symbol, interval=BYBIT_INTERVAL[timeframe],
-                              start=start_ms, end=end, limit=1000)["list"]
-            for row in page:
-                t = int(row[0])
-                if start_ms <= t <= end_ms and t + step <= now:
-                    rows[t] = row
-            if len(page) < 1000:
+        while end >= start_ms and (last is None or len(rows) < last):
+            page = self.klines(symbol, timeframe, start_ms, end, category=category)
+            rows.update((int(r[0]), r) for r in page if start_ms <= int(r[0]) <= end_ms and int(r[0]) + step <= now)
+            if len(page) < self.KLINE_LIMIT:
                 break
             end = min(int(r[0]) for r in page) - 1
-        return [rows[t] for t in sorted(rows)]
+        keep = sorted(rows)[-last:] if last else sorted(rows)
+        return [rows[t] for t in keep]
 
 
 # --- websockets -------------------------------------------------------------------------------------
@@ -292,7 +202,7 @@ class BybitRest:
 class _Socket(WebSocket):
     """pybit's WebSocket, pointed at ``url`` when given, signing auth with venue time, reporting opens."""
 
-    def __init__(self, url: str | None, clock: _Clock, on_open: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, url: str | None, clock: VenueClock, on_open: Callable[[], None], **kwargs: Any) -> None:
         self._url = url
         self._venue_clock = clock
         self._opened = on_open
@@ -396,9 +306,9 @@ class Stream:
 
 
 def public_stream(symbol: str, timeframe: str, loop: asyncio.AbstractEventLoop, inbox: Inbox, *,
-                  url: str | None = None, testnet: bool = False, clock: _Clock | None = None) -> Stream:
+                  url: str | None = None, testnet: bool = False, clock: VenueClock | None = None) -> Stream:
     """Confirmed and open candles of one symbol (public data comes from mainnet even for demo)."""
-    vc = clock or _Clock()
+    vc = clock or VenueClock()
 
     def build(on_open: Callable[[], None]) -> WebSocket:
         return _Socket(url, vc, on_open, testnet=testnet, channel_type="linear", retries=3, ping_interval=20,
@@ -411,8 +321,8 @@ def public_stream(symbol: str, timeframe: str, loop: asyncio.AbstractEventLoop, 
 
 
 def private_stream(creds: Credentials, loop: asyncio.AbstractEventLoop, inbox: Inbox, *, url: str | None = None,
-                   demo: bool = False, testnet: bool = False, clock: _Clock | None = None) -> Stream:
-    vc = clock or _Clock()
+                   demo: bool = False, testnet: bool = False, clock: VenueClock | None = None) -> Stream:
+    vc = clock or VenueClock()
 
     def build(on_open: Callable[[], None]) -> WebSocket:
         return _Socket(url, vc, on_open, testnet=testnet, demo=demo, channel_type="private", api_key=creds.key,

@@ -1,8 +1,7 @@
-"""Bybit public market data over REST, through pybit (the live package is the only code importing pybit).
+"""Bybit over REST through pybit (the live package is the only code importing pybit): the public
+client, and the request plumbing the signed trading client (``live.bybit.BybitRest``) shares with it.
 
-Blocking calls (pybit is synchronous); callers in asyncio run them with ``asyncio.to_thread``. Rate
-limits: pybit sleeps on 10006 by itself; this client also honours ``X-Bapi-Limit-Status`` /
-``X-Bapi-Limit-Reset-Timestamp`` when the venue sends them and never exceeds ``max_rps``.
+Blocking calls (pybit is synchronous); callers in asyncio run them with ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -10,57 +9,128 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import requests
+import structlog
+from pybit import _helpers
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 
 from tradebus.components.timeframes import BYBIT_INTERVAL
+
+log = structlog.get_logger("tradebus.bybit")
 
 
 class VenueError(RuntimeError):
     """The venue refused or failed a request."""
 
 
+class VenueRejected(VenueError):
+    """The venue refused a request; ``code`` is its retCode."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"retCode {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class OutcomeUnknown(VenueError):
+    """A request may or may not have taken effect: look it up before doing anything else."""
+
+
+UNKNOWN_OUTCOME_CODES = frozenset({10000, 10016, 110072})
+RATE_LIMITED = 10006
+CLOCK_REJECTED = 10002
+
+
+class VenueClock:
+    """Venue time: the local clock plus an offset measured from the venue's own clock."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return _helpers.generate_timestamp() + self.offset_ms
+
+
 class BybitPublic:
-    """Public endpoints: server time, klines, mark-price klines, funding history."""
+    """Public endpoints: server time, klines, mark-price klines, funding history.
+
+    Every call goes through ``_call``: at most ``max_rps``; a low ``X-Bapi-Limit-Status`` waits for the
+    reset it names; 10006 waits for ``X-Bapi-Limit-Reset-Timestamp`` (in venue time) and retries (pybit's
+    own retry would sleep on the local clock and raise on a reset already past, so it is off); errors
+    become ``VenueError``.
+    """
 
     KLINE_LIMIT = 1000
     FUNDING_LIMIT = 200
 
     def __init__(self, *, endpoint: str | None = None, testnet: bool = False, timeout: float = 10.0,
-                 max_rps: float = 10.0) -> None:
-        self._http = HTTP(testnet=testnet, timeout=timeout, return_response_headers=True, max_retries=3)
+                 max_rps: float = 10.0, max_rate_waits: int = 3, http: HTTP | None = None) -> None:
+        # retry_codes: a code that never occurs, so pybit retries nothing by itself (an empty set means
+        # "the defaults" to pybit).
+        self._http = http or HTTP(testnet=testnet, timeout=timeout, return_response_headers=True, max_retries=1,
+                                  retry_codes={-1}, log_requests=False)
         if endpoint:
             self._http.endpoint = endpoint.rstrip("/")
+        self.clock = VenueClock()
         self._min_interval = 1.0 / max_rps
         self._last_call = 0.0
+        self._max_rate_waits = max_rate_waits
+        self._limit_reset_ms = 0  # when the budget runs out, the venue time it refills
         self.requests = 0
 
     @property
     def endpoint(self) -> str:
         return self._http.endpoint
 
-    def _call(self, method: str, **params: Any) -> dict:
-        wait = self._last_call + self._min_interval - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        self._last_call = time.monotonic()
-        self.requests += 1
-        try:
-            body, _elapsed, headers = getattr(self._http, method)(**params)
-        except InvalidRequestError as exc:
-            raise VenueError(f"Bybit refused {method} {params}: {exc.message} (retCode {exc.status_code})") from None
-        except FailedRequestError as exc:
-            hint = " (403: Bybit rate-limits this IP for about 10 minutes)" if exc.status_code == 403 else ""
-            raise VenueError(f"Bybit {method} failed: HTTP {exc.status_code} {exc.message}{hint}") from None
-        self._respect_limit(headers)
-        return body["result"]
+    def _wait_ms(self, reset_ms: int) -> float:
+        return max(0.0, min(10.0, (reset_ms - self.clock.now_ms()) / 1000))
 
-    @staticmethod
-    def _respect_limit(headers: Any) -> None:
-        status = headers.get("X-Bapi-Limit-Status")
-        reset = headers.get("X-Bapi-Limit-Reset-Timestamp")
-        if status is not None and reset is not None and int(status) <= 1:
-            time.sleep(min(10.0, max(0.0, int(reset) / 1000 - time.time())))
+    def _resync(self) -> bool:
+        """Answer to 10002 (timestamp outside the recv window): True if the call should be retried."""
+        return False
+
+    def _call(self, method: str, **params: Any) -> Any:
+        """One request, with throttling, rate-limit waits and a clock resync; returns ``result``.
+        A create (``place_order``) that may have happened raises ``OutcomeUnknown``."""
+        create = method == "place_order"
+        resynced = False
+        for _ in range(self._max_rate_waits + 2):
+            wait = max(self._last_call + self._min_interval - time.monotonic(),
+                       self._wait_ms(self._limit_reset_ms) if self._limit_reset_ms else 0.0)
+            if wait > 0:
+                time.sleep(wait)
+            self._limit_reset_ms = 0
+            self._last_call = time.monotonic()
+            self.requests += 1
+            try:
+                body, _elapsed, headers = getattr(self._http, method)(**params)
+            except InvalidRequestError as exc:
+                code = int(exc.status_code)
+                if code == RATE_LIMITED:
+                    reset = (exc.resp_headers or {}).get("X-Bapi-Limit-Reset-Timestamp")
+                    self._limit_reset_ms = int(reset) if reset else self.clock.now_ms() + 1000
+                    log.warning("rate limited by the venue; waiting for the reset", method=method,
+                                wait_s=round(self._wait_ms(self._limit_reset_ms), 3))
+                    continue
+                if code == CLOCK_REJECTED and not resynced and self._resync():
+                    resynced = True
+                    continue
+                if code in UNKNOWN_OUTCOME_CODES and create:
+                    raise OutcomeUnknown(f"create answered retCode {code}: {exc.message}") from None
+                raise VenueRejected(code, f"Bybit refused {method}: {exc.message}") from None
+            except FailedRequestError as exc:
+                hint = " (403: Bybit rate-limits this IP for about 10 minutes)" if exc.status_code == 403 else ""
+                raise VenueError(f"Bybit {method} failed: HTTP {exc.status_code} {exc.message}{hint}") from None
+            except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+                if create:
+                    raise OutcomeUnknown(f"create: {type(exc).__name__}") from None
+                raise VenueError(f"Bybit {method}: {type(exc).__name__}") from None
+            status, reset = headers.get("X-Bapi-Limit-Status"), headers.get("X-Bapi-Limit-Reset-Timestamp")
+            if status is not None and reset is not None and int(status) <= 1:
+                self._limit_reset_ms = int(reset)
+            return body["result"]
+        raise VenueError(f"Bybit {method}: still rate limited after {self._max_rate_waits} waits")
 
     def server_time_ms(self) -> int:
         """Return the venue's clock in milliseconds."""

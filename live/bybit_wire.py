@@ -278,6 +278,14 @@ def bar(item: KlineItem, symbol: str, timeframe: str, stamp: Stamp, market: str 
                         close=_f(item.close), volume=_f(item.volume), turnover=_f(item.turnover))
 
 
+def rest_kline(row: list[str], interval: str, length_ms: int) -> KlineItem:
+    """A closed candle from REST (``[start, open, high, low, close, volume, turnover]``) as the websocket's
+    confirmed push, so both reach ``bar`` alike. The caller keeps only closed rows."""
+    t = int(row[0])
+    return KlineItem(start=t, end=t + length_ms - 1, interval=interval, open=row[1], close=row[4], high=row[2],
+                     low=row[3], volume=row[5], turnover=row[6], confirm=True, timestamp=t + length_ms)
+
+
 def venue_order_id(link_id: str, order_id: str) -> str:
     """Our order id: the link id we sent; an order placed outside tradebus is named by the venue's id."""
     return link_id or f"venue-{order_id}"

@@ -39,24 +39,25 @@ from tradebus.bus import subjects
 from tradebus.bus.base import Bus
 from tradebus.bus.ids import IdGenerator
 from tradebus.components.base import Stamper
-from tradebus.components.timeframes import tf_ns
+from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.eventstore import projections
 from tradebus.eventstore.store import EventStore
 from tradebus.live import bybit_wire as w
-from tradebus.live.bybit import BybitRest, Credentials, OutcomeUnknown, VenueRejected, private_stream, public_stream
-from tradebus.live.bybit_public import VenueError
+from tradebus.live.bybit import BybitRest, Credentials, private_stream, public_stream
+from tradebus.live.bybit_public import OutcomeUnknown, VenueError, VenueRejected
 from tradebus.live.guard import RiskGuard
-from tradebus.live.market import FIELDS, RollingFeatures, history_rows
+from tradebus.live.market import RollingFeatures, history_rows
 from tradebus.live.venue import LiveVenue, Request
 from tradebus.replay.artifacts import atomic_write
+from tradebus.replay.fetch import parse_klines
 from tradebus.replay.host import LocalHost
 from tradebus.replay.runner import decision_components
 
 log = structlog.get_logger("tradebus.daemon")
 MS = 1_000_000
-EXIT_OK, EXIT_FAILED, EXIT_FAIL_CLOSED = 0, 1, 3
+EXIT_OK, EXIT_FAIL_CLOSED = 0, 3
 
 
 class WallClock:
@@ -90,14 +91,6 @@ class DaemonSettings:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _rows_to_columns(rows: list[list[str]]) -> dict[str, np.ndarray]:
-    """REST kline rows (oldest first) as candle columns (open_time in ns)."""
-    arr = np.array([[float(x) for x in r[:7]] for r in rows], dtype=np.float64).reshape(-1, 7)
-    cols = {k: arr[:, i] for i, k in enumerate(FIELDS)}
-    cols["open_time"] = (np.array([int(r[0]) for r in rows], dtype=np.int64) * MS).reshape(-1)
-    return cols
-
-
 class Daemon:
     def __init__(self, s: DaemonSettings) -> None:
         self.s = s
@@ -105,10 +98,13 @@ class Daemon:
         self.config = c
         self.clock = WallClock()
         self.run_id = f"{c.system}-{s.mode}-{IdGenerator().next(time.time_ns())[:16].lower()}"
-        self._stamp = lambda name: Stamper(self.clock, None, c.system, self.run_id)  # noqa: E731
+        self._system_stamp = Stamper(self.clock, None, c.system, self.run_id)  # the daemon's own events
+        self._market_stamp = Stamper(self.clock, None, "", self.run_id)  # bars, snapshots, the account's
+        self._stamp = lambda name: Stamper(self.clock, None, c.system, self.run_id)  # noqa: E731 - one per component
         self.rest = BybitRest(s.creds, endpoint=s.rest_url, demo=s.mode == "demo" and not s.rest_url,
                               timeout=s.rest_timeout)
         self.store: EventStore | None = None
+        self.bus_host: LocalHost | None = None  # set once the components are built
         self.inbox: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
         # One sender, in order: an exit must reach the venue before the entry decided with it.
@@ -126,14 +122,9 @@ class Daemon:
     def _history(self) -> dict[str, np.ndarray]:
         """The latest closed candles, enough to warm every feature up (blocking)."""
         c = self.config
-        step = tf_ns(c.timeframe) // MS
         now = self.rest.clock.now_ms()
-        need = history_rows(c)
-        rows = self.rest.klines(c.symbol, c.timeframe, now - (need + 2) * step, now)
-        if len(rows) < need:
-            # The venue may hold less recent history (a test venue, a new listing): take what it has.
-            rows = self.rest.klines(c.symbol, c.timeframe, 0, now)[-need:]
-        return _rows_to_columns(rows)
+        rows = self.rest.closed_klines(c.symbol, c.timeframe, 0, now, last=history_rows(c))
+        return parse_klines(rows, False, c.timeframe, now * MS)
 
     def _restore(self, state: projections.State, records: list[ev.Event]) -> None:
         """Put the components where the store says the last session left them."""
@@ -167,10 +158,10 @@ class Daemon:
         offset = await asyncio.to_thread(self.rest.sync_clock)
         rules = await asyncio.to_thread(self.rest.instrument, c.symbol)
         history = await asyncio.to_thread(self._history)
-        self.features = RollingFeatures(Stamper(self.clock, None, "", self.run_id), c, history)
+        self.features = RollingFeatures(self._market_stamp, c, history)
         self.host, self.risk, self.portfolio = decision_components(c, self._stamp, self.features.prev_row())
         self.guard = RiskGuard(self._stamp("guard"), s.limits, venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
-        self.venue = LiveVenue(self._stamp("venue"), Stamper(self.clock, None, "", self.run_id), self.guard, rules,
+        self.venue = LiveVenue(self._stamp("venue"), self._market_stamp, self.guard, rules,
                                venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
         if len(history["close"]):
             self.venue.last_price = float(history["close"][-1])
@@ -300,7 +291,7 @@ class Daemon:
             msg = (f"{c.symbol}: the store's position is {mine:g} but the venue's is {theirs:g}, and the executions "
                    f"since the last stored one do not explain it")
             if startup:
-                change = ev.RiskStateChanged(**self._stamp("guard")(self.clock.now(), ""), scope="system",
+                change = ev.RiskStateChanged(**self._system_stamp(self.clock.now()), scope="system",
                                              state="halted", previous=self.guard.state, reason=msg)
                 await self.step([change])
                 raise FailClosed(msg)
@@ -316,18 +307,10 @@ class Daemon:
         end = (until_open - step) if until_open is not None else self.rest.clock.now_ms() * MS
         if end < last + step:
             return
-        rows = await asyncio.to_thread(self.rest.klines, c.symbol, c.timeframe, (last + step) // MS, end // MS)
+        rows = await asyncio.to_thread(self.rest.closed_klines, c.symbol, c.timeframe, (last + step) // MS, end // MS)
         for row in rows:
-            await self._bar(self._bar_event(row), 0)
-
-    def _bar_event(self, row: list[str]) -> ev.BarClosed:
-        c = self.config
-        t = int(row[0]) * MS
-        close = t + tf_ns(c.timeframe)
-        stamp = Stamper(self.clock, None, "", self.run_id)
-        return ev.BarClosed(**stamp(close), venue=c.venue, market=c.market, symbol=c.symbol, timeframe=c.timeframe,
-                            open_time=t, open=float(row[1]), high=float(row[2]), low=float(row[3]),
-                            close=float(row[4]), volume=float(row[5]), turnover=float(row[6]))
+            item = w.rest_kline(row, BYBIT_INTERVAL[c.timeframe], step // MS)
+            await self._bar(w.bar(item, c.symbol, c.timeframe, self._market_stamp, c.market), 0)
 
     async def _bar(self, bar: ev.BarClosed, received_ns: int) -> None:
         last = self.features.last_open
@@ -343,9 +326,8 @@ class Daemon:
         c = self.config
         if kind == "frame":
             if payload.topic.startswith("kline."):
-                stamp = Stamper(self.clock, None, "", self.run_id)
                 for item in payload.data:
-                    bar = w.bar(item, c.symbol, c.timeframe, stamp, c.market)
+                    bar = w.bar(item, c.symbol, c.timeframe, self._market_stamp, c.market)
                     if bar is not None:
                         await self._bar(bar, received_ns)
             else:
@@ -373,10 +355,9 @@ class Daemon:
                 self._post("command", event)
 
     async def _heartbeat(self) -> None:
-        stamp = Stamper(self.clock, None, self.config.system, self.run_id)
         while True:
             self._hb += 1
-            await self._publish(ev.Heartbeat(**stamp(self.clock.now()), component="daemon", seq=self._hb))
+            await self._publish(ev.Heartbeat(**self._system_stamp(self.clock.now()), component="daemon", seq=self._hb))
             self.write_status("running")
             await asyncio.sleep(self.s.heartbeat_s)
 
@@ -404,11 +385,11 @@ class Daemon:
         try:
             await self._setup()
             self._spawn(self._sender())
-            await self.step([ev.RunStarted(**self._stamp("daemon")(self.clock.now()), mode=s.mode, manifest={
+            await self.step([ev.RunStarted(**self._system_stamp(self.clock.now()), mode=s.mode, manifest={
                 **s.manifest, "run": self.run_id, "system": c.system, "config": c.model_dump(mode="json"),
                 "config_hash": c.config_hash(), "limits": s.limits.model_dump(mode="json", by_alias=True),
                 "venue": self.rest.endpoint, "code_version": __version__})])
-            post = lambda item: self.inbox.put_nowait((*item, time.perf_counter_ns()))  # noqa: E731
+            post = lambda item: self._post(*item)  # noqa: E731 - streams hand over (kind, payload)
             private = private_stream(s.creds, loop, post, url=s.private_ws, demo=s.mode == "demo" and not s.private_ws,
                                      clock=self.rest.clock)
             await asyncio.to_thread(private.connect)
@@ -455,12 +436,12 @@ class Daemon:
         for t in list(self.tasks):
             t.cancel()
         try:
-            while not self.inbox.empty() and self.store is not None and hasattr(self, "bus_host"):
+            while not self.inbox.empty() and self.bus_host is not None:
                 kind, payload, _ = self.inbox.get_nowait()
                 if kind == "result":
                     await self.step(payload)
-            if self.store is not None and hasattr(self, "bus_host"):
-                await self.step([ev.RunFinished(**self._stamp("daemon")(self.clock.now()),
+            if self.bus_host is not None:
+                await self.step([ev.RunFinished(**self._system_stamp(self.clock.now()),
                                                 status="failed" if self._failed else status,
                                                 summary={"steps": self.steps, "events_stored": self.stored,
                                                          "failure": self._failed})])

@@ -140,9 +140,10 @@ class RiskGuard(Component):
         upl = sum(q * (self.price - avg) for q, avg in scope.positions.values() if q and not math.isnan(self.price))
         return scope.balance + upl
 
-    def _set(self, scope: _Scope, state: str, reason: str, ts: int, cause: str, sticky: bool = False
-             ) -> tuple[ev.Event, ...]:
-        if scope.state == state:
+    def _set(self, scope: _Scope, state: str, reason: str, ts: int, cause: str, sticky: bool = False,
+             answer: bool = False) -> tuple[ev.Event, ...]:
+        """Change state and say so; ``answer``: say it even if unchanged (a command is always answered)."""
+        if scope.state == state and not answer:
             return NO_EVENTS
         previous, scope.state, scope.reason, scope.sticky = scope.state, state, reason, sticky
         stamp = self._stamp(ts, cause)
@@ -220,5 +221,5 @@ class RiskGuard(Component):
         if change.state == "active":
             scope.peak = math.nan  # a person resumed: measure drawdown from here
             scope.day = -1
-        out = self._set(scope, change.state, change.reason, change.ts_event, change.id, sticky=sticky)
+        out = self._set(scope, change.state, change.reason, change.ts_event, change.id, sticky=sticky, answer=True)
         return out + (self._check(scope, change.ts_event, change.id) if change.state == "active" else NO_EVENTS)

@@ -149,16 +149,20 @@ class LiveVenue(Component):
             t = self.orders[oid] = _Tracked(oid, symbol, qty, venue_id=venue_id)
         return t
 
+    def _accept(self, t: _Tracked, venue_id: str, ts: int) -> list[ev.Event]:
+        """The order's acceptance, the first time anything shows the venue has it."""
+        if t.accepted:
+            return []
+        t.accepted, t.venue_id = True, venue_id
+        return [ev.OrderAccepted(**self._stamp(ts, t.cause), order_id=t.order_id, venue_order_id=venue_id)]
+
     def from_order(self, item: w.Order) -> list[ev.Event]:
         """An order's state (a push, or a lookup): acceptance and end, each once."""
         if item.symbol != self._symbol:
             return []
         t = self._tracked(item.orderLinkId, item.orderId, item.symbol, float(item.qty or 0))
-        out: list[ev.Event] = []
         ts = int(item.updatedTime or item.createdTime or 0) * w.MS
-        if item.orderStatus != "Rejected" and not t.accepted:
-            t.accepted, t.venue_id = True, item.orderId
-            out.append(ev.OrderAccepted(**self._stamp(ts, t.cause), order_id=t.order_id, venue_order_id=item.orderId))
+        out = self._accept(t, item.orderId, ts) if item.orderStatus != "Rejected" else []
         if item.orderStatus in _OPEN or item.orderStatus == "Filled" or t.done:
             t.done = t.done or item.orderStatus == "Filled"  # the fills themselves come from executions
             return out
@@ -170,10 +174,7 @@ class LiveVenue(Component):
 
     def from_ack(self, order_id: str, ack: w.OrderAck) -> list[ev.Event]:
         t = self.orders.get(order_id)
-        if t is None or t.accepted:
-            return []
-        t.accepted, t.venue_id = True, ack.orderId
-        return [ev.OrderAccepted(**self._stamp(self._stamp.now(), t.cause), order_id=order_id, venue_order_id=ack.orderId)]
+        return [] if t is None else self._accept(t, ack.orderId, self._stamp.now())
 
     def from_refusal(self, order_id: str, code: int | str, reason: str) -> list[ev.Event]:
         t = self.orders.get(order_id)
@@ -192,11 +193,7 @@ class LiveVenue(Component):
         self.exec_ids.add(item.execId)
         self.last_exec_ms = max(self.last_exec_ms, int(item.execTime))
         t = self._tracked(item.orderLinkId, item.orderId, item.symbol, float(item.execQty))
-        out: list[ev.Event] = []
-        if not t.accepted:  # the execution overtook the order's own push
-            t.accepted, t.venue_id = True, item.orderId
-            out.append(ev.OrderAccepted(**self._stamp(int(item.execTime) * w.MS, t.cause), order_id=t.order_id,
-                                        venue_order_id=item.orderId))
+        out = self._accept(t, item.orderId, int(item.execTime) * w.MS)  # the execution may overtake the order
         fill = w.fill(item, self._stamp)
         t.filled += fill.qty
         out.append(replace(fill, cause=t.cause))

@@ -22,8 +22,8 @@ both pong forms, kline pushes with open and confirmed candles) and ``/v5/private
 Bybit: ``hex_hmac("GET/realtime" + expires)``, then order / execution / position / wallet pushes).
 
 Fault hooks: ``fail_next`` (HTTP status and retCode for the next requests), ``ack_delay`` (the create
-is done, its answer comes late), ``exec_before_order``, ``duplicate_filled``, ``drop_private`` (lose the
-next N private pushes), ``close_sockets()``, ``clock_shift_ms``. Everything received is logged
+is done, its answer comes late), ``exec_before_order``, ``duplicate_filled`` (the last order update
+and execution pushed twice), ``drop_private`` (lose the next N private pushes), ``close_sockets()``, ``clock_shift_ms``. Everything received is logged
 (``requests``, ``frames_in``) and every push too (``frames_out``), so tests can assert "exactly one order".
 """
 
@@ -266,7 +266,8 @@ class FakeBybitState:
             cum = Decimal(order["cumExecQty"]) + q
             value = Decimal(order["cumExecValue"]) + q * price
             left = Decimal(order["qty"]) - cum
-            status = "Filled" if left == 0 or q == sizes[-1] and order["reduceOnly"] else "PartiallyFilled"
+            # A reduce-only order capped at the position ends with its last piece.
+            status = "Filled" if left == 0 or (q == sizes[-1] and order["reduceOnly"]) else "PartiallyFilled"
             self._apply_position(pos, sign_ * q, price)
             self.balance -= fee
             now = str(self.now())
@@ -283,8 +284,9 @@ class FakeBybitState:
             self.executions.append(ex)
             execs.append(ex)
             updates.append(dict(order))
-        if self.duplicate_filled:
+        if self.duplicate_filled:  # a cancel racing a fill: the last update and execution said twice
             updates.append(dict(updates[-1]))
+            execs.append(dict(execs[-1]))
         pushes = [("execution", execs), ("order", updates)]
         for topic, data in (reversed(pushes) if not self.exec_before_order else pushes):
             self._private(topic, data)

@@ -100,7 +100,7 @@ async def test_duplicate_and_out_of_order_executions_count_once(venue, nats_serv
     try:
         async with running(settings_for(venue, bus, tmp_path)) as r:
             await _trade(r, venue, 16)
-            assert r.daemon.venue.duplicates == 0  # each push seen once; the second Filled is ignored
+            assert r.daemon.venue.duplicates >= 3  # every repeated execution push was recognised
     finally:
         await bus.close()
     state = _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
