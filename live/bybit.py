@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,8 +200,20 @@ class BybitRest(BybitPublic):
 # --- websockets -------------------------------------------------------------------------------------
 
 
+SUBSCRIBE_WAIT_S = 10.0
+
+
 class _Socket(WebSocket):
-    """pybit's WebSocket, pointed at ``url`` when given, signing auth with venue time, reporting opens."""
+    """pybit's WebSocket, pointed at ``url`` when given, signing auth with venue time, reporting opens,
+    and hardened where pybit lets one message kill the stream for good:
+
+    - pybit files a subscription's ``req_id`` only after sending it, so an ack that comes back first (a
+      fast venue) raised KeyError inside its handler, which ended the stream (seen against the fake,
+      about one start in 20). Any exception in pybit's own handling is now logged, not fatal;
+    - a refused auth closes the socket (the supervisor rebuilds it) instead of raising on pybit's thread;
+    - ``subscribe`` waited forever for a socket that had died meanwhile; it now gives up after a while, and
+      on a private socket it waits for the auth reply first.
+    """
 
     def __init__(self, url: str | None, clock: VenueClock, on_open: Callable[[], None], **kwargs: Any) -> None:
         self._url = url
@@ -214,6 +227,29 @@ class _Socket(WebSocket):
     def _on_open(self) -> None:
         super()._on_open()
         self._opened()
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            super()._on_message(message)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            log.warning("websocket message not handled", error=f"{type(exc).__name__}: {exc}")
+
+    def _process_auth_message(self, message: dict) -> None:
+        if message.get("success") is True:
+            self.auth = True
+            return
+        log.error("websocket auth refused; the socket is closed and rebuilt", reply=message.get("ret_msg"))
+        threading.Thread(target=self.exit, daemon=True).start()  # not on the socket's own thread
+
+    def subscribe(self, topic: str, callback: Callable, symbol: Any = False) -> None:
+        deadline = time.monotonic() + SUBSCRIBE_WAIT_S
+        # Connected, and for a private socket authorised: a subscription sent before the auth reply would
+        # be refused, and a refused auth must fail the connect rather than leave a deaf socket.
+        while not self.is_connected() or (self.api_key and not self.auth):
+            if self.exited or time.monotonic() > deadline:
+                raise ConnectionError(f"{self.ws_name}: socket closed or not authorised before subscribing to {topic}")
+            time.sleep(0.02)
+        super().subscribe(topic, callback, symbol)
 
     def _auth(self) -> None:
         expires = self._venue_clock.now_ms() + self.private_auth_expire * 1000
@@ -264,11 +300,20 @@ class Stream:
         except Exception:  # noqa: BLE001 - as above
             pass
 
-    def connect(self) -> None:
-        """Build and subscribe (blocking: pybit connects inside its constructor)."""
-        ws = self._build(self._on_open)
-        self._subscribe(ws, self._on_message)
-        self._ws = ws
+    def connect(self, attempts: int = 3) -> None:
+        """Build and subscribe (blocking: pybit connects inside its constructor); a socket that dies while
+        subscribing is closed and built again."""
+        for attempt in range(attempts):
+            ws = self._build(self._on_open)
+            try:
+                self._subscribe(ws, self._on_message)
+            except ConnectionError:
+                ws.exit()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self._ws = ws
+            return
 
     def healthy(self) -> bool:
         ws = self._ws

@@ -664,7 +664,7 @@ class FakeBybitWs:
         with self.state.lock:
             targets = [c for c, i in self._conns.items() if private is None or i["private"] == private]
         for conn in targets:
-            conn.socket.close()
+            conn.close_socket()  # websockets' own cut: it also wakes the threads reading the socket
         return len(targets)
 
     def stop(self) -> None:
