@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator
 
+import pytest
+
+from tradebus.bus import events as ev
 from tradebus.bus.nats import NatsBus
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import parse_config
@@ -134,3 +137,31 @@ def stored_state(path: Path) -> projections.State:
 
 async def nats_bus(server) -> NatsBus:
     return await NatsBus.connect(server.url, name="daemon-test")
+
+
+def venue_qty(v: Venue) -> float:
+    pos = v.state.positions.get(SYMBOL)
+    return float(pos.size) if pos else 0.0
+
+
+def creates(v: Venue) -> list[dict]:
+    """Every order create the venue received (refused ones too), in order."""
+    return [b for p, b in v.state.requests if p == "/v5/order/create"]
+
+
+def check_store_equals_venue(v: Venue, path: Path, system: str = "livetest") -> projections.State:
+    """The store's orders, fills and position are the venue's: each order there once, nothing missing."""
+    state = stored_state(path)
+    with EventStore.open_reader(path) as st:
+        events = [r.event for r in st.read()]
+    # An order stored as submitted whose request never left (a kill between the two) is rejected at restart.
+    never_sent = {e.order_id for e in events if isinstance(e, ev.OrderRejected) and e.code == "not_sent"}
+    submitted = sorted(e.order_id for e in events if isinstance(e, ev.OrderSubmitted) and e.order_id not in never_sent)
+    at_venue = sorted(o["orderLinkId"] for o in v.state.orders.values())
+    assert at_venue == submitted, (f"every order sent is at the venue exactly once, and nothing else is: only at "
+                                   f"the venue {set(at_venue) - set(submitted)}, only stored {set(submitted) - set(at_venue)}")
+    assert state.positions[system][SYMBOL].qty == pytest.approx(venue_qty(v))
+    mine = {k.split("|", 1)[1] for k in state.exec_ids if k.startswith(f"{system}|")}
+    assert mine == {e["execId"] for e in v.state.executions}
+    assert state.duplicate_fills == 0
+    return state

@@ -11,10 +11,10 @@ import pytest
 from tradebus.bus import events as ev
 from tradebus.configs.limits import Limits
 from tradebus.eventstore import projections
-from tradebus.eventstore.store import EventStore
 
 from .fake_bybit import API_KEY
-from .livekit import SYMBOL, nats_bus, running, settings_for, start_venue, stored_state
+from .livekit import (SYMBOL, check_store_equals_venue, creates, nats_bus, running, settings_for, start_venue,
+                      stored_state, venue_qty)
 
 
 @pytest.fixture
@@ -22,11 +22,6 @@ def venue():
     v = start_venue()
     yield v
     v.close()
-
-
-def _venue_qty(v) -> float:
-    pos = v.state.positions.get(SYMBOL)
-    return float(pos.size) if pos else 0.0
 
 
 async def test_demo_daemon_trades_pushed_bars_and_store_matches_venue(venue, nats_server, tmp_path):
@@ -38,34 +33,17 @@ async def test_demo_daemon_trades_pushed_bars_and_store_matches_venue(venue, nat
                 await r.settle(0.15)
             await r.settle()
             d = r.daemon
-            creates = venue.state.count("/v5/order/create")
-            assert creates >= 2, "the wave must make the strategy trade"
-            assert d.portfolio.positions[SYMBOL].qty == pytest.approx(_venue_qty(venue))
+            n_sent = len(creates(venue))
+            assert n_sent >= 2, "the wave must make the strategy trade"
+            assert d.portfolio.positions[SYMBOL].qty == pytest.approx(venue_qty(venue))
     finally:
         await bus.close()
     state = stored_state(tmp_path / "demo.sqlite")
-    links = [b["orderLinkId"] for p, b in venue.state.requests if p == "/v5/order/create"]
-    assert len(links) == len(set(links)) == creates
-    assert state.positions["livetest"][SYMBOL].qty == pytest.approx(_venue_qty(venue))
+    links = [b["orderLinkId"] for b in creates(venue)]
+    assert len(links) == len(set(links)) == n_sent
+    assert state.positions["livetest"][SYMBOL].qty == pytest.approx(venue_qty(venue))
     assert len(state.exec_ids) == len(venue.state.executions)
     assert not state.open_orders
-
-
-def _creates(v) -> list[dict]:
-    return [b for p, b in v.state.requests if p == "/v5/order/create"]
-
-
-def _check_store_equals_venue(v, path) -> projections.State:
-    state = stored_state(path)
-    with EventStore.open_reader(path) as st:
-        submitted = sorted(r.event.order_id for r in st.read() if isinstance(r.event, ev.OrderSubmitted))
-    at_venue = sorted(o["orderLinkId"] for o in v.state.orders.values())
-    assert at_venue == submitted, "every order sent is at the venue exactly once, and nothing else is"
-    assert state.positions["livetest"][SYMBOL].qty == pytest.approx(_venue_qty(v))
-    mine = {k.split("|", 1)[1] for k in state.exec_ids if k.startswith("livetest|")}
-    assert mine == {e["execId"] for e in v.state.executions}
-    assert state.duplicate_fills == 0
-    return state
 
 
 async def _trade(r, v, bars: int, pause: float = 0.15) -> None:
@@ -86,12 +64,12 @@ async def test_private_stream_drop_during_fills_is_backfilled_from_rest(venue, n
             assert len(venue.state.executions) > before, "fills must happen while the stream is deaf"
             venue.state.drop_private = 0
             assert venue.ws.close_sockets(private=True) >= 1
-            await r.until(lambda: r.daemon.portfolio.positions[SYMBOL].qty == pytest.approx(_venue_qty(venue)),
+            await r.until(lambda: r.daemon.portfolio.positions[SYMBOL].qty == pytest.approx(venue_qty(venue)),
                           what="reconcile after reconnect")
             await r.settle()
     finally:
         await bus.close()
-    _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    check_store_equals_venue(venue, tmp_path / "demo.sqlite")
 
 
 async def test_duplicate_and_out_of_order_executions_count_once(venue, nats_server, tmp_path):
@@ -105,9 +83,9 @@ async def test_duplicate_and_out_of_order_executions_count_once(venue, nats_serv
             assert r.daemon.venue.duplicates >= 3  # every repeated execution push was recognised
     finally:
         await bus.close()
-    state = _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert len(venue.state.executions) >= 6 and state.by_type["fill"] == len(venue.state.executions)
-    assert state.by_type["order.accepted"] == len(_creates(venue))
+    assert state.by_type["order.accepted"] == len(creates(venue))
 
 
 async def test_create_timeout_makes_exactly_one_order(venue, nats_server, tmp_path):
@@ -121,11 +99,11 @@ async def test_create_timeout_makes_exactly_one_order(venue, nats_server, tmp_pa
             await r.settle(1.0)
     finally:
         await bus.close()
-    creates = _creates(venue)
-    assert creates, "the strategy must have traded"
-    links = [b["orderLinkId"] for b in creates]
+    sent = creates(venue)
+    assert sent, "the strategy must have traded"
+    links = [b["orderLinkId"] for b in sent]
     assert sorted(set(links)) == sorted(o["orderLinkId"] for o in venue.state.orders.values())
-    state = _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert state.by_type.get("order.rejected", 0) == 0
 
 
@@ -140,9 +118,8 @@ async def test_rate_limited_create_waits_for_the_reset_and_is_sent_once(venue, n
     finally:
         await bus.close()
     assert not venue.state.fail_next, "the 10006 was served"
-    creates = _creates(venue)
-    assert len(creates) == len(venue.state.orders) + 1  # one refused by the limit, then sent again
-    _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    assert len(creates(venue)) == len(venue.state.orders) + 1  # one refused by the limit, then sent again
+    check_store_equals_venue(venue, tmp_path / "demo.sqlite")
 
 
 async def test_risk_caps_refuse_orders_and_rate_breach_halts(venue, nats_server, tmp_path):
@@ -155,7 +132,7 @@ async def test_risk_caps_refuse_orders_and_rate_breach_halts(venue, nats_server,
             assert r.daemon.guard.state == "halted"
     finally:
         await bus.close()
-    state = _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert len(venue.state.orders) == 2, "the third order in a minute never leaves"
     assert state.risk[projections.GLOBAL] == "halted" and state.by_type["risk"] == 1  # the account-wide cap
     assert venue.state.count("/v5/order/cancel-all") == 1  # halting cancels what rests
@@ -170,7 +147,7 @@ async def test_notional_cap_refuses_the_entry_without_sending_it(venue, nats_ser
     finally:
         await bus.close()
     state = stored_state(tmp_path / "demo.sqlite")
-    assert not _creates(venue) and state.by_type["order.rejected"] >= 1 and state.risk.get("livetest") is None
+    assert not creates(venue) and state.by_type["order.rejected"] >= 1 and state.risk.get("livetest") is None
 
 
 async def test_kill_command_over_nats_halts_and_resume_lifts(venue, nats_server, tmp_path):
@@ -180,7 +157,7 @@ async def test_kill_command_over_nats_halts_and_resume_lifts(venue, nats_server,
     try:
         async with running(settings_for(venue, bus, tmp_path)) as r:
             await _trade(r, venue, 6)
-            sent = len(_creates(venue))
+            sent = len(creates(venue))
             now = time.time_ns()
             for state in ("halted", "active"):
                 cmd = ev.RiskStateChanged(id=IdGenerator().next(now), ts_event=now, ts_init=now, system="livetest",
@@ -189,12 +166,12 @@ async def test_kill_command_over_nats_halts_and_resume_lifts(venue, nats_server,
                 await r.until(lambda: r.daemon.guard.state == state, what=f"guard {state}")
                 if state == "halted":
                     await _trade(r, venue, 6)
-                    assert len(_creates(venue)) == sent, "no order while halted"
+                    assert len(creates(venue)) == sent, "no order while halted"
             await _trade(r, venue, 8)
-            assert len(_creates(venue)) > sent, "trading resumed"
+            assert len(creates(venue)) > sent, "trading resumed"
     finally:
         await bus.close()
-    _check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    check_store_equals_venue(venue, tmp_path / "demo.sqlite")
 
 
 def test_live_never_starts_without_the_typed_confirmation_and_a_limits_file(tmp_path):
@@ -230,3 +207,39 @@ async def test_refused_websocket_auth_fails_the_connect_instead_of_hanging(venue
     assert time.monotonic() - t0 < 30
     auths = [f for f in venue.state.frames_in if f.get("op") == "auth"]
     assert len(auths) == 3 and not venue.ws.connections(private=True)  # three tries, none authorised
+
+
+async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes(venue, nats_server, tmp_path):
+    from decimal import Decimal
+
+    from tradebus.live.daemon import EXIT_FAIL_CLOSED, Daemon
+
+    from .proc import run_tradebus
+
+    store = tmp_path / "demo.sqlite"
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 8)
+        sent = len(creates(venue))
+        assert sent >= 1
+        # Someone trades by hand in the account: the position moves with no execution the daemon can list.
+        venue.state.positions[SYMBOL].size += Decimal("0.05")
+        daemon = Daemon(settings_for(venue, bus, tmp_path))
+        assert await asyncio.wait_for(daemon.run(asyncio.Event()), 60) == EXIT_FAIL_CLOSED
+        assert len(creates(venue)) == sent, "nothing is sent by a daemon that failed closed"
+        state = stored_state(store)
+        assert state.risk["livetest"] == "halted"
+        assert "venue's is" in daemon._failed
+
+        # The person fixes the account and resumes; the next start trades again.
+        venue.state.positions[SYMBOL].size -= Decimal("0.05")
+        resumed = run_tradebus("resume", "livetest", "--store", str(store))
+        assert resumed.returncode == 0 and "recorded in" in resumed.stdout, resumed.stdout + resumed.stderr
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            assert r.daemon.guard.state == "active"
+            await _trade(r, venue, 10)
+            assert len(creates(venue)) > sent
+    finally:
+        await bus.close()
+    check_store_equals_venue(venue, store)

@@ -1,0 +1,159 @@
+"""The demo daemon as a user runs it: `tradebus demo` in its own process with its embedded NATS, followed
+by `tradebus tail`, read by `tradebus rebuild` and `tradebus status` while it trades, killed with SIGKILL
+in the middle of an order, restarted, and stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .fake_bybit import API_KEY, API_SECRET
+from .livekit import CONFIG, check_store_equals_venue, creates, start_venue, venue_qty
+from .proc import LineReader, run_tradebus, tradebus, wait_dead
+
+KEYS = {"TRADEBUS_DEMO_API_KEY": API_KEY, "TRADEBUS_DEMO_API_SECRET": API_SECRET}
+
+
+@pytest.fixture
+def venue():
+    v = start_venue()
+    yield v
+    v.close()
+
+
+class DaemonProc:
+    """`tradebus demo` in a child process; its output is drained on threads so it never blocks."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = tradebus(*args, env=KEYS)
+        self.log = LineReader(self.proc.stderr)
+        self.out = LineReader(self.proc.stdout)
+
+    def wait_trading(self) -> None:
+        self.log.wait_for("daemon trading", timeout=90)
+
+
+def _status(system: str = "livetest") -> dict:
+    rows = json.loads(run_tradebus("status", "--json").stdout)
+    return next((r for r in rows if r["system"] == system), {})
+
+
+async def _poll(cond, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def _push(v, bars: int, pause: float = 0.3) -> None:
+    for _ in range(bars):
+        v.push_bar()
+        await asyncio.sleep(pause)
+
+
+def _nats_pid() -> int:
+    found = Path(os.environ["TRADEBUS_HOME"]) / "nats" / "server.json"
+    return int(json.loads(found.read_text())["pid"])
+
+
+async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venue(venue, tmp_path):
+    cfg = tmp_path / "livetest.yaml"
+    cfg.write_text(yaml.safe_dump(CONFIG))
+    store = tmp_path / "demo.sqlite"
+    args = ("demo", str(cfg), "--store", str(store), "--rest-url", venue.rest.url, "--public-ws",
+            venue.ws.public_url, "--private-ws", venue.ws.private_url, "--heartbeat", "0.3")
+
+    first = DaemonProc(*args)
+    tail = None
+    try:
+        first.wait_trading()
+        nats_pid = _nats_pid()
+        tail = tradebus("tail", "--system", "livetest", "--json")  # finds the daemon's embedded NATS
+        tail_out, tail_log = LineReader(tail.stdout), LineReader(tail.stderr)
+        tail_log.wait_for("tailing")
+        await _push(venue, 8)
+        await _poll(lambda: creates(venue), "a first order")
+        await _poll(lambda: _status().get("position") == pytest.approx(venue_qty(venue)), "the position at the daemon")
+
+        # The next order reaches the venue and fills there, but the daemon hears nothing of it (its
+        # answer is late, the pushes are lost) before it dies.
+        venue.state.drop_private, venue.state.ack_delay = 10**6, 4.0
+        before, held = len(creates(venue)), venue_qty(venue)
+        for _ in range(30):
+            venue.push_bar()
+            if await _poll_quietly(lambda: len(creates(venue)) > before, 1.0):
+                break
+        else:
+            raise AssertionError("the strategy never traded again")
+        killed_link = creates(venue)[-1]["orderLinkId"]
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        assert wait_dead(nats_pid), "the embedded nats-server must not outlive its daemon"
+        assert _status()["status"] == "dead (no process)"
+        venue.state.drop_private, venue.state.ack_delay = 0, 0.0
+        await _push(venue, 3, pause=0.05)  # bars close while nobody watches
+
+        seen = [json.loads(line) for line in _drain(tail_out)]
+        types = {e["type"] for e in seen}
+        assert {"order.intent", "order.submitted", "fill", "heartbeat"} <= types, types
+        assert all(e["system"] in ("livetest", "") for e in seen)
+    finally:
+        for p in (first.proc, tail):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait(10)
+
+    second = DaemonProc(*args)
+    try:
+        second.wait_trading()
+        # Reconciled before trading: the order the first daemon never heard back from is known filled.
+        await _poll(lambda: _status().get("status") == "running", "the status file")
+        assert venue_qty(venue) != pytest.approx(held), "the order sent before the kill moved the position"
+        assert _status()["position"] == pytest.approx(venue_qty(venue))
+        rebuilt = run_tradebus("rebuild", "--store", str(store), "--json")  # another process, store in use
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert json.loads(rebuilt.stdout)["events"] > 0
+        await _push(venue, 10)
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.proc.wait(30) == 0
+    finally:
+        if second.proc.poll() is None:
+            second.proc.kill()
+            second.proc.wait(10)
+    assert _status()["status"] == "stopped"
+
+    links = [b["orderLinkId"] for b in creates(venue)]
+    assert links.count(killed_link) == 1, "the order in flight at the kill was not sent again"
+    assert len(links) == len(set(links)) == len(venue.state.orders)
+    state = check_store_equals_venue(venue, store)
+    assert not state.open_orders
+    assert state.by_type["run.started"] == 2 and state.by_type["run.finished"] == 1  # the killed run never finished
+
+
+async def _poll_quietly(cond, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(cond())
+
+
+def _drain(reader: LineReader) -> list[str]:
+    lines = []
+    while True:
+        try:
+            lines.append(reader.next(timeout=0.5))
+        except (TimeoutError, EOFError):
+            return lines
