@@ -155,6 +155,12 @@ class FakeBybitState:
                                             "data": [dict(item, confirm=True)]})
             self._match(symbol, Decimal(_num(h)), Decimal(_num(l)))
 
+    def transfer(self, amount: float) -> None:
+        """Money moves in (or, negative, out of) the account outside any trade; the wallet is pushed."""
+        with self.lock:
+            self.balance += Decimal(_num(amount))
+            self._private("wallet", [self._wallet_wire()])
+
     # -- orders -------------------------------------------------------------------------------------------
 
     def _private(self, topic: str, data: list[dict]) -> None:

@@ -243,3 +243,26 @@ async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes
     finally:
         await bus.close()
     check_store_equals_venue(venue, store)
+
+
+async def test_account_drawdown_halts_cancels_what_rests_and_survives_a_restart(venue, nats_server, tmp_path):
+    limits = Limits.model_validate({"global": {"max_drawdown": 0.1}})
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
+            await _trade(r, venue, 6)
+            venue.state.transfer(-2_000)  # a fifth of the account gone (a loss in another system, say)
+            await r.until(lambda: r.daemon.guard.state == "halted", what="the drawdown halt")
+            await r.settle()
+            sent = len(creates(venue))
+            await _trade(r, venue, 8)
+            assert len(creates(venue)) == sent, "no order while halted"
+            assert venue.state.count("/v5/order/cancel-all") == 1
+        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
+            assert r.daemon.guard.state == "halted" and "drawdown" in r.daemon.guard.reason()
+            await _trade(r, venue, 6)
+            assert len(creates(venue)) == sent
+    finally:
+        await bus.close()
+    state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+    assert state.risk[projections.GLOBAL] == "halted"
