@@ -73,6 +73,8 @@ def configure_logging(fmt: str | None = None, level: str | None = None, stream: 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        # Without a stream, whatever sys.stderr is at each call: a caller that swapped it for a while
+        # (a test runner, a CLI harness) and closed it leaves no logger writing to a closed file.
+        logger_factory=structlog.PrintLoggerFactory(stream) if stream else lambda *_: structlog.PrintLogger(sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -75,6 +75,11 @@ class NatsBus:
         nc = self._require()
         return str(nc.connected_url.geturl()) if nc.connected_url else ""
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (it reconnects by itself after a server restart)."""
+        return not self._closed and self._nc is not None and self._nc.is_connected
+
     def _require(self) -> Client:
         if self._closed or self._nc is None:
             raise BusClosedError("the NATS bus is closed")

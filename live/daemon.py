@@ -368,7 +368,8 @@ class Daemon:
         c = self.config
         pos = self.portfolio.positions.get(c.symbol)
         info = {"system": c.system, "mode": self.s.mode, "status": status, "pid": os.getpid(), "run": self.run_id,
-                "store": str(self.s.store_path), "nats": getattr(self.s.bus, "url", ""), "symbol": c.symbol,
+                "store": str(self.s.store_path), "nats": getattr(self.s.bus, "url", ""),
+                "nats_connected": getattr(self.s.bus, "connected", True), "symbol": c.symbol,
                 "heartbeat_ns": time.time_ns(), "last_bar_open_ns": self.features.last_open, "position":
                 pos.qty if pos else 0.0, "equity": self.portfolio.equity(), "risk": self.guard.state,
                 "risk_reason": self.guard.reason(), "open_orders": len(self.venue.open_order_ids()),

@@ -4,6 +4,7 @@ recorded to the store, reconciled with the venue after a stream drop, and guarde
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -266,3 +267,41 @@ async def test_account_drawdown_halts_cancels_what_rests_and_survives_a_restart(
         await bus.close()
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert state.risk[projections.GLOBAL] == "halted"
+
+
+async def test_nats_server_crash_and_restart_loses_nothing_and_commands_reach_the_daemon_after(venue, tmp_path):
+    from tradebus.bus.ids import IdGenerator
+    from tradebus.bus.natsserver import start_server
+
+    server = await start_server(tmp_path / "nats")
+    port = int(server.url.rsplit(":", 1)[1])
+    bus = await nats_bus(server)
+    watcher = await nats_bus(server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 4)
+            server.process.kill()  # a crash, not a clean stop
+            server.stop()
+            await r.until(lambda: not bus.connected, what="the daemon to notice")
+            stored, sent = r.daemon.stored, len(creates(venue))
+            await _trade(r, venue, 10)
+            assert r.daemon.stored > stored and len(creates(venue)) > sent, "trading and recording go on without NATS"
+            assert json.loads(r.daemon.status_path().read_text())["nats_connected"] is False
+
+            server = await start_server(tmp_path / "nats", port=port)
+            await r.until(lambda: bus.connected and watcher.connected, timeout=30, what="both clients to reconnect")
+            answers = await watcher.subscribe("tb.risk.>")
+            await watcher.flush()
+            now = time.time_ns()
+            kill = ev.RiskStateChanged(id=IdGenerator().next(now), ts_event=now, ts_init=now, system="livetest",
+                                       run="command-after-restart", state="halted", previous="active", reason="test")
+            await watcher.publish(kill)
+            await r.until(lambda: r.daemon.guard.state == "halted", what="the kill sent after the restart")
+            while (answer := await answers.next(10)).cause != kill.id:
+                pass
+            assert answer.state == "halted" and answer.run == r.daemon.run_id
+    finally:
+        await watcher.close()
+        await bus.close()
+        server.stop()
+    check_store_equals_venue(venue, tmp_path / "demo.sqlite")
