@@ -257,8 +257,9 @@ class _Socket(WebSocket):
         self.ws.send(json.dumps({"op": "auth", "args": [self.api_key, expires, signature]}))
 
 
-Inbox = Callable[[tuple[str, Any]], None]
-"""Where stream messages go, on the event loop: ``("frame", Frame)``, ``("open", name)``, ``("bad", text)``."""
+Inbox = Callable[[tuple[str, Any, int]], None]
+"""Where stream messages go, on the event loop: ``("frame", Frame, t)``, ``("open", name, t)``, ``("bad", text, t)``;
+``t`` is ``time.perf_counter_ns()`` when the message reached tradebus on the socket's thread."""
 
 
 class Stream:
@@ -277,26 +278,27 @@ class Stream:
         self.rebuilds = 0
         self.bad = 0
 
-    def _post(self, item: tuple[str, Any]) -> None:
+    def _post(self, kind: str, payload: Any, received_ns: int = 0) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._inbox, item)
+            self._loop.call_soon_threadsafe(self._inbox, (kind, payload, received_ns or time.perf_counter_ns()))
         except RuntimeError:  # the loop is closed: the daemon is stopping
             pass
 
     def _on_message(self, msg: dict) -> None:
         # Runs on pybit's thread: nothing may escape, or the stream is dead for good.
+        received_ns = time.perf_counter_ns()
         try:
             frame = w.decode(_ENC.encode(msg))
         except Exception as exc:  # noqa: BLE001 - a bad frame is logged and skipped
             self.bad += 1
-            self._post(("bad", f"{self.name}: {exc}"))
+            self._post("bad", f"{self.name}: {exc}")
             return
-        self._post(("frame", frame))
+        self._post("frame", frame, received_ns)
 
     def _on_open(self) -> None:
         try:
             self.opens += 1
-            self._post(("open", self.name))
+            self._post("open", self.name)
         except Exception:  # noqa: BLE001 - as above
             pass
 

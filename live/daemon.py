@@ -69,6 +69,23 @@ class WallClock:
         return time.time_ns()
 
 
+@dataclass
+class Latency:
+    """How long after a venue message reached tradebus its step had decided, had stored, and its first
+    request was leaving (ns); ``sent`` is 0 until it leaves."""
+
+    decided: int
+    stored: int
+    sent: int = 0
+    received_ns: int = 0  # perf_counter_ns at receipt
+
+
+def _sent(timing: Latency | None) -> None:
+    """Called on the sending thread just before the request is written."""
+    if timing is not None:
+        timing.sent = time.perf_counter_ns() - timing.received_ns
+
+
 class FailClosed(RuntimeError):
     """Local state and the venue's disagree in a way the daemon cannot explain."""
 
@@ -108,8 +125,8 @@ class Daemon:
         self.inbox: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
         self.tasks: set[asyncio.Task] = set()
         # One sender, in order: an exit must reach the venue before the entry decided with it.
-        self.requests: asyncio.Queue[tuple[Request, int]] = asyncio.Queue()
-        self.latencies_ns: list[int] = []  # confirmed kline received -> its order's create sent
+        self.requests: asyncio.Queue[tuple[Request, Latency | None]] = asyncio.Queue()
+        self.latencies: list[Latency] = []  # one per venue message that caused a request
         self.steps = 0
         self.in_flight = 0
         self._commands_seen: set[str] = set()
@@ -187,15 +204,22 @@ class Daemon:
             return []
         self._collected = []
         self.bus_host.step(roots, time.time_ns())
+        decided_ns = time.perf_counter_ns()
         done = self._collected
         durable = [e for e in done if type(e) is not ev.Snapshot]
         if durable:
             await asyncio.to_thread(self.store.append, durable)
             self.stored += len(durable)
+        stored_ns = time.perf_counter_ns()
         for event in done:
             await self._publish(event)
-        for req in self.venue.take_outbox():
-            self.requests.put_nowait((req, received_ns))
+        requests = self.venue.take_outbox()
+        timing = None
+        if requests and received_ns:
+            timing = Latency(decided_ns - received_ns, stored_ns - received_ns, received_ns=received_ns)
+            self.latencies.append(timing)
+        for i, req in enumerate(requests):
+            self.requests.put_nowait((req, timing if i == 0 else None))  # timed: the first request it caused
         self.steps += 1
         return done
 
@@ -210,28 +234,27 @@ class Daemon:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _post(self, kind: str, payload: Any) -> None:
-        self.inbox.put_nowait((kind, payload, time.perf_counter_ns()))
+    def _post(self, kind: str, payload: Any, received_ns: int = 0) -> None:
+        self.inbox.put_nowait((kind, payload, received_ns or time.perf_counter_ns()))
 
     # -- requests -----------------------------------------------------------------------------------
 
     async def _sender(self) -> None:
         while True:
-            req, received_ns = await self.requests.get()
+            req, timing = await self.requests.get()
             self.in_flight += 1
             try:
-                await self._execute(req, received_ns)
+                await self._execute(req, timing)
             finally:
                 self.in_flight -= 1
                 self.requests.task_done()
 
-    async def _execute(self, req: Request, received_ns: int) -> None:
+    async def _execute(self, req: Request, timing: Latency | None) -> None:
         try:
             if req.kind == "create":
-                if received_ns:
-                    self.latencies_ns.append(time.perf_counter_ns() - received_ns)
-                events = await self._create(req)
+                events = await self._create(req, timing)
             elif req.kind == "cancel_all":
+                _sent(timing)
                 await asyncio.to_thread(self.rest.cancel_all, req.symbol)
                 events = []  # the cancellations arrive as order pushes (and by lookup on reconnect)
             else:
@@ -241,11 +264,15 @@ class Daemon:
             events = self.venue.from_refusal(req.order_id, "http", str(exc)) if req.kind == "create" else []
         self._post("result", events)
 
-    async def _create(self, req: Request) -> list[ev.Event]:
+    async def _create(self, req: Request, timing: Latency | None = None) -> list[ev.Event]:
         """Send a create; an unknown outcome is looked up, and resent (same link id) only if not found."""
         for attempt in range(2):
             try:
-                ack = await asyncio.to_thread(self.rest.create, req.params)
+                def send() -> w.OrderAck:
+                    _sent(timing if attempt == 0 else None)
+                    return self.rest.create(req.params)
+
+                ack = await asyncio.to_thread(send)
                 return self.venue.from_ack(req.order_id, ack)
             except VenueRejected as exc:
                 return self.venue.from_refusal(req.order_id, exc.code, exc.message)
@@ -390,7 +417,7 @@ class Daemon:
                 **s.manifest, "run": self.run_id, "system": c.system, "config": c.model_dump(mode="json"),
                 "config_hash": c.config_hash(), "limits": s.limits.model_dump(mode="json", by_alias=True),
                 "venue": self.rest.endpoint, "code_version": __version__})])
-            post = lambda item: self._post(*item)  # noqa: E731 - streams hand over (kind, payload)
+            post = lambda item: self._post(*item)  # noqa: E731 - streams hand over (kind, payload, received)
             private = private_stream(s.creds, loop, post, url=s.private_ws, demo=s.mode == "demo" and not s.private_ws,
                                      clock=self.rest.clock)
             await asyncio.to_thread(private.connect)
