@@ -85,6 +85,9 @@ class _SignedHTTP(HTTP):
 
     venue_clock: VenueClock
 
+    def __repr__(self) -> str:  # pybit's dataclass repr would print api_key and api_secret
+        return f"_SignedHTTP(endpoint={getattr(self, 'endpoint', '')!r})"
+
     def _prepare_headers(self, payload: Any, recv_window: int, content_type: str = "application/json") -> dict:
         timestamp = self.venue_clock.now_ms()
         signature = self._auth(payload=payload, recv_window=recv_window, timestamp=timestamp)
@@ -146,6 +149,15 @@ class BybitRest(BybitPublic):
 
     def create(self, params: dict[str, Any]) -> w.OrderAck:
         return self._typed(self._call("place_order", **params), w.OrderAck)
+
+    def amend(self, symbol: str, link_id: str, *, qty: str | None = None, price: str | None = None,
+              trigger_price: str | None = None, category: str = "linear") -> w.OrderAck:
+        """Change a resting order's qty, limit price or trigger (decimal strings from ``InstrumentRules``)."""
+        changes = {k: v for k, v in (("qty", qty), ("price", price), ("triggerPrice", trigger_price)) if v is not None}
+        if not changes:
+            raise ValueError("amend: give at least one of qty, price, trigger_price")
+        return self._typed(self._call("amend_order", category=category, symbol=symbol, orderLinkId=link_id, **changes),
+                           w.OrderAck)
 
     def cancel(self, symbol: str, link_id: str, category: str = "linear") -> None:
         self._call("cancel_order", category=category, symbol=symbol, orderLinkId=link_id)

@@ -335,6 +335,44 @@ class FakeBybitState:
         self._cancelled(order)
         return {"orderId": order["orderId"], "orderLinkId": order["orderLinkId"]}
 
+    def amend(self, body: dict) -> dict:
+        """``POST /v5/order/amend``: a resting order's qty, price or trigger; a limit moved through the
+        market fills at once as a taker (a post-only one is cancelled instead, as at create)."""
+        order = self._find(body.get("orderId"), body.get("orderLinkId"))
+        if order is None or order["orderStatus"] not in ("New", "PartiallyFilled", "Untriggered"):
+            raise ApiError(110001, "order not exists or too late to replace")
+        inst = self._inst(order["symbol"])
+        new = {}
+        if body.get("qty"):
+            qty = self._on_grid(str(body["qty"]), inst.step, "qty")
+            done = Decimal(order["cumExecQty"])
+            if qty <= done or qty < Decimal(inst.min_qty):
+                raise ApiError(10001, f"params error: qty {qty} must exceed the {done} filled and the minimum")
+            new.update(qty=_num(qty), leavesQty=_num(qty - done))
+        if body.get("price"):
+            if order["orderType"] != "Limit":
+                raise ApiError(10001, "params error: a market order has no price to amend")
+            new["price"] = _num(self._on_grid(str(body["price"]), inst.tick, "price"))
+        if body.get("triggerPrice"):
+            if order["orderStatus"] != "Untriggered":
+                raise ApiError(10001, "params error: only an untriggered order has a trigger to amend")
+            new["triggerPrice"] = _num(self._on_grid(str(body["triggerPrice"]), inst.tick, "triggerPrice"))
+        if not new:
+            raise ApiError(10001, "params error: nothing to amend")
+        last = self.last_price.get(order["symbol"])
+        price = Decimal(new.get("price", order["price"]))
+        crosses = order["orderType"] == "Limit" and order["orderStatus"] != "Untriggered" and last is not None and (
+            price >= last if order["side"] == "Buy" else price <= last)
+        order.update(new, updatedTime=str(self.now()))
+        if crosses and order["timeInForce"] == "PostOnly":
+            order.update(orderStatus="Cancelled", cancelType="CancelByUser", rejectReason="EC_PostOnlyWillTakeLiquidity")
+            self._private("order", [dict(order)])
+        elif crosses:
+            self._fill(order, last, taker=True)
+        else:
+            self._private("order", [dict(order)])
+        return {"orderId": order["orderId"], "orderLinkId": order["orderLinkId"]}
+
     def _cancelled(self, order: dict) -> None:
         status = "PartiallyFilledCanceled" if Decimal(order["cumExecQty"]) > 0 else (
             "Deactivated" if order["orderStatus"] == "Untriggered" else "Cancelled")
@@ -429,8 +467,8 @@ def _kline_rows(data: dict[str, np.ndarray] | None, q: dict[str, str], now_ms: i
 _PRIVATE_GET = {"/v5/order/realtime": FakeBybitState.open_orders, "/v5/order/history": FakeBybitState.order_history,
                 "/v5/execution/list": FakeBybitState.execution_list, "/v5/position/list": FakeBybitState.position_list,
                 "/v5/account/wallet-balance": lambda st, q: {"list": [st._wallet_wire()]}}
-_PRIVATE_POST = {"/v5/order/create": FakeBybitState.create, "/v5/order/cancel": FakeBybitState.cancel,
-                 "/v5/order/cancel-all": FakeBybitState.cancel_all}
+_PRIVATE_POST = {"/v5/order/create": FakeBybitState.create, "/v5/order/amend": FakeBybitState.amend,
+                 "/v5/order/cancel": FakeBybitState.cancel, "/v5/order/cancel-all": FakeBybitState.cancel_all}
 
 
 class _Handler(BaseHTTPRequestHandler):
