@@ -15,8 +15,8 @@ resolved by looking the order up.
 
 Start (and every reconnect of the private stream) reconciles with the venue before trading: executions
 since the last one stored (deduplicated by exec id), the state of every order the store says is open,
-the position and the wallet. At start, a position that still differs from the store's is not explained
-by anything the daemon can see: it halts and exits (fail closed). Bars that closed before the start are
+the position and the wallet. A position that still differs from the store's is not explained by
+anything the daemon can see: the system halts (and at start the daemon exits): fail closed. Bars that closed before the start are
 history (they warm the indicators up and are not traded).
 """
 
@@ -292,8 +292,9 @@ class Daemon:
 
     # -- reconciliation -----------------------------------------------------------------------------
 
-    async def reconcile(self, startup: bool) -> None:
-        """Executions missed, orders' true state, position and wallet, from REST; fail closed at start."""
+    async def _catch_up(self, startup: bool) -> w.Position | None:
+        """Executions missed, orders' true state, position and wallet, from REST, run as one step;
+        returns the venue's position."""
         c, rest, venue = self.config, self.rest, self.venue
         since = venue.last_exec_ms - 60_000 if venue.last_exec_ms else rest.clock.now_ms() - 60_000
         events: list[ev.Event] = []
@@ -311,18 +312,27 @@ class Daemon:
             events += venue.from_position(pos)
         events += venue.from_wallet(wallet, rest.clock.now_ms())
         await self.step(events)
-        local = self.portfolio.positions.get(c.symbol)
-        mine = local.qty if local else 0.0
-        theirs = pos.signed_qty() if pos is not None else 0.0
-        if abs(mine - theirs) > float(venue.rules.step) / 2:
-            msg = (f"{c.symbol}: the store's position is {mine:g} but the venue's is {theirs:g}, and the executions "
-                   f"since the last stored one do not explain it")
-            if startup:
-                change = ev.RiskStateChanged(**self._system_stamp(self.clock.now()), scope="system",
-                                             state="halted", previous=self.guard.state, reason=msg)
-                await self.step([change])
-                raise FailClosed(msg)
-            log.error("position differs from the venue's after a reconnect", detail=msg)
+        return pos
+
+    async def reconcile(self, startup: bool) -> None:
+        """Catch up with the venue. A position the executions do not explain halts the system (cancel
+        all, no new orders, until a person resumes it), and at start ends the daemon: fail closed."""
+        c = self.config
+        for attempt in range(2):
+            pos = await self._catch_up(startup)
+            local = self.portfolio.positions.get(c.symbol)
+            mine = local.qty if local else 0.0
+            theirs = pos.signed_qty() if pos is not None else 0.0
+            if abs(mine - theirs) <= float(self.venue.rules.step) / 2:
+                return
+            if attempt == 0:  # a fill landing between the two reads looks the same: read again first
+                await asyncio.sleep(self.s.lookup_delay * 2)
+        msg = (f"{c.symbol}: the store's position is {mine:g} but the venue's is {theirs:g}, and the executions "
+               f"since the last stored one do not explain it")
+        await self.step(list(self.guard.halt(msg, self.clock.now())))
+        if startup:
+            raise FailClosed(msg)
+        log.error("halted: the position differs from the venue's after a reconnect", detail=msg)
 
     async def backfill_bars(self, until_open: int | None = None) -> None:
         """Closed bars after the last held, up to ``until_open`` (exclusive) or now, from REST, in order."""

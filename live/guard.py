@@ -108,6 +108,10 @@ class RiskGuard(Component):
         self._orders.append(now)
         return ""
 
+    def halt(self, reason: str, ts: int, cause: str = "") -> tuple[ev.Event, ...]:
+        """Halt this system now (its position cannot be reconciled with the venue's); a person resumes it."""
+        return self._set(self._scopes["system"], "halted", reason, ts, cause, sticky=True)
+
     def take_breach(self, ts: int, cause: str) -> tuple[ev.Event, ...]:
         """The state change an ``admit`` decided (an order-rate halt), as events."""
         breach, self._halt_later = self._halt_later, None

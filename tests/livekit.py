@@ -9,12 +9,13 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import pytest
 
 from tradebus.bus import events as ev
 from tradebus.bus.nats import NatsBus
+from tradebus.components.timeframes import tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import parse_config
 from tradebus.eventstore import projections
@@ -26,7 +27,6 @@ from .fake_bybit import API_KEY, API_SECRET, FakeBybit, FakeBybitState, FakeBybi
 
 SYMBOL = "BTCUSDT"
 TF = "1m"
-STEP_MS = 60_000
 CONFIG = {
     "system": "livetest", "symbol": SYMBOL, "timeframe": TF,
     "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},
@@ -46,33 +46,38 @@ class Venue:
     state: FakeBybitState
     rest: FakeBybit
     ws: FakeBybitWs
+    tf: str = TF
+    wave: Callable[[int], float] = price_at
     next_bar: int = 0  # index of the next bar to close
     t0_ms: int = 0
 
+    def _close_bar(self, push: bool) -> None:
+        i = self.next_bar
+        c, o = self.wave(i), self.wave(i - 1)
+        self.state.add_candle(SYMBOL, self.tf, self.t0_ms + i * tf_ns(self.tf) // 1_000_000, o, max(o, c) + 5,
+                              min(o, c) - 5, c, 10.0, push=push)
+        self.next_bar += 1
+
     def push_bar(self, n: int = 1) -> None:
         for _ in range(n):
-            i = self.next_bar
-            c, o = price_at(i), price_at(i - 1)
-            self.state.add_candle(SYMBOL, TF, self.t0_ms + i * STEP_MS, o, max(o, c) + 5, min(o, c) - 5, c, 10.0)
-            self.next_bar += 1
+            self._close_bar(push=True)
 
     def close(self) -> None:
         self.ws.stop()
         self.rest.stop()
 
 
-def start_venue(history: int = 60) -> Venue:
+def start_venue(history: int = 60, tf: str = TF, wave: Callable[[int], float] = price_at) -> Venue:
+    """A fake Bybit holding ``history`` closed candles of ``wave`` that end a day or more ago (the venue's
+    clock is the wall clock, so every bar pushed later is in the past too)."""
     state = FakeBybitState()
     rest = FakeBybit.start(state)
     ws = FakeBybitWs(state)
-    # History ends a day ago: the venue's clock is the wall clock, and every pushed bar stays in the past.
-    t0 = (int(time.time() * 1000) // STEP_MS - 24 * 60) * STEP_MS - history * STEP_MS
-    v = Venue(state, rest, ws, next_bar=0, t0_ms=t0)
+    step = tf_ns(tf) // 1_000_000
+    t0 = (int(time.time() * 1000) // step - 24 * 60) * step - history * step
+    v = Venue(state, rest, ws, tf=tf, wave=wave, t0_ms=t0)
     for _ in range(history):
-        i = v.next_bar
-        c, o = price_at(i), price_at(i - 1)
-        state.add_candle(SYMBOL, TF, t0 + i * STEP_MS, o, max(o, c) + 5, min(o, c) - 5, c, 10.0, push=False)
-        v.next_bar += 1
+        v._close_bar(push=False)
     return v
 
 

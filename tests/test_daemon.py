@@ -305,3 +305,27 @@ async def test_nats_server_crash_and_restart_loses_nothing_and_commands_reach_th
         await bus.close()
         server.stop()
     check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+
+
+async def test_a_position_the_executions_cannot_explain_after_a_reconnect_halts_but_keeps_running(
+        venue, nats_server, tmp_path):
+    from decimal import Decimal
+
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path)) as r:
+            await _trade(r, venue, 8)
+            assert creates(venue)
+            venue.state.positions[SYMBOL].size += Decimal("0.05")  # a trade by hand, while the stream was down
+            assert venue.ws.close_sockets(private=True) >= 1
+            await r.until(lambda: r.daemon.guard.state == "halted", what="the halt after the reconnect")
+            await r.settle()
+            sent = len(creates(venue))
+            await _trade(r, venue, 6)
+            assert len(creates(venue)) == sent, "no order while halted"
+            assert not r.task.done(), "it keeps running: status, tail and resume still work"
+    finally:
+        await bus.close()
+    state = stored_state(tmp_path / "demo.sqlite")
+    assert state.risk["livetest"] == "halted"
+    assert venue.state.count("/v5/order/cancel-all") == 1

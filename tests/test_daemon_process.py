@@ -1,6 +1,6 @@
-"""The demo daemon as a user runs it: `tradebus demo` in its own process with its embedded NATS, followed
-by `tradebus tail`, read by `tradebus rebuild` and `tradebus status` while it trades, killed with SIGKILL
-in the middle of an order, restarted, and stopped with SIGTERM."""
+"""The demo daemon as a user runs it: `tradebus demo` on an example config, in its own process with its
+embedded NATS, followed by `tradebus tail`, read by `tradebus rebuild` and `tradebus status` while it
+trades, killed with SIGKILL in the middle of an order, restarted, and stopped with SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,19 +11,30 @@ import signal
 import time
 from pathlib import Path
 
+import math
+
 import pytest
-import yaml
+
+from tradebus.bus import events as ev
+from tradebus.eventstore.store import EventStore
 
 from .fake_bybit import API_KEY, API_SECRET
-from .livekit import CONFIG, check_store_equals_venue, creates, start_venue, venue_qty
+from .livekit import check_store_equals_venue, creates, start_venue, venue_qty
 from .proc import LineReader, run_tradebus, tradebus, wait_dead
 
 KEYS = {"TRADEBUS_DEMO_API_KEY": API_KEY, "TRADEBUS_DEMO_API_SECRET": API_SECRET}
+EXAMPLE = Path(__file__).resolve().parents[1] / "configs" / "examples" / "sma_cross_btc_5m.yaml"
+SYSTEM = "sma_cross_btc_5m"
+
+
+def _wave(i: int) -> float:
+    """Slow enough for a 10/30 SMA cross to flip every dozen bars."""
+    return round(30_000 + 900 * math.sin(i / 4), 1)
 
 
 @pytest.fixture
 def venue():
-    v = start_venue()
+    v = start_venue(history=150, tf="5m", wave=_wave)
     yield v
     v.close()
 
@@ -40,7 +51,7 @@ class DaemonProc:
         self.log.wait_for("daemon trading", timeout=90)
 
 
-def _status(system: str = "livetest") -> dict:
+def _status(system: str = SYSTEM) -> dict:
     rows = json.loads(run_tradebus("status", "--json").stdout)
     return next((r for r in rows if r["system"] == system), {})
 
@@ -68,10 +79,8 @@ def _nats_pid() -> int:
 
 
 async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venue(venue, tmp_path):
-    cfg = tmp_path / "livetest.yaml"
-    cfg.write_text(yaml.safe_dump(CONFIG))
     store = tmp_path / "demo.sqlite"
-    args = ("demo", str(cfg), "--store", str(store), "--rest-url", venue.rest.url, "--public-ws",
+    args = ("demo", str(EXAMPLE), "--store", str(store), "--rest-url", venue.rest.url, "--public-ws",
             venue.ws.public_url, "--private-ws", venue.ws.private_url, "--heartbeat", "0.3")
 
     first = DaemonProc(*args)
@@ -79,24 +88,20 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
     try:
         first.wait_trading()
         nats_pid = _nats_pid()
-        tail = tradebus("tail", "--system", "livetest", "--json")  # finds the daemon's embedded NATS
+        tail = tradebus("tail", "--system", SYSTEM, "--json")  # finds the daemon's embedded NATS
         tail_out, tail_log = LineReader(tail.stdout), LineReader(tail.stderr)
         tail_log.wait_for("tailing")
-        await _push(venue, 8)
-        await _poll(lambda: creates(venue), "a first order")
+        await _push_until(venue, lambda: creates(venue), "a first order")
         await _poll(lambda: _status().get("position") == pytest.approx(venue_qty(venue)), "the position at the daemon")
 
-        # The next order reaches the venue and fills there, but the daemon hears nothing of it (its
-        # answer is late, the pushes are lost) before it dies.
+        # The next signal reverses the position: an exit, then an entry. The exit reaches the venue and
+        # fills there, but the daemon hears nothing of it (the answer is late, the pushes are lost) and
+        # dies before it sends the entry.
         venue.state.drop_private, venue.state.ack_delay = 10**6, 4.0
         before, held = len(creates(venue)), venue_qty(venue)
-        for _ in range(30):
-            venue.push_bar()
-            if await _poll_quietly(lambda: len(creates(venue)) > before, 1.0):
-                break
-        else:
-            raise AssertionError("the strategy never traded again")
+        await _push_until(venue, lambda: len(creates(venue)) > before, "the reversal")
         killed_link = creates(venue)[-1]["orderLinkId"]
+        assert killed_link.endswith("-exit")
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
         assert wait_dead(nats_pid), "the embedded nats-server must not outlive its daemon"
@@ -107,7 +112,7 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
         seen = [json.loads(line) for line in _drain(tail_out)]
         types = {e["type"] for e in seen}
         assert {"order.intent", "order.submitted", "fill", "heartbeat"} <= types, types
-        assert all(e["system"] in ("livetest", "") for e in seen)
+        assert all(e["system"] in (SYSTEM, "") for e in seen)
     finally:
         for p in (first.proc, tail):
             if p is not None and p.poll() is None:
@@ -124,9 +129,13 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
         rebuilt = run_tradebus("rebuild", "--store", str(store), "--json")  # another process, store in use
         assert rebuilt.returncode == 0, rebuilt.stderr
         assert json.loads(rebuilt.stdout)["events"] > 0
-        await _push(venue, 10)
+        restarted = len(creates(venue))
+        await _push_until(venue, lambda: len(creates(venue)) > restarted, "trade after the restart")
+        await _push(venue, 3)
+        nats_pid = _nats_pid()
         second.proc.send_signal(signal.SIGTERM)
         assert second.proc.wait(30) == 0
+        assert wait_dead(nats_pid), "a clean stop stops the embedded nats-server too"
     finally:
         if second.proc.poll() is None:
             second.proc.kill()
@@ -136,9 +145,20 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
     links = [b["orderLinkId"] for b in creates(venue)]
     assert links.count(killed_link) == 1, "the order in flight at the kill was not sent again"
     assert len(links) == len(set(links)) == len(venue.state.orders)
-    state = check_store_equals_venue(venue, store)
+    state = check_store_equals_venue(venue, store, SYSTEM)
     assert not state.open_orders
+    with EventStore.open_reader(store) as st:
+        never_sent = [r.event for r in st.read() if isinstance(r.event, ev.OrderRejected)]
+    assert [(e.order_id, e.code) for e in never_sent] == [(killed_link.replace("-exit", "-entry"), "not_sent")]
     assert state.by_type["run.started"] == 2 and state.by_type["run.finished"] == 1  # the killed run never finished
+
+
+async def _push_until(v, cond, what: str, bars: int = 40, wait: float = 0.5) -> None:
+    for _ in range(bars):
+        v.push_bar()
+        if await _poll_quietly(cond, wait):
+            return
+    raise AssertionError(f"no {what} within {bars} bars")
 
 
 async def _poll_quietly(cond, timeout: float) -> bool:
