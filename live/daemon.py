@@ -16,8 +16,8 @@ resolved by looking the order up.
 Start (and every reconnect of the private stream) reconciles with the venue before trading: executions
 since the last one stored (deduplicated by exec id), the state of every order the store says is open,
 the position and the wallet. A position that still differs from the store's is not explained by
-anything the daemon can see: the system halts (and at start the daemon exits): fail closed. Bars that closed before the start are
-history (they warm the indicators up and are not traded).
+anything the daemon can see: the system halts, and at start the daemon exits (fail closed). Bars that
+closed before the start are history (they warm the indicators up and are not traded).
 """
 
 from __future__ import annotations

@@ -238,17 +238,22 @@ class FakeBybitState:
         elif otype == "Market":
             self._fill(order, self.last_price[inst.symbol], taker=True)
         else:
-            crosses = (side == "Buy" and price >= self.last_price.get(inst.symbol, price + 1)) or (
-                side == "Sell" and price <= self.last_price.get(inst.symbol, Decimal(0)))
-            if crosses and order["timeInForce"] == "PostOnly":
-                order.update(orderStatus="Cancelled", cancelType="CancelByUser",
-                             rejectReason="EC_PostOnlyWillTakeLiquidity")
-                self._private("order", [dict(order)])
-            elif crosses:
-                self._fill(order, self.last_price[inst.symbol], taker=True)
-            else:
-                self._private("order", [dict(order)])
+            self._place_limit(order)
         return {"orderId": oid, "orderLinkId": link}
+
+    def _place_limit(self, order: dict) -> None:
+        """A limit at its price: through the market it takes at once (a post-only one is cancelled
+        instead), otherwise it rests."""
+        last = self.last_price.get(order["symbol"])
+        price = Decimal(order["price"])
+        crosses = last is not None and (price >= last if order["side"] == "Buy" else price <= last)
+        if crosses and order["timeInForce"] == "PostOnly":
+            order.update(orderStatus="Cancelled", cancelType="CancelByUser", rejectReason="EC_PostOnlyWillTakeLiquidity")
+            self._private("order", [dict(order)])
+        elif crosses:
+            self._fill(order, last, taker=True)
+        else:
+            self._private("order", [dict(order)])
 
     def _fill(self, order: dict, price: Decimal, taker: bool) -> None:
         """Fill what is left of an order (in ``partial_fills`` pieces), push everything it changes."""
@@ -359,16 +364,9 @@ class FakeBybitState:
             new["triggerPrice"] = _num(self._on_grid(str(body["triggerPrice"]), inst.tick, "triggerPrice"))
         if not new:
             raise ApiError(10001, "params error: nothing to amend")
-        last = self.last_price.get(order["symbol"])
-        price = Decimal(new.get("price", order["price"]))
-        crosses = order["orderType"] == "Limit" and order["orderStatus"] != "Untriggered" and last is not None and (
-            price >= last if order["side"] == "Buy" else price <= last)
         order.update(new, updatedTime=str(self.now()))
-        if crosses and order["timeInForce"] == "PostOnly":
-            order.update(orderStatus="Cancelled", cancelType="CancelByUser", rejectReason="EC_PostOnlyWillTakeLiquidity")
-            self._private("order", [dict(order)])
-        elif crosses:
-            self._fill(order, last, taker=True)
+        if order["orderType"] == "Limit" and order["orderStatus"] != "Untriggered":
+            self._place_limit(order)
         else:
             self._private("order", [dict(order)])
         return {"orderId": order["orderId"], "orderLinkId": order["orderLinkId"]}
