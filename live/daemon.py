@@ -58,6 +58,7 @@ from tradebus.replay.runner import decision_components
 log = structlog.get_logger("tradebus.daemon")
 MS = 1_000_000
 EXIT_OK, EXIT_FAIL_CLOSED = 0, 3
+ORDER_GONE = 110001  # cancel/amend of an order that is not open (any more)
 
 
 class WallClock:
@@ -152,10 +153,11 @@ class Daemon:
             for comp in (self.host, self.risk, self.portfolio, self.guard):
                 if any(subjects.matches(p, subject) for p in comp.patterns()):
                     comp.on_event(event)
+        reduce_only = {e.order_id for e in own if isinstance(e, ev.OrderIntent) and e.reduce_only}
         for order in state.open_orders.values():
             if order.system == c.system and order.symbol == c.symbol:
                 self.venue.restore(order.order_id, order.symbol, order.qty, order.filled, order.venue_order_id,
-                                   order.status in ("accepted", "partially_filled"))
+                                   order.status in ("accepted", "partially_filled"), order.order_id in reduce_only)
         prefix = f"{c.system}|"
         self.venue.exec_ids.update(k[len(prefix):] for k in state.exec_ids if k.startswith(prefix))
         fills = [e for e in own if isinstance(e, ev.Fill)]
@@ -257,12 +259,28 @@ class Daemon:
                 _sent(timing)
                 await asyncio.to_thread(self.rest.cancel_all, req.symbol)
                 events = []  # the cancellations arrive as order pushes (and by lookup on reconnect)
+            elif req.kind == "cancel":
+                _sent(timing)
+                events = await self._cancel(req)
             else:
                 raise ValueError(f"unknown request {req.kind}")
         except VenueError as exc:
             log.error("venue request failed", kind=req.kind, order_id=req.order_id, error=str(exc))
             events = self.venue.from_refusal(req.order_id, "http", str(exc)) if req.kind == "create" else []
+            if req.kind == "cancel":
+                self.venue.cancel_failed(req.order_id)  # asked again at the next reconciliation
         self._post("result", events)
+
+    async def _cancel(self, req: Request) -> list[ev.Event]:
+        try:
+            await asyncio.to_thread(self.rest.cancel, req.symbol, req.order_id)
+        except VenueRejected as exc:
+            if exc.code != ORDER_GONE:
+                raise
+            # Already filled, cancelled or triggered: what it became comes from the venue.
+            order = await asyncio.to_thread(self.rest.find_order, req.symbol, req.order_id)
+            return self.venue.from_order(order) if order is not None else []
+        return []  # the cancellation arrives as an order push (or by lookup on reconnect)
 
     async def _create(self, req: Request, timing: Latency | None = None) -> list[ev.Event]:
         """Send a create; an unknown outcome is looked up, and resent (same link id) only if not found."""
@@ -324,6 +342,10 @@ class Daemon:
             mine = local.qty if local else 0.0
             theirs = pos.signed_qty() if pos is not None else 0.0
             if abs(mine - theirs) <= float(self.venue.rules.step) / 2:
+                if mine == 0:  # flat: no stop or target of an earlier position may stay behind
+                    self.venue.cancel_reduce_only()
+                    for req in self.venue.take_outbox():
+                        self.requests.put_nowait((req, None))
                 return
             if attempt == 0:  # a fill landing between the two reads looks the same: read again first
                 await asyncio.sleep(self.s.lookup_delay * 2)

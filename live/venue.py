@@ -29,7 +29,7 @@ _OPEN = frozenset({"New", "PartiallyFilled", "Untriggered", "Triggered"})
 
 @dataclass
 class Request:
-    """A call for the daemon to make: ``create`` (params), ``cancel`` or ``cancel_all``."""
+    """A call for the daemon to make: ``create`` (params), ``cancel`` (order_id) or ``cancel_all``."""
 
     kind: str
     order_id: str = ""
@@ -48,6 +48,8 @@ class _Tracked:
     accepted: bool = False
     done: bool = False
     filled: float = 0.0
+    reduce_only: bool = False
+    cancelling: bool = False
 
 
 def order_params(intent: ev.OrderIntent, rules: w.InstrumentRules, last_price: float, category: str = "linear"
@@ -88,8 +90,8 @@ class LiveVenue(Component):
         self.rules = rules
         self._symbol = symbol
         system = subjects.token(stamp.system, "system")
-        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{system}", f"tb.risk.{system}",
-                          f"tb.risk.{subjects.NO_SYSTEM}")
+        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{system}", f"tb.pos.{system}",
+                          f"tb.risk.{system}", f"tb.risk.{subjects.NO_SYSTEM}")
         self.orders: dict[str, _Tracked] = {}
         self.exec_ids: set[str] = set()
         self.last_exec_ms = 0
@@ -97,7 +99,7 @@ class LiveVenue(Component):
         self.last_price = math.nan
         self.duplicates = 0
         self._handlers.update({ev.OrderIntent: self._on_intent, ev.RiskStateChanged: self._on_risk,
-                               ev.BarClosed: self._on_bar})
+                               ev.BarClosed: self._on_bar, ev.PositionChanged: self._on_position})
 
     def patterns(self) -> tuple[str, ...]:
         return self._patterns
@@ -127,7 +129,8 @@ class LiveVenue(Component):
             params = order_params(intent, self.rules, self.last_price)
         except (w.OrderRuleError, TypeError) as exc:
             return (self._reject(intent, str(exc), "rules"),)
-        self.orders[intent.order_id] = _Tracked(intent.order_id, intent.symbol, intent.qty, cause=intent.id)
+        self.orders[intent.order_id] = _Tracked(intent.order_id, intent.symbol, intent.qty, cause=intent.id,
+                                                reduce_only=intent.reduce_only)
         self.outbox.append(Request("create", intent.order_id, intent.symbol, params, intent.id))
         return (ev.OrderSubmitted(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id, venue="bybit"),)
 
@@ -136,9 +139,31 @@ class LiveVenue(Component):
             self.outbox.append(Request("cancel_all", symbol=self._symbol, cause=change.id))
         return NO_EVENTS
 
-    def restore(self, order_id: str, symbol: str, qty: float, filled: float, venue_id: str, accepted: bool) -> None:
+    def _on_position(self, pos: ev.PositionChanged) -> tuple[ev.Event, ...]:
+        """The system is flat: its reduce-only orders left (a stop, a target) are cancelled, as the
+        simulated exchange does; a standalone conditional order at Bybit would otherwise wait there and
+        close the next position at the old one's stop."""
+        if pos.symbol == self._symbol and pos.qty == 0:
+            self.cancel_reduce_only(pos.id)
+        return NO_EVENTS
+
+    def cancel_reduce_only(self, cause: str = "") -> None:
+        """Ask for every open reduce-only order to be cancelled (once each, until ``cancel_failed``)."""
+        for t in self.orders.values():
+            if t.reduce_only and not t.done and not t.cancelling:
+                t.cancelling = True
+                self.outbox.append(Request("cancel", t.order_id, t.symbol, cause=cause))
+
+    def cancel_failed(self, order_id: str) -> None:
+        t = self.orders.get(order_id)
+        if t is not None:
+            t.cancelling = False
+
+    def restore(self, order_id: str, symbol: str, qty: float, filled: float, venue_id: str, accepted: bool,
+                reduce_only: bool = False) -> None:
         """An order the store says is open (a restart); the venue is asked about it before trading."""
-        self.orders[order_id] = _Tracked(order_id, symbol, qty, venue_id=venue_id, accepted=accepted, filled=filled)
+        self.orders[order_id] = _Tracked(order_id, symbol, qty, venue_id=venue_id, accepted=accepted, filled=filled,
+                                         reduce_only=reduce_only)
 
     # -- from the venue -----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from decimal import Decimal
 
 import pytest
 
@@ -329,3 +330,38 @@ async def test_a_position_the_executions_cannot_explain_after_a_reconnect_halts_
     state = stored_state(tmp_path / "demo.sqlite")
     assert state.risk["livetest"] == "halted"
     assert venue.state.count("/v5/order/cancel-all") == 1
+
+
+@pytest.mark.parametrize("stop", [0.05, 0.006], ids=["protection-rests", "protection-fires"])
+async def test_protective_orders_rest_at_the_venue_and_go_when_their_position_does(venue, nats_server, tmp_path, stop):
+    from .livekit import CONFIG
+
+    config = {**CONFIG, "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1,
+                                 "stop": {"kind": "percent", "percent": stop, "take_profit_rr": 2.0}}}
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path, config=config)) as r:
+            await _trade(r, venue, 24)
+            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="requests")
+            await r.settle()
+    finally:
+        await bus.close()
+    st = venue.state
+    protective = [b for b in creates(venue) if b.get("reduceOnly") and b["orderType"] == "Limit" or b.get("triggerPrice")]
+    assert len(protective) >= 4, "every entry is protected by a stop and a target"
+    assert st.count("/v5/order/cancel") >= 2, "a closed position's stop and target were cancelled"
+    resting = [o for o in st.orders.values() if o["reduceOnly"] and o["orderStatus"] in ("New", "Untriggered")]
+    held = venue_qty(venue)
+    if held == 0:
+        assert resting == []
+    else:
+        assert len(resting) == 2 and {o["side"] for o in resting} == {"Sell" if held > 0 else "Buy"}
+        assert all(Decimal(o["qty"]) == abs(Decimal(str(held))) for o in resting), "they protect this position"
+    if stop == 0.006:
+        links = {o["orderLinkId"]: o["orderStatus"] for o in st.orders.values()}
+        fired = [k for k, v in links.items() if k.endswith(("-sl", "-tp")) and v == "Filled"]
+        assert fired, "a stop or a target filled"
+        for link in fired:  # and the other one of the pair went with the position
+            sibling = link[:-3] + ("-tp" if link.endswith("-sl") else "-sl")
+            assert links[sibling] in ("Cancelled", "Deactivated"), (link, links[sibling])
+    check_store_equals_venue(venue, tmp_path / "demo.sqlite")
