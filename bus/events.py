@@ -129,6 +129,9 @@ class OrderIntent(Event, frozen=True, kw_only=True, tag="order.intent"):
     reduce_only: bool = False
     post_only: bool = False
     label: str = ""
+    stop_distance: float | None = None
+    """An entry's stop distance as sized: its protective orders derive from it once it fills (kept on
+    the event so a restart restores it from the store)."""
 
 
 class OrderSubmitted(Event, frozen=True, kw_only=True, tag="order.submitted"):

@@ -40,7 +40,7 @@ class RiskManager(Component):
         self._symbol = symbol
         system = stamp.system
         self._patterns = (f"tb.md.snap.{venue}.{symbol}.{timeframe}", f"tb.sig.{system}", f"tb.pos.{system}",
-                          f"tb.acct.{system}", f"tb.fill.{system}")
+                          f"tb.acct.{system}", f"tb.fill.{system}", f"tb.ord.{system}")
         self._sizing = kernel.SIZINGS[sizing]
         self._fraction = fraction
         self._risk = risk_per_trade
@@ -59,7 +59,7 @@ class RiskManager(Component):
         self._protect: dict[str, float] = {}  # id of an entry's final fill -> its stop distance
         self._handlers.update({
             ev.Snapshot: self._on_snapshot, ev.Signal: self._on_signal, ev.PositionChanged: self._on_position,
-            ev.AccountState: self._on_account, ev.Fill: self._on_fill,
+            ev.AccountState: self._on_account, ev.Fill: self._on_fill, ev.OrderIntent: self._on_intent,
         })
 
     def patterns(self) -> tuple[str, ...]:
@@ -73,6 +73,12 @@ class RiskManager(Component):
 
     def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:
         self.balance = acct.balance
+        return NO_EVENTS
+
+    def _on_intent(self, intent: ev.OrderIntent) -> tuple[ev.Event, ...]:
+        # Its own entries come back here; from a stored stream (a restart) this is what restores them.
+        if intent.stop_distance is not None:
+            self._entries[intent.order_id] = intent.stop_distance
         return NO_EVENTS
 
     def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
@@ -111,11 +117,12 @@ class RiskManager(Component):
         return qty, ""
 
     def _intent(self, cause: ev.Event, leg: str, side: str, qty: float, order_type: str = "market",
-                price: float | None = None, trigger: float | None = None, reduce_only: bool = False) -> ev.OrderIntent:
+                price: float | None = None, trigger: float | None = None, reduce_only: bool = False,
+                stop_distance: float | None = None) -> ev.OrderIntent:
         return ev.OrderIntent(
             **self._stamp(cause.ts_event, cause.id), order_id=order_id_for(cause.id, leg), venue=self._venue,
             symbol=self._symbol, side=side, order_type=order_type, qty=qty, price=price, trigger_price=trigger,
-            reduce_only=reduce_only, label=leg,
+            reduce_only=reduce_only, label=leg, stop_distance=stop_distance,
         )
 
     def _on_signal(self, sig: ev.Signal) -> tuple[ev.Event, ...]:
@@ -134,7 +141,8 @@ class RiskManager(Component):
                 out.append(ev.OrderRejected(**self._stamp(sig.ts_event, sig.id),
                                             order_id=order_id_for(sig.id, "entry"), reason=reason))
             else:
-                intent = self._intent(sig, "entry", "buy" if target > 0 else "sell", qty)
+                intent = self._intent(sig, "entry", "buy" if target > 0 else "sell", qty,
+                                      stop_distance=stop if stop > 0 else None)
                 self._entries[intent.order_id] = stop
                 out.append(intent)
         return tuple(out)

@@ -365,3 +365,36 @@ async def test_protective_orders_rest_at_the_venue_and_go_when_their_position_do
             sibling = link[:-3] + ("-tp" if link.endswith("-sl") else "-sl")
             assert links[sibling] in ("Cancelled", "Deactivated"), (link, links[sibling])
     check_store_equals_venue(venue, tmp_path / "demo.sqlite")
+
+
+async def test_an_entry_whose_fill_the_last_session_never_heard_of_is_protected_after_the_restart(
+        venue, nats_server, tmp_path):
+    from .livekit import CONFIG
+
+    config = {**CONFIG, "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1,
+                                 "stop": {"kind": "percent", "percent": 0.05}}}
+    store = tmp_path / "demo.sqlite"
+    bus = await nats_bus(nats_server)
+    try:
+        async with running(settings_for(venue, bus, tmp_path, config=config)) as r:
+            venue.state.drop_private = 10**6  # every fill happens unheard: the session ends not knowing of them
+            while not creates(venue):
+                await _trade(r, venue, 1)
+            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="the entry sent")
+        entry = creates(venue)[0]
+        before = stored_state(store).positions.get("livetest", {}).get(SYMBOL)
+        assert entry["orderLinkId"].endswith("-entry") and (before is None or before.qty == 0)
+        venue.state.drop_private = 0
+        async with running(settings_for(venue, bus, tmp_path, config=config)) as r:
+            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="the protection sent")
+            await r.settle()
+    finally:
+        await bus.close()
+    held = venue_qty(venue)
+    stops = [o for o in venue.state.orders.values() if o["orderLinkId"].endswith("-sl")]
+    assert held != 0 and len(stops) == 1, "the restart learnt of the fill and protected the position"
+    stop = stops[0]
+    fill_price = float(venue.state.executions[0]["execPrice"])
+    assert stop["orderStatus"] == "Untriggered" and Decimal(stop["qty"]) == abs(Decimal(str(held)))
+    assert float(stop["triggerPrice"]) == pytest.approx(fill_price * (0.95 if held > 0 else 1.05), abs=0.1)
+    check_store_equals_venue(venue, store)
