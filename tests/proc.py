@@ -35,6 +35,18 @@ class LineReader:
         self.lines.append(line)
         return line
 
+    def drain(self) -> list[str]:
+        """Every line read so far, including those nobody waited for yet, without blocking."""
+        while True:
+            try:
+                line = self._q.get_nowait()
+            except queue.Empty:
+                return self.lines
+            if line is None:
+                self._q.put(None)  # the end stays visible to ``next``
+                return self.lines
+            self.lines.append(line)
+
     def wait_for(self, text: str, timeout: float = 15.0) -> str:
         """Return the first line containing ``text``."""
         deadline = time.monotonic() + timeout
