@@ -76,7 +76,8 @@ class RiskManager(Component):
         return NO_EVENTS
 
     def _on_intent(self, intent: ev.OrderIntent) -> tuple[ev.Event, ...]:
-        # Its own entries come back here; from a stored stream (a restart) this is what restores them.
+        # The one place an entry's stop is kept: its intent comes back through the bus, in a replay, live,
+        # and from the stored stream a restart folds, alike.
         if intent.stop_distance is not None:
             self._entries[intent.order_id] = intent.stop_distance
         return NO_EVENTS
@@ -141,10 +142,8 @@ class RiskManager(Component):
                 out.append(ev.OrderRejected(**self._stamp(sig.ts_event, sig.id),
                                             order_id=order_id_for(sig.id, "entry"), reason=reason))
             else:
-                intent = self._intent(sig, "entry", "buy" if target > 0 else "sell", qty,
-                                      stop_distance=stop if stop > 0 else None)
-                self._entries[intent.order_id] = stop
-                out.append(intent)
+                out.append(self._intent(sig, "entry", "buy" if target > 0 else "sell", qty,
+                                        stop_distance=stop if stop > 0 else None))
         return tuple(out)
 
     def _protective_orders(self, pos: ev.PositionChanged, stop_distance: float) -> tuple[ev.Event, ...]:

@@ -29,6 +29,7 @@ from tradebus.configs.limits import Caps, Limits
 
 DAY_NS = 86_400 * 10**9
 MINUTE_NS = 60 * 10**9
+DAILY_LOSS = "daily loss"  # how a daily-loss state's reason starts: a restart restores it till midnight
 _RANK = {"active": 0, "reducing": 1, "halted": 2}
 _SIGN = {"buy": 1.0, "sell": -1.0}
 
@@ -173,7 +174,7 @@ class RiskGuard(Component):
                              f"{scope.peak:,.2f} reached the cap {caps.max_drawdown:.1%}", ts, cause, sticky=True)
         if caps.max_daily_loss is not None and scope.day_start > 0 and (
                 scope.day_start - equity) / scope.day_start >= caps.max_daily_loss:
-            return self._set(scope, "reducing", f"daily loss {(scope.day_start - equity) / scope.day_start:.1%} "
+            return self._set(scope, "reducing", f"{DAILY_LOSS} {(scope.day_start - equity) / scope.day_start:.1%} "
                              f"reached the cap {caps.max_daily_loss:.1%}", ts, cause, sticky=True)
         if scope.sticky:
             return NO_EVENTS
@@ -218,8 +219,14 @@ class RiskGuard(Component):
         if change.run == self._stamp.run:
             return NO_EVENTS  # our own announcement coming back
         if not change.run.startswith("command-"):
-            # A state recorded by an earlier session: restore it, quietly.
-            scope.state, scope.reason, scope.sticky = change.state, change.reason, change.state != "active"
+            # A state recorded by an earlier session: restore it, quietly, with what lifts it. A halt waits
+            # for a person; a daily loss for the end of the day it was recorded in; a position over its
+            # cap for the position (re-checked at the next bar).
+            daily = change.state == "reducing" and change.reason.startswith(DAILY_LOSS)
+            scope.state, scope.reason = change.state, change.reason
+            scope.sticky = change.state == "halted" or daily
+            if daily:
+                scope.day = change.ts_event // DAY_NS
             return NO_EVENTS
         sticky = change.state != "active"
         if change.state == "active":

@@ -242,6 +242,8 @@ def test_a_reversal_protects_the_new_position():
     r.on_event(snapshot(close=100.0, atr=1.5))
     r.on_event(position(1.0, 100.0, "f0"))
     exit_, entry = r.on_event(signal("short"))
+    for o in (exit_, entry):
+        r.on_event(o)  # as a host routes them: the risk manager keeps an entry's stop from its intent
     fills_ = [ev.Fill(id=f"fill-{o.label}", ts_event=1, ts_init=1, system="s", order_id=o.order_id, exec_id=o.label,
                       symbol="X", side=o.side, price=99.0, qty=o.qty, fee=0.0, liquidity="taker")
               for o in (exit_, entry)]

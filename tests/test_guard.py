@@ -194,3 +194,21 @@ def test_a_bad_cap_in_the_limits_file_names_the_file_and_the_field(tmp_path, cap
     with pytest.raises(ConfigError) as err:
         load_limits(path)
     assert "limits.yaml" in str(err.value) and cap in str(err.value) and "-1" in str(err.value)
+
+
+def test_a_restored_daily_loss_holds_until_the_end_of_its_day_and_a_position_cap_until_the_position_shrinks():
+    g = make({"systems": {SYSTEM: {"max_daily_loss": 0.05, "max_position_notional": 1000}}})
+    stored = ev.RiskStateChanged(**env(T, run="daemon-earlier"), scope="system", state="reducing", previous="active",
+                                 reason="daily loss 6.0% reached the cap 5.0%")
+    assert feed(g, stored, bar(100.0, T + 10**9), account(1_000, T + 2 * 10**9)) == []
+    assert g.state == "reducing", "a restart the same day does not lift it"
+    tomorrow = T - T % DAY_NS + DAY_NS + 60 * 10**9
+    [lifted] = feed(g, account(1_000, tomorrow))
+    assert (lifted.state, lifted.reason) == ("active", "new UTC day")
+
+    h = make({"systems": {SYSTEM: {"max_position_notional": 1000}}})
+    over = ev.RiskStateChanged(**env(T, run="daemon-earlier"), scope="system", state="reducing", previous="active",
+                               reason="position notional 1,200.00 above the cap 1,000.00")
+    assert feed(h, over, bar(100.0), position(12, 100.0), account(10_000)) == [] and h.state == "reducing"
+    [back] = feed(h, position(5, 100.0))
+    assert (back.state, back.reason) == ("active", "back inside the caps")
