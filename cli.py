@@ -702,20 +702,15 @@ def live(
 def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_url: Optional[str],
              store: Optional[Path], wait: float) -> None:
     """Send a kill/resume: over NATS to a running daemon (which answers), else into its store."""
-    from tradebus.bus import events as ev
     from tradebus.bus.connect import find_nats_url
-    from tradebus.bus.ids import IdGenerator
     from tradebus.bus.nats import NatsBus
     from tradebus.eventstore.store import EventStore, StoreError
+    from tradebus.live.guard import command
 
     if bool(system) == all_:
         _fail("name one SYSTEM or pass --all")
-    now = time.time_ns()
-    cmd = ev.RiskStateChanged(id=IdGenerator().next(now), ts_event=now, ts_init=now, system=system or "",
-                              run=f"command-{IdGenerator().next(now)[:16].lower()}", scope="global" if all_ else "system",
-                              state=state, previous="active" if state != "active" else "halted",
-                              reason=f"{'kill' if state == 'halted' else 'resume'} by {os.environ.get('USER', 'user')}"
-                                     + (f": {reason}" if reason else ""))
+    cmd = command(system or "", state, f"{'kill' if state == 'halted' else 'resume'} by "
+                  f"{os.environ.get('USER', 'user')}" + (f": {reason}" if reason else ""))
     url = find_nats_url(nats_url)
 
     async def over_nats() -> bool:

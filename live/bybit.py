@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import msgspec
 import structlog
 from pybit import _helpers
 from pybit._http_manager import generate_signature
@@ -95,9 +94,6 @@ class _SignedHTTP(HTTP):
                 "X-BAPI-SIGN-TYPE": "2", "X-BAPI-TIMESTAMP": str(timestamp), "X-BAPI-RECV-WINDOW": str(recv_window)}
 
 
-_ENC = msgspec.json.Encoder()
-
-
 class BybitRest(BybitPublic):
     """Signed REST for one account (blocking: call it from a worker thread)."""
 
@@ -116,9 +112,9 @@ class BybitRest(BybitPublic):
     @staticmethod
     def _typed(result: Any, shape: type) -> Any:
         try:
-            return msgspec.json.decode(_ENC.encode(result), type=shape)
-        except msgspec.DecodeError as exc:
-            raise VenueError(f"unexpected {shape.__name__}: {exc}") from None
+            return w.typed(result, shape)
+        except w.WireError as exc:
+            raise VenueError(str(exc)) from None
 
     def _pages(self, method: str, shape: type, **params: Any) -> list:
         """Every item of a cursor-paginated list."""
@@ -145,7 +141,10 @@ class BybitRest(BybitPublic):
         found = [i for i in page.list if i.symbol == symbol]
         if not found:
             raise VenueError(f"{symbol}: no such {category} instrument at the venue")
-        return w.InstrumentRules.of(found[0])
+        rules = w.InstrumentRules.of(found[0])
+        if not rules.trading:
+            raise VenueError(f"{symbol}: the venue's status is {found[0].status!r}, not Trading: no orders can be placed")
+        return rules
 
     def create(self, params: dict[str, Any]) -> w.OrderAck:
         return self._typed(self._call("place_order", **params), w.OrderAck)
@@ -286,9 +285,6 @@ class Stream:
         self._loop = loop
         self._inbox = inbox
         self._ws: WebSocket | None = None
-        self.opens = 0
-        self.rebuilds = 0
-        self.bad = 0
 
     def _post(self, kind: str, payload: Any, received_ns: int = 0) -> None:
         try:
@@ -300,16 +296,14 @@ class Stream:
         # Runs on pybit's thread: nothing may escape, or the stream is dead for good.
         received_ns = time.perf_counter_ns()
         try:
-            frame = w.decode(_ENC.encode(msg))
+            frame = w.frame(msg)
         except Exception as exc:  # noqa: BLE001 - a bad frame is logged and skipped
-            self.bad += 1
             self._post("bad", f"{self.name}: {exc}")
             return
         self._post("frame", frame, received_ns)
 
     def _on_open(self) -> None:
         try:
-            self.opens += 1
             self._post("open", self.name)
         except Exception:  # noqa: BLE001 - as above
             pass
@@ -358,7 +352,6 @@ class Stream:
             await asyncio.to_thread(self.close)
             try:
                 await asyncio.to_thread(self.connect)
-                self.rebuilds += 1
                 bad_since = None
             except Exception as exc:  # noqa: BLE001 - the venue is unreachable: try again later
                 log.warning("websocket rebuild failed", stream=self.name, error=str(exc))

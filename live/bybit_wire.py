@@ -108,7 +108,7 @@ class LiquidationItem(msgspec.Struct, frozen=True):
 
 class _Frame(msgspec.Struct, frozen=True):
     topic: str
-    data: msgspec.Raw
+    data: Any  # typed by the topic, in a second step
     type: str = "snapshot"
     ts: int = 0
     id: str = ""
@@ -213,8 +213,6 @@ _DATA: dict[str, type] = {
     "liquidation": Liquidation, "allLiquidation": list[LiquidationItem],
     "execution": list[Execution], "order": list[Order], "position": list[Position], "wallet": list[Wallet],
 }
-_DECODERS = {k: msgspec.json.Decoder(t) for k, t in _DATA.items()}
-_FRAME = msgspec.json.Decoder(_Frame)
 
 
 def is_control(msg: dict[str, Any]) -> bool:
@@ -222,21 +220,39 @@ def is_control(msg: dict[str, Any]) -> bool:
     return "op" in msg and "topic" not in msg
 
 
-def decode(raw: bytes | str) -> Frame:
-    """One data push, its ``data`` typed by the topic's first segment (``kline.5.BTCUSDT`` -> kline)."""
+def frame(msg: Any) -> Frame:
+    """One data push as pybit hands it over (parsed JSON), its ``data`` typed by the topic's first
+    segment (``kline.5.BTCUSDT`` -> kline)."""
     try:
-        frame = _FRAME.decode(raw)
-    except msgspec.DecodeError as exc:  # malformed JSON, or not the shape of a push
+        raw = msgspec.convert(msg, _Frame)
+    except msgspec.ValidationError as exc:  # not the shape of a push (a control reply, say)
         raise WireError(f"not a Bybit data push: {exc}") from None
-    kind = frame.topic.split(".", 1)[0]
-    decoder = _DECODERS.get(kind)
-    if decoder is None:
-        raise WireError(f"topic {frame.topic!r}: no decoder (known: {', '.join(_DATA)})")
+    kind = raw.topic.split(".", 1)[0]
+    shape = _DATA.get(kind)
+    if shape is None:
+        raise WireError(f"topic {raw.topic!r}: no decoder (known: {', '.join(_DATA)})")
     try:
-        data = decoder.decode(frame.data)
-    except msgspec.DecodeError as exc:
-        raise WireError(f"topic {frame.topic!r}: {exc}") from None
-    return Frame(frame.topic, frame.type, frame.ts or frame.creationTime, data)
+        data = msgspec.convert(raw.data, shape)
+    except msgspec.ValidationError as exc:
+        raise WireError(f"topic {raw.topic!r}: {exc}") from None
+    return Frame(raw.topic, raw.type, raw.ts or raw.creationTime, data)
+
+
+def decode(raw: bytes | str) -> Frame:
+    """One data push from its JSON text."""
+    try:
+        msg = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:  # malformed JSON
+        raise WireError(f"not a Bybit data push: {exc}") from None
+    return frame(msg)
+
+
+def typed(result: Any, shape: type) -> Any:
+    """A REST ``result`` pybit already parsed (dicts and lists), as ``shape``; a WireError if it is not."""
+    try:
+        return msgspec.convert(result, shape)
+    except msgspec.ValidationError as exc:
+        raise WireError(f"unexpected {shape.__name__}: {exc}") from None
 
 
 class _Envelope(msgspec.Struct, frozen=True):

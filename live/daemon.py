@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,12 +48,12 @@ from tradebus.eventstore.store import EventStore
 from tradebus.live import bybit_wire as w
 from tradebus.live.bybit import BybitRest, Credentials, private_stream, public_stream
 from tradebus.live.bybit_public import OutcomeUnknown, VenueError, VenueRejected
-from tradebus.live.guard import RiskGuard
+from tradebus.live.guard import COMMAND, RiskGuard, is_command
 from tradebus.live.market import RollingFeatures, history_rows
 from tradebus.live.venue import LiveVenue, Request
 from tradebus.replay.artifacts import atomic_write
 from tradebus.replay.fetch import parse_klines
-from tradebus.replay.host import LocalHost
+from tradebus.replay.host import LocalHost, Router
 from tradebus.replay.runner import decision_components
 
 log = structlog.get_logger("tradebus.daemon")
@@ -127,7 +128,7 @@ class Daemon:
         self.tasks: set[asyncio.Task] = set()
         # One sender, in order: an exit must reach the venue before the entry decided with it.
         self.requests: asyncio.Queue[tuple[Request, Latency | None]] = asyncio.Queue()
-        self.latencies: list[Latency] = []  # one per venue message that caused a request
+        self.latencies: deque[Latency] = deque(maxlen=100_000)  # the latest venue messages that caused a request
         self.steps = 0
         self.in_flight = 0
         self._commands_seen: set[str] = set()
@@ -148,16 +149,14 @@ class Daemon:
         """Put the components where the store says the last session left them."""
         c = self.config
         own = [e for e in records if self._ours(e, state)]
+        route = Router([self.host, self.risk, self.portfolio, self.guard]).route
         for event in own:  # fold the stored stream through the components that keep state (outputs dropped)
-            subject = subjects.subject_for(event)
-            for comp in (self.host, self.risk, self.portfolio, self.guard):
-                if any(subjects.matches(p, subject) for p in comp.patterns()):
-                    comp.on_event(event)
-        reduce_only = {e.order_id for e in own if isinstance(e, ev.OrderIntent) and e.reduce_only}
+            for handle, _ in route(subjects.subject_for(event), type(event)):
+                handle(event)
+        intents = {e.order_id: e for e in own if isinstance(e, ev.OrderIntent)}
         for order in state.open_orders.values():
-            if order.system == c.system and order.symbol == c.symbol:
-                self.venue.restore(order.order_id, order.symbol, order.qty, order.filled, order.venue_order_id,
-                                   order.status in ("accepted", "partially_filled"), order.order_id in reduce_only)
+            if order.system == c.system and order.symbol == c.symbol and order.order_id in intents:
+                self.venue.restore(intents[order.order_id], order.status in ("accepted", "partially_filled"))
         prefix = f"{c.system}|"
         self.venue.exec_ids.update(k[len(prefix):] for k in state.exec_ids if k.startswith(prefix))
         fills = [e for e in own if isinstance(e, ev.Fill)]
@@ -165,15 +164,16 @@ class Daemon:
 
     def _ours(self, e: ev.Event, state: projections.State) -> bool:
         """Stored events this daemon's state is folded from: its system's (and its account's) in this mode."""
-        if e.run.startswith("command-"):
+        if e.run.startswith(COMMAND):
             return e.system in (self.config.system, "")
         return state.run_modes.get(e.run) == self.s.mode and e.system in (self.config.system, "")
 
     async def _setup(self) -> None:
         s, c = self.s, self.config
         self.store = await asyncio.to_thread(EventStore.open_writer, s.store_path)
-        records = [r.event for r in await asyncio.to_thread(lambda: list(self.store.read()))]
-        state = projections.rebuild(enumerate(records, start=1))
+        stored = await asyncio.to_thread(lambda: list(self.store.read()))
+        records = [r.event for r in stored]
+        state = projections.rebuild(stored)
         offset = await asyncio.to_thread(self.rest.sync_clock)
         rules = await asyncio.to_thread(self.rest.instrument, c.symbol)
         history = await asyncio.to_thread(self._history)
@@ -409,7 +409,7 @@ class Daemon:
         """Kill and resume commands from NATS (``tradebus kill``)."""
         sub = await self.s.bus.subscribe("tb.risk.>")
         async for event in sub:
-            if (isinstance(event, ev.RiskStateChanged) and event.run.startswith("command-")
+            if (isinstance(event, ev.RiskStateChanged) and is_command(event)
                     and event.system in (self.config.system, "")):
                 self._post("command", event)
 

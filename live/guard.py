@@ -19,11 +19,13 @@ own. The guard is a pure component: the venue component asks ``admit`` before an
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
+from tradebus.bus.ids import IdGenerator
 from tradebus.components.base import NO_EVENTS, Component, Stamper
 from tradebus.configs.limits import Caps, Limits
 
@@ -49,6 +51,22 @@ class _Scope:
     day: int = -1
     day_start: float = math.nan
     peak: float = math.nan
+
+
+COMMAND = "command-"  # the run of a kill or resume a person sent (``tradebus kill|resume``)
+
+
+def is_command(event: ev.RiskStateChanged) -> bool:
+    return event.run.startswith(COMMAND)
+
+
+def command(system: str, state: str, reason: str) -> ev.RiskStateChanged:
+    """A kill (``halted``) or resume (``active``) for one system, or for the account when ``system`` is ''."""
+    now = time.time_ns()
+    ids = IdGenerator()
+    return ev.RiskStateChanged(id=ids.next(now), ts_event=now, ts_init=now, system=system,
+                               run=f"{COMMAND}{ids.next(now)[:16].lower()}", scope="system" if system else "global",
+                               state=state, previous="halted" if state == "active" else "active", reason=reason)
 
 
 class RiskGuard(Component):
@@ -218,7 +236,7 @@ class RiskGuard(Component):
         scope = self._scopes[change.scope]
         if change.run == self._stamp.run:
             return NO_EVENTS  # our own announcement coming back
-        if not change.run.startswith("command-"):
+        if not is_command(change):
             # A state recorded by an earlier session: restore it, quietly, with what lifts it. A halt waits
             # for a person; a daily loss for the end of the day it was recorded in; a position over its
             # cap for the position (re-checked at the next bar).

@@ -35,19 +35,15 @@ class Request:
     order_id: str = ""
     symbol: str = ""
     params: dict[str, Any] = field(default_factory=dict)
-    cause: str = ""
 
 
 @dataclass
 class _Tracked:
     order_id: str
     symbol: str
-    qty: float
-    cause: str = ""
-    venue_id: str = ""
+    cause: str = ""  # the intent's id: what the order's events say caused them
     accepted: bool = False
     done: bool = False
-    filled: float = 0.0
     reduce_only: bool = False
     cancelling: bool = False
 
@@ -129,14 +125,14 @@ class LiveVenue(Component):
             params = order_params(intent, self.rules, self.last_price)
         except (w.OrderRuleError, TypeError) as exc:
             return (self._reject(intent, str(exc), "rules"),)
-        self.orders[intent.order_id] = _Tracked(intent.order_id, intent.symbol, intent.qty, cause=intent.id,
+        self.orders[intent.order_id] = _Tracked(intent.order_id, intent.symbol, intent.id,
                                                 reduce_only=intent.reduce_only)
-        self.outbox.append(Request("create", intent.order_id, intent.symbol, params, intent.id))
+        self.outbox.append(Request("create", intent.order_id, intent.symbol, params))
         return (ev.OrderSubmitted(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id, venue="bybit"),)
 
     def _on_risk(self, change: ev.RiskStateChanged) -> tuple[ev.Event, ...]:
         if change.state == "halted" and change.run == self._stamp.run:
-            self.outbox.append(Request("cancel_all", symbol=self._symbol, cause=change.id))
+            self.outbox.append(Request("cancel_all", symbol=self._symbol))
         return NO_EVENTS
 
     def _on_position(self, pos: ev.PositionChanged) -> tuple[ev.Event, ...]:
@@ -144,48 +140,47 @@ class LiveVenue(Component):
         simulated exchange does; a standalone conditional order at Bybit would otherwise wait there and
         close the next position at the old one's stop."""
         if pos.symbol == self._symbol and pos.qty == 0:
-            self.cancel_reduce_only(pos.id)
+            self.cancel_reduce_only()
         return NO_EVENTS
 
-    def cancel_reduce_only(self, cause: str = "") -> None:
+    def cancel_reduce_only(self) -> None:
         """Ask for every open reduce-only order to be cancelled (once each, until ``cancel_failed``)."""
         for t in self.orders.values():
             if t.reduce_only and not t.done and not t.cancelling:
                 t.cancelling = True
-                self.outbox.append(Request("cancel", t.order_id, t.symbol, cause=cause))
+                self.outbox.append(Request("cancel", t.order_id, t.symbol))
 
     def cancel_failed(self, order_id: str) -> None:
         t = self.orders.get(order_id)
         if t is not None:
             t.cancelling = False
 
-    def restore(self, order_id: str, symbol: str, qty: float, filled: float, venue_id: str, accepted: bool,
-                reduce_only: bool = False) -> None:
+    def restore(self, intent: ev.OrderIntent, accepted: bool) -> None:
         """An order the store says is open (a restart); the venue is asked about it before trading."""
-        self.orders[order_id] = _Tracked(order_id, symbol, qty, venue_id=venue_id, accepted=accepted, filled=filled,
-                                         reduce_only=reduce_only)
+        self.orders[intent.order_id] = _Tracked(intent.order_id, intent.symbol, intent.id, accepted=accepted,
+                                                reduce_only=intent.reduce_only)
 
     # -- from the venue -----------------------------------------------------------------------------
 
-    def _tracked(self, link: str, venue_id: str, symbol: str, qty: float) -> _Tracked:
+    def _tracked(self, link: str, venue_id: str, symbol: str) -> _Tracked:
         oid = w.venue_order_id(link, venue_id)
         t = self.orders.get(oid)
         if t is None:  # an order placed outside this daemon (by hand, or by an earlier tool)
-            t = self.orders[oid] = _Tracked(oid, symbol, qty, venue_id=venue_id)
+            t = self.orders[oid] = _Tracked(oid, symbol)
         return t
 
     def _accept(self, t: _Tracked, venue_id: str, ts: int) -> list[ev.Event]:
         """The order's acceptance, the first time anything shows the venue has it."""
         if t.accepted:
             return []
-        t.accepted, t.venue_id = True, venue_id
+        t.accepted = True
         return [ev.OrderAccepted(**self._stamp(ts, t.cause), order_id=t.order_id, venue_order_id=venue_id)]
 
     def from_order(self, item: w.Order) -> list[ev.Event]:
         """An order's state (a push, or a lookup): acceptance and end, each once."""
         if item.symbol != self._symbol:
             return []
-        t = self._tracked(item.orderLinkId, item.orderId, item.symbol, float(item.qty or 0))
+        t = self._tracked(item.orderLinkId, item.orderId, item.symbol)
         ts = int(item.updatedTime or item.createdTime or 0) * w.MS
         out = self._accept(t, item.orderId, ts) if item.orderStatus != "Rejected" else []
         if item.orderStatus in _OPEN or item.orderStatus == "Filled" or t.done:
@@ -217,11 +212,9 @@ class LiveVenue(Component):
             return []
         self.exec_ids.add(item.execId)
         self.last_exec_ms = max(self.last_exec_ms, int(item.execTime))
-        t = self._tracked(item.orderLinkId, item.orderId, item.symbol, float(item.execQty))
+        t = self._tracked(item.orderLinkId, item.orderId, item.symbol)
         out = self._accept(t, item.orderId, int(item.execTime) * w.MS)  # the execution may overtake the order
-        fill = w.fill(item, self._stamp)
-        t.filled += fill.qty
-        out.append(replace(fill, cause=t.cause))
+        out.append(replace(w.fill(item, self._stamp), cause=t.cause))
         return out
 
     def from_position(self, item: w.Position) -> list[ev.Event]:

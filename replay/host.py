@@ -29,7 +29,7 @@ Handler = Callable[[Event], Sequence[Event]]
 Step = tuple[int, Sequence[Event]]
 
 
-class _Router:
+class Router:
     """Subject routing (the bus's wildcard rules), resolved once per (subject, event type) to handlers."""
 
     def __init__(self, components: Sequence[Component]) -> None:
@@ -55,7 +55,7 @@ class LocalHost:
     """Deterministic in-process host."""
 
     def __init__(self, components: Sequence[Component], clock: SimClock, sinks: Sequence[Sink] = ()) -> None:
-        self._router = _Router(components)
+        self._router = Router(components)
         self._clock = clock
         self._sinks = tuple(sinks)
 
@@ -87,7 +87,7 @@ class NatsHost:
     def __init__(self, bus: Bus, components: Sequence[Component], clock: SimClock, run: str,
                  sinks: Sequence[Sink], ahead: int) -> None:
         self._bus = bus
-        self._router = _Router(components)
+        self._router = Router(components)
         self._clock = clock
         self._run = run
         self._sinks = tuple(sinks)

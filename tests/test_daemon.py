@@ -10,13 +10,21 @@ from decimal import Decimal
 
 import pytest
 
-from tradebus.bus import events as ev
 from tradebus.configs.limits import Limits
+from tradebus.live.guard import command
 from tradebus.eventstore import projections
 
 from .fake_bybit import API_KEY
 from .livekit import (SYMBOL, check_store_equals_venue, creates, nats_bus, running, settings_for, start_venue,
                       stored_state, venue_qty)
+
+
+@pytest.fixture
+async def daemon_bus(nats_server):
+    """The daemon's NATS connection (to the session's server)."""
+    bus = await nats_bus(nats_server)
+    yield bus
+    await bus.close()
 
 
 @pytest.fixture
@@ -26,20 +34,16 @@ def venue():
     v.close()
 
 
-async def test_demo_daemon_trades_pushed_bars_and_store_matches_venue(venue, nats_server, tmp_path):
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            for _ in range(24):
-                venue.push_bar()
-                await r.settle(0.15)
-            await r.settle()
-            d = r.daemon
-            n_sent = len(creates(venue))
-            assert n_sent >= 2, "the wave must make the strategy trade"
-            assert d.portfolio.positions[SYMBOL].qty == pytest.approx(venue_qty(venue))
-    finally:
-        await bus.close()
+async def test_demo_daemon_trades_pushed_bars_and_store_matches_venue(venue, daemon_bus, tmp_path):
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        for _ in range(24):
+            venue.push_bar()
+            await r.settle(0.15)
+        await r.settle()
+        d = r.daemon
+        n_sent = len(creates(venue))
+        assert n_sent >= 2, "the wave must make the strategy trade"
+        assert d.portfolio.positions[SYMBOL].qty == pytest.approx(venue_qty(venue))
     state = stored_state(tmp_path / "demo.sqlite")
     links = [b["orderLinkId"] for b in creates(venue)]
     assert len(links) == len(set(links)) == n_sent
@@ -55,124 +59,92 @@ async def _trade(r, v, bars: int, pause: float = 0.15) -> None:
     await r.settle()
 
 
-async def test_private_stream_drop_during_fills_is_backfilled_from_rest(venue, nats_server, tmp_path):
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 4)
-            venue.state.drop_private = 10_000  # the stream goes quiet: fills happen, nobody hears of them
-            before = len(venue.state.executions)
-            await _trade(r, venue, 10)
-            assert len(venue.state.executions) > before, "fills must happen while the stream is deaf"
-            venue.state.drop_private = 0
-            assert venue.ws.close_sockets(private=True) >= 1
-            await r.until(lambda: r.daemon.portfolio.positions[SYMBOL].qty == pytest.approx(venue_qty(venue)),
-                          what="reconcile after reconnect")
-            await r.settle()
-    finally:
-        await bus.close()
+async def test_private_stream_drop_during_fills_is_backfilled_from_rest(venue, daemon_bus, tmp_path):
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        await _trade(r, venue, 4)
+        venue.state.drop_private = 10_000  # the stream goes quiet: fills happen, nobody hears of them
+        before = len(venue.state.executions)
+        await _trade(r, venue, 10)
+        assert len(venue.state.executions) > before, "fills must happen while the stream is deaf"
+        venue.state.drop_private = 0
+        assert venue.ws.close_sockets(private=True) >= 1
+        await r.until(lambda: r.daemon.portfolio.positions[SYMBOL].qty == pytest.approx(venue_qty(venue)),
+                      what="reconcile after reconnect")
+        await r.settle()
     check_store_equals_venue(venue, tmp_path / "demo.sqlite")
 
 
-async def test_duplicate_and_out_of_order_executions_count_once(venue, nats_server, tmp_path):
+async def test_duplicate_and_out_of_order_executions_count_once(venue, daemon_bus, tmp_path):
     venue.state.exec_before_order = True
     venue.state.duplicate_filled = True
     venue.state.partial_fills = 3
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 16)
-            assert r.daemon.venue.duplicates >= 3  # every repeated execution push was recognised
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        await _trade(r, venue, 16)
+        assert r.daemon.venue.duplicates >= 3  # every repeated execution push was recognised
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert len(venue.state.executions) >= 6 and state.by_type["fill"] == len(venue.state.executions)
     assert state.by_type["order.accepted"] == len(creates(venue))
 
 
-async def test_create_timeout_makes_exactly_one_order(venue, nats_server, tmp_path):
+async def test_create_timeout_makes_exactly_one_order(venue, daemon_bus, tmp_path):
     venue.state.ack_delay = 1.6  # the order is made at once; its answer comes after the client gave up
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 12, pause=0.2)
-            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, timeout=30,
-                          what="requests in flight")
-            await r.settle(1.0)
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        await _trade(r, venue, 12, pause=0.2)
+        await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, timeout=30,
+                      what="requests in flight")
+        await r.settle(1.0)
     sent = creates(venue)
     assert sent, "the strategy must have traded"
     links = [b["orderLinkId"] for b in sent]
+    assert len(links) == len(set(links)), "no create was sent twice"
     assert sorted(set(links)) == sorted(o["orderLinkId"] for o in venue.state.orders.values())
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert state.by_type.get("order.rejected", 0) == 0
 
 
-async def test_rate_limited_create_waits_for_the_reset_and_is_sent_once(venue, nats_server, tmp_path):
+async def test_rate_limited_create_waits_for_the_reset_and_is_sent_once(venue, daemon_bus, tmp_path):
     venue.state.fail_paths = {"/v5/order/create"}
     venue.state.fail_next = [(200, 10006, "Too many visits!")]
     venue.state.limit_reset_ms = 700
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 12)
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        await _trade(r, venue, 12)
     assert not venue.state.fail_next, "the 10006 was served"
     assert len(creates(venue)) == len(venue.state.orders) + 1  # one refused by the limit, then sent again
     check_store_equals_venue(venue, tmp_path / "demo.sqlite")
 
 
-async def test_risk_caps_refuse_orders_and_rate_breach_halts(venue, nats_server, tmp_path):
+async def test_risk_caps_refuse_orders_and_rate_breach_halts(venue, daemon_bus, tmp_path):
     limits = Limits.model_validate({"global": {"max_orders_per_minute": 2},
                                     "systems": {"livetest": {"max_position_notional": 100_000}}})
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
-            await _trade(r, venue, 24)
-            assert r.daemon.guard.state == "halted"
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
+        await _trade(r, venue, 24)
+        assert r.daemon.guard.state == "halted"
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert len(venue.state.orders) == 2, "the third order in a minute never leaves"
     assert state.risk[projections.GLOBAL] == "halted" and state.by_type["risk"] == 1  # the account-wide cap
     assert venue.state.count("/v5/order/cancel-all") == 1  # halting cancels what rests
 
 
-async def test_notional_cap_refuses_the_entry_without_sending_it(venue, nats_server, tmp_path):
+async def test_notional_cap_refuses_the_entry_without_sending_it(venue, daemon_bus, tmp_path):
     limits = Limits.model_validate({"systems": {"livetest": {"max_position_notional": 1000}}})
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
-            await _trade(r, venue, 12)
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
+        await _trade(r, venue, 12)
     state = stored_state(tmp_path / "demo.sqlite")
     assert not creates(venue) and state.by_type["order.rejected"] >= 1 and state.risk.get("livetest") is None
 
 
-async def test_kill_command_over_nats_halts_and_resume_lifts(venue, nats_server, tmp_path):
-    from tradebus.bus.ids import IdGenerator
-
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 6)
-            sent = len(creates(venue))
-            now = time.time_ns()
-            for state in ("halted", "active"):
-                cmd = ev.RiskStateChanged(id=IdGenerator().next(now), ts_event=now, ts_init=now, system="livetest",
-                                          run=f"command-{state}", state=state, previous="active", reason="test")
-                await bus.publish(cmd)
-                await r.until(lambda: r.daemon.guard.state == state, what=f"guard {state}")
-                if state == "halted":
-                    await _trade(r, venue, 6)
-                    assert len(creates(venue)) == sent, "no order while halted"
-            await _trade(r, venue, 8)
-            assert len(creates(venue)) > sent, "trading resumed"
-    finally:
-        await bus.close()
+async def test_kill_command_over_nats_halts_and_resume_lifts(venue, daemon_bus, tmp_path):
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        await _trade(r, venue, 6)
+        sent = len(creates(venue))
+        for state in ("halted", "active"):
+            await daemon_bus.publish(command("livetest", state, "test"))
+            await r.until(lambda: r.daemon.guard.state == state, what=f"guard {state}")
+            if state == "halted":
+                await _trade(r, venue, 6)
+                assert len(creates(venue)) == sent, "no order while halted"
+        await _trade(r, venue, 8)
+        assert len(creates(venue)) > sent, "trading resumed"
     check_store_equals_venue(venue, tmp_path / "demo.sqlite")
 
 
@@ -211,7 +183,7 @@ async def test_refused_websocket_auth_fails_the_connect_instead_of_hanging(venue
     assert len(auths) == 3 and not venue.ws.connections(private=True)  # three tries, none authorised
 
 
-async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes(venue, nats_server, tmp_path):
+async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes(venue, daemon_bus, tmp_path):
     from decimal import Decimal
 
     from tradebus.live.daemon import EXIT_FAIL_CLOSED, Daemon
@@ -219,59 +191,50 @@ async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes
     from .proc import run_tradebus
 
     store = tmp_path / "demo.sqlite"
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 8)
-        sent = len(creates(venue))
-        assert sent >= 1
-        # Someone trades by hand in the account: the position moves with no execution the daemon can list.
-        venue.state.positions[SYMBOL].size += Decimal("0.05")
-        daemon = Daemon(settings_for(venue, bus, tmp_path))
-        assert await asyncio.wait_for(daemon.run(asyncio.Event()), 60) == EXIT_FAIL_CLOSED
-        assert len(creates(venue)) == sent, "nothing is sent by a daemon that failed closed"
-        state = stored_state(store)
-        assert state.risk["livetest"] == "halted"
-        assert "venue's is" in daemon._failed
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        await _trade(r, venue, 8)
+    sent = len(creates(venue))
+    assert sent >= 1
+    # Someone trades by hand in the account: the position moves with no execution the daemon can list.
+    venue.state.positions[SYMBOL].size += Decimal("0.05")
+    daemon = Daemon(settings_for(venue, daemon_bus, tmp_path))
+    assert await asyncio.wait_for(daemon.run(asyncio.Event()), 60) == EXIT_FAIL_CLOSED
+    assert len(creates(venue)) == sent, "nothing is sent by a daemon that failed closed"
+    state = stored_state(store)
+    assert state.risk["livetest"] == "halted"
+    assert "venue's is" in daemon._failed
 
-        # The person fixes the account and resumes; the next start trades again.
-        venue.state.positions[SYMBOL].size -= Decimal("0.05")
-        resumed = run_tradebus("resume", "livetest", "--store", str(store))
-        assert resumed.returncode == 0 and "recorded in" in resumed.stdout, resumed.stdout + resumed.stderr
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            assert r.daemon.guard.state == "active"
-            await _trade(r, venue, 10)
-            assert len(creates(venue)) > sent
-    finally:
-        await bus.close()
+    # The person fixes the account and resumes; the next start trades again.
+    venue.state.positions[SYMBOL].size -= Decimal("0.05")
+    resumed = run_tradebus("resume", "livetest", "--store", str(store))
+    assert resumed.returncode == 0 and "recorded in" in resumed.stdout, resumed.stdout + resumed.stderr
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        assert r.daemon.guard.state == "active"
+        await _trade(r, venue, 10)
+        assert len(creates(venue)) > sent
     check_store_equals_venue(venue, store)
 
 
-async def test_account_drawdown_halts_cancels_what_rests_and_survives_a_restart(venue, nats_server, tmp_path):
+async def test_account_drawdown_halts_cancels_what_rests_and_survives_a_restart(venue, daemon_bus, tmp_path):
     limits = Limits.model_validate({"global": {"max_drawdown": 0.1}})
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
-            await _trade(r, venue, 6)
-            venue.state.transfer(-2_000)  # a fifth of the account gone (a loss in another system, say)
-            await r.until(lambda: r.daemon.guard.state == "halted", what="the drawdown halt")
-            await r.settle()
-            sent = len(creates(venue))
-            await _trade(r, venue, 8)
-            assert len(creates(venue)) == sent, "no order while halted"
-            assert venue.state.count("/v5/order/cancel-all") == 1
-        async with running(settings_for(venue, bus, tmp_path, limits=limits)) as r:
-            assert r.daemon.guard.state == "halted" and "drawdown" in r.daemon.guard.reason()
-            await _trade(r, venue, 6)
-            assert len(creates(venue)) == sent
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
+        await _trade(r, venue, 6)
+        venue.state.transfer(-2_000)  # a fifth of the account gone (a loss in another system, say)
+        await r.until(lambda: r.daemon.guard.state == "halted", what="the drawdown halt")
+        await r.settle()
+        sent = len(creates(venue))
+        await _trade(r, venue, 8)
+        assert len(creates(venue)) == sent, "no order while halted"
+        assert venue.state.count("/v5/order/cancel-all") == 1
+    async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
+        assert r.daemon.guard.state == "halted" and "drawdown" in r.daemon.guard.reason()
+        await _trade(r, venue, 6)
+        assert len(creates(venue)) == sent
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert state.risk[projections.GLOBAL] == "halted"
 
 
 async def test_nats_server_crash_and_restart_loses_nothing_and_commands_reach_the_daemon_after(venue, tmp_path):
-    from tradebus.bus.ids import IdGenerator
     from tradebus.bus.natsserver import start_server
 
     server = await start_server(tmp_path / "nats")
@@ -293,9 +256,7 @@ async def test_nats_server_crash_and_restart_loses_nothing_and_commands_reach_th
             await r.until(lambda: bus.connected and watcher.connected, timeout=30, what="both clients to reconnect")
             answers = await watcher.subscribe("tb.risk.>")
             await watcher.flush()
-            now = time.time_ns()
-            kill = ev.RiskStateChanged(id=IdGenerator().next(now), ts_event=now, ts_init=now, system="livetest",
-                                       run="command-after-restart", state="halted", previous="active", reason="test")
+            kill = command("livetest", "halted", "test")
             await watcher.publish(kill)
             await r.until(lambda: r.daemon.guard.state == "halted", what="the kill sent after the restart")
             while (answer := await answers.next(10)).cause != kill.id:
@@ -309,43 +270,35 @@ async def test_nats_server_crash_and_restart_loses_nothing_and_commands_reach_th
 
 
 async def test_a_position_the_executions_cannot_explain_after_a_reconnect_halts_but_keeps_running(
-        venue, nats_server, tmp_path):
+        venue, daemon_bus, tmp_path):
     from decimal import Decimal
 
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 8)
-            assert creates(venue)
-            venue.state.positions[SYMBOL].size += Decimal("0.05")  # a trade by hand, while the stream was down
-            assert venue.ws.close_sockets(private=True) >= 1
-            await r.until(lambda: r.daemon.guard.state == "halted", what="the halt after the reconnect")
-            await r.settle()
-            sent = len(creates(venue))
-            await _trade(r, venue, 6)
-            assert len(creates(venue)) == sent, "no order while halted"
-            assert not r.task.done(), "it keeps running: status, tail and resume still work"
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
+        await _trade(r, venue, 8)
+        assert creates(venue)
+        venue.state.positions[SYMBOL].size += Decimal("0.05")  # a trade by hand, while the stream was down
+        assert venue.ws.close_sockets(private=True) >= 1
+        await r.until(lambda: r.daemon.guard.state == "halted", what="the halt after the reconnect")
+        await r.settle()
+        sent = len(creates(venue))
+        await _trade(r, venue, 6)
+        assert len(creates(venue)) == sent, "no order while halted"
+        assert not r.task.done(), "it keeps running: status, tail and resume still work"
     state = stored_state(tmp_path / "demo.sqlite")
     assert state.risk["livetest"] == "halted"
     assert venue.state.count("/v5/order/cancel-all") == 1
 
 
 @pytest.mark.parametrize("stop", [0.05, 0.006], ids=["protection-rests", "protection-fires"])
-async def test_protective_orders_rest_at_the_venue_and_go_when_their_position_does(venue, nats_server, tmp_path, stop):
+async def test_protective_orders_rest_at_the_venue_and_go_when_their_position_does(venue, daemon_bus, tmp_path, stop):
     from .livekit import CONFIG
 
     config = {**CONFIG, "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1,
                                  "stop": {"kind": "percent", "percent": stop, "take_profit_rr": 2.0}}}
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path, config=config)) as r:
-            await _trade(r, venue, 24)
-            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="requests")
-            await r.settle()
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path, config=config)) as r:
+        await _trade(r, venue, 24)
+        await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="requests")
+        await r.settle()
     st = venue.state
     protective = [b for b in creates(venue) if b.get("reduceOnly") and b["orderType"] == "Limit" or b.get("triggerPrice")]
     assert len(protective) >= 4, "every entry is protected by a stop and a target"
@@ -368,28 +321,24 @@ async def test_protective_orders_rest_at_the_venue_and_go_when_their_position_do
 
 
 async def test_an_entry_whose_fill_the_last_session_never_heard_of_is_protected_after_the_restart(
-        venue, nats_server, tmp_path):
+        venue, daemon_bus, tmp_path):
     from .livekit import CONFIG
 
     config = {**CONFIG, "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1,
                                  "stop": {"kind": "percent", "percent": 0.05}}}
     store = tmp_path / "demo.sqlite"
-    bus = await nats_bus(nats_server)
-    try:
-        async with running(settings_for(venue, bus, tmp_path, config=config)) as r:
-            venue.state.drop_private = 10**6  # every fill happens unheard: the session ends not knowing of them
-            while not creates(venue):
-                await _trade(r, venue, 1)
-            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="the entry sent")
-        entry = creates(venue)[0]
-        before = stored_state(store).positions.get("livetest", {}).get(SYMBOL)
-        assert entry["orderLinkId"].endswith("-entry") and (before is None or before.qty == 0)
-        venue.state.drop_private = 0
-        async with running(settings_for(venue, bus, tmp_path, config=config)) as r:
-            await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="the protection sent")
-            await r.settle()
-    finally:
-        await bus.close()
+    async with running(settings_for(venue, daemon_bus, tmp_path, config=config)) as r:
+        venue.state.drop_private = 10**6  # every fill happens unheard: the session ends not knowing of them
+        while not creates(venue):
+            await _trade(r, venue, 1)
+        await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="the entry sent")
+    entry = creates(venue)[0]
+    before = stored_state(store).positions.get("livetest", {}).get(SYMBOL)
+    assert entry["orderLinkId"].endswith("-entry") and (before is None or before.qty == 0)
+    venue.state.drop_private = 0
+    async with running(settings_for(venue, daemon_bus, tmp_path, config=config)) as r:
+        await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="the protection sent")
+        await r.settle()
     held = venue_qty(venue)
     stops = [o for o in venue.state.orders.values() if o["orderLinkId"].endswith("-sl")]
     assert held != 0 and len(stops) == 1, "the restart learnt of the fill and protected the position"

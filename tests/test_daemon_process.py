@@ -56,15 +56,16 @@ def _status(system: str = SYSTEM) -> dict:
     return next((r for r in rows if r["system"] == system), {})
 
 
-async def _poll(cond, what: str, timeout: float = 30.0):
+async def _poll(cond, timeout: float = 30.0, what: str = "") -> bool:
+    """Whether ``cond`` came true within ``timeout``; naming ``what`` makes a timeout a failure."""
     deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
+    while not cond():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+            if what:
+                raise AssertionError(f"timed out waiting for {what}")
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 async def _push(v, bars: int, pause: float = 0.3) -> None:
@@ -92,7 +93,7 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
         tail_out, tail_log = LineReader(tail.stdout), LineReader(tail.stderr)
         tail_log.wait_for("tailing")
         await _push_until(venue, lambda: creates(venue), "a first order")
-        await _poll(lambda: _status().get("position") == pytest.approx(venue_qty(venue)), "the position at the daemon")
+        await _poll(lambda: _status().get("position") == pytest.approx(venue_qty(venue)), what="the position at the daemon")
 
         # The next signal reverses the position: an exit, then an entry. The exit reaches the venue and
         # fills there, but the daemon hears nothing of it (the answer is late, the pushes are lost) and
@@ -109,7 +110,8 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
         venue.state.drop_private, venue.state.ack_delay = 0, 0.0
         await _push(venue, 3, pause=0.05)  # bars close while nobody watches
 
-        seen = [json.loads(line) for line in _drain(tail_out)]
+        await asyncio.sleep(0.5)  # what tail has still to print
+        seen = [json.loads(line) for line in tail_out.drain()]
         types = {e["type"] for e in seen}
         assert {"order.intent", "order.submitted", "fill", "heartbeat"} <= types, types
         assert all(e["system"] in (SYSTEM, "") for e in seen)
@@ -123,7 +125,7 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
     try:
         second.wait_trading()
         # Reconciled before trading: the order the first daemon never heard back from is known filled.
-        await _poll(lambda: _status().get("status") == "running", "the status file")
+        await _poll(lambda: _status().get("status") == "running", what="the status file")
         assert venue_qty(venue) != pytest.approx(held), "the order sent before the kill moved the position"
         assert _status()["position"] == pytest.approx(venue_qty(venue))
         rebuilt = run_tradebus("rebuild", "--store", str(store), "--json")  # another process, store in use
@@ -156,24 +158,8 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
 async def _push_until(v, cond, what: str, bars: int = 40, wait: float = 0.5) -> None:
     for _ in range(bars):
         v.push_bar()
-        if await _poll_quietly(cond, wait):
+        if await _poll(cond, wait):
             return
     raise AssertionError(f"no {what} within {bars} bars")
 
 
-async def _poll_quietly(cond, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(cond())
-
-
-def _drain(reader: LineReader) -> list[str]:
-    lines = []
-    while True:
-        try:
-            lines.append(reader.next(timeout=0.5))
-        except (TimeoutError, EOFError):
-            return lines
