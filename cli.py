@@ -629,14 +629,14 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
         demo_key = os.environ.get("TRADEBUS_DEMO_API_KEY")
         if demo_key and demo_key == creds.key:
             _fail("live needs its own API key: TRADEBUS_LIVE_API_KEY is the demo key")
-    store_path = store or settings.data_home() / "store" / f"{mode}.sqlite"
+    store_path = store or settings.default_store_path(mode)
 
     async def run() -> int:
         stop = _stop_event()
         async with open_bus("nats", url=nats_url, name=f"tradebus-{mode}-{config.system}") as bus:
             daemon = Daemon(DaemonSettings(
                 mode=mode, config=config, creds=creds, limits=lim, store_path=store_path, bus=bus,
-                status_dir=settings.data_home() / "daemons", rest_url=rest_url, public_ws=public_ws,
+                status_dir=settings.daemons_dir(), rest_url=rest_url, public_ws=public_ws,
                 private_ws=private_ws, heartbeat_s=heartbeat,
                 manifest={"config_path": str(config_path), "limits_path": str(limits) if limits else "demo defaults"}))
             err.print(f"{mode} daemon {config.system} · store {store_path} · NATS {getattr(bus, 'url', '')} "
@@ -737,7 +737,7 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
             err.print(f"NATS at {url} unreachable ({exc}); writing to the store instead", style="yellow")
     if answered:
         return
-    paths = [store] if store else [p for p in (settings.data_home() / "store" / f"{m}.sqlite" for m in ("demo", "live"))
+    paths = [store] if store else [p for p in (settings.default_store_path(m) for m in ("demo", "live"))
                                    if p.exists()]
     if not paths:
         _fail("no daemon answered and no daemon store exists: nothing to record the command in")
@@ -778,15 +778,17 @@ def resume(
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
     """The demo and live daemons on this machine: alive, position, equity, risk state."""
     from tradebus.console import fmt_ns
+    from tradebus.eventstore.store import writer_pid
 
-    folder = settings.data_home() / "daemons"
+    folder = settings.daemons_dir()
     rows = []
     for path in sorted(folder.glob("*.json")) if folder.exists() else []:
         try:
             info = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        alive = info.get("status") == "running" and _pid_alive(int(info.get("pid", 0)))
+        # Alive: the process that wrote the file still holds its store (a reused pid does not count).
+        alive = info.get("status") == "running" and writer_pid(Path(info.get("store", ""))) == info.get("pid")
         age = (time.time_ns() - int(info.get("heartbeat_ns", 0))) / 1e9
         info["alive"] = alive
         info["heartbeat_age_s"] = round(age, 1)
@@ -800,26 +802,15 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
         out.print("no daemons have run on this machine (status files live in $TRADEBUS_HOME/daemons)")
         return
     table = Table(title="daemons")
-    for col in ("system", "mode", "status", "pid", "position", "equity", "risk", "last bar", "heartbeat"):
+    for col in ("system", "mode", "status", "pid", "position", "equity", "risk", "last bar", "heartbeat", "NATS"):
         table.add_column(col)
     for r in rows:
         last = r.get("last_bar_open_ns")
         table.add_row(r["system"], r["mode"], r["status"], str(r["pid"]), f"{r['position']:g}", f"{r['equity']:,.2f}",
                       r["risk"] + (f" ({r['risk_reason']})" if r.get("risk_reason") else ""),
-                      fmt_ns(last)[:16] if last else "-", f"{r['heartbeat_age_s']:.0f}s ago")
+                      fmt_ns(last)[:16] if last else "-", f"{r['heartbeat_age_s']:.0f}s ago",
+                      "up" if r.get("nats_connected", True) else "down")
     out.print(table)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- rebuild -------------------------------------------------------------------------------------

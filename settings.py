@@ -25,9 +25,14 @@ def data_home() -> Path:
     return home
 
 
-def default_store_path() -> Path:
-    """Return the default event store file."""
-    return data_home() / "store" / "events.sqlite"
+def default_store_path(name: str = "events") -> Path:
+    """Return the default event store file (``demo`` and ``live``: the daemons' stores)."""
+    return data_home() / "store" / f"{name}.sqlite"
+
+
+def daemons_dir() -> Path:
+    """Return the folder of the daemons' status files."""
+    return data_home() / "daemons"
 
 
 def nats_dir() -> Path:

@@ -188,12 +188,7 @@ def _format(path: Path | str, exc: ValidationError, prefix: str = "") -> list[st
 
 def parse_config(data: Any, source: Path | str = "<config>") -> SystemConfig:
     """Validate already-loaded config data."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a system config is a mapping of fields, got {type(data).__name__}")
-    try:
-        config = SystemConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("\n".join(_format(source, exc))) from None
+    config = parse_model(SystemConfig, data, source, "a system config")
     try:
         config.params()
     except ValidationError as exc:

@@ -23,8 +23,9 @@ Bybit: ``hex_hmac("GET/realtime" + expires)``, then order / execution / position
 
 Fault hooks: ``fail_next`` (HTTP status and retCode for the next requests), ``ack_delay`` (the create
 is done, its answer comes late), ``exec_before_order``, ``duplicate_filled`` (the last order update
-and execution pushed twice), ``drop_private`` (lose the next N private pushes), ``close_sockets()``, ``clock_shift_ms``. Everything received is logged
-(``requests``, ``frames_in``) and every push too (``frames_out``), so tests can assert "exactly one order".
+and execution pushed twice), ``drop_private`` (lose the next N private pushes), ``close_sockets()``,
+``clock_shift_ms``. Everything received is logged (``requests``, ``frames_in``), so tests can assert
+"exactly one order".
 """
 
 from __future__ import annotations
@@ -114,7 +115,6 @@ class FakeBybitState:
     positions: dict[str, _Pos] = field(default_factory=dict)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     frames_in: list[dict] = field(default_factory=list)
-    frames_out: list[dict] = field(default_factory=list)
     # --- fault hooks ---
     fail_next: list[tuple[int, int, str]] = field(default_factory=list)  # (http status, retCode, msg)
     fail_paths: set[str] = field(default_factory=set)  # fail_next applies only to these paths (empty: any)
@@ -168,10 +168,8 @@ class FakeBybitState:
             return
         if self.drop_private > 0:
             self.drop_private -= 1
-            self.frames_out.append({"dropped": topic, "data": data})
             return
         frame = {"id": f"fake-{next(self._ids)}", "topic": topic, "creationTime": self.now(), "data": data}
-        self.frames_out.append(frame)
         if self.ws is not None:
             self.ws.push_private(frame)
 
@@ -619,7 +617,6 @@ class FakeBybitWs:
         state.ws = self
         self._conns: dict[ServerConnection, dict] = {}  # conn -> {"topics": set, "auth": bool, "private": bool}
         self._ids = itertools.count(1)
-        self.answer_pings = True
         self._server = serve(self._handle, "127.0.0.1", 0)
         self.port = self._server.socket.getsockname()[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -635,10 +632,6 @@ class FakeBybitWs:
     def connections(self, private: bool) -> int:
         with self.state.lock:
             return sum(1 for c in self._conns.values() if c["private"] == private and (c["auth"] or not private))
-
-    def subscribed(self, topic: str) -> bool:
-        with self.state.lock:
-            return any(topic in c["topics"] for c in self._conns.values())
 
     def _handle(self, conn: ServerConnection) -> None:
         st = self.state
@@ -664,8 +657,6 @@ class FakeBybitWs:
         st = self.state
         op, req = msg.get("op"), msg.get("req_id", "")
         if op == "ping":
-            if not self.answer_pings:
-                return None
             if info["private"]:
                 return {"req_id": req, "op": "pong", "args": [str(st.now())], "conn_id": info["id"]}
             return {"success": True, "ret_msg": "pong", "conn_id": info["id"], "req_id": req, "op": "ping"}
