@@ -341,7 +341,7 @@ def data_import(
     """Import market data files; re-importing the same data changes nothing."""
     from tradebus.components.timeframes import TimeframeError
     from tradebus.replay.importer import ImportFormatError, read_file
-    from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
+    from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
 
     try:
         keys = [SeriesKey(venue, market, symbol or f.stem.upper(), timeframe, kind) for f in files]
@@ -379,7 +379,7 @@ def data_fetch(
     from tradebus.components.timeframes import TimeframeError
     from tradebus.live.bybit_public import BybitPublic, VenueError
     from tradebus.replay.fetch import fetch_funding, fetch_klines
-    from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
+    from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
 
     if venue != "bybit":
         _fail(f"--venue {venue!r}: fetching is implemented for bybit only")
@@ -422,7 +422,7 @@ def _read_experiments(experiments: Optional[Path]):
 
 def _open_market(db: Optional[Path]):
     from tradebus.duck import DuckLockedError
-    from tradebus.replay.marketdata import MarketData, MarketDataError
+    from tradebus.engine.marketdata import MarketData, MarketDataError
 
     try:
         return MarketData.open(db, read_only=True)
@@ -528,9 +528,10 @@ def replay(
     from tradebus.duck import DuckLockedError
     from tradebus.eventstore.store import EventStore, StoreError
     from tradebus.replay.backtest import record, run_replay, write_outputs
-    from tradebus.replay.fetch import FUNDING_INTERVAL, fill_command
-    from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
-    from tradebus.replay.runner import MissingDataError, load_market
+    from tradebus.engine.market import fill_command
+    from tradebus.replay.fetch import FUNDING_INTERVAL
+    from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
+    from tradebus.engine.market import MissingDataError, load_market
 
     if bus not in ("local", "nats"):
         _fail(f"--bus {bus!r}: allowed are local, nats")
@@ -705,7 +706,7 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
     from tradebus.bus.connect import find_nats_url
     from tradebus.bus.nats import NatsBus
     from tradebus.eventstore.store import EventStore, StoreError
-    from tradebus.live.guard import command
+    from tradebus.engine.guard import command
 
     if bool(system) == all_:
         _fail("name one SYSTEM or pass --all")
@@ -872,7 +873,7 @@ def sweep(
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.sweep import load_job, run_sweep
-    from tradebus.replay.marketdata import MarketData, MarketDataError
+    from tradebus.engine.marketdata import MarketData, MarketDataError
 
     try:
         job = load_job(job_path)
@@ -932,7 +933,7 @@ def worker(
     from tradebus.bus.natsserver import NatsServerError
     from tradebus.duck import DuckLockedError
     from tradebus.factory.distributed import run_worker
-    from tradebus.replay.marketdata import MarketData, MarketDataError
+    from tradebus.engine.marketdata import MarketData, MarketDataError
 
     async def run():
         stop = _stop_event()
@@ -964,8 +965,8 @@ def validate(
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.validation import load_rules, run_validation, select
-    from tradebus.replay.marketdata import MarketData, MarketDataError
-    from tradebus.replay.runner import MissingDataError
+    from tradebus.engine.marketdata import MarketData, MarketDataError
+    from tradebus.engine.market import MissingDataError
 
     try:
         rules = load_rules(rules_path)
@@ -1007,8 +1008,8 @@ def scenarios(
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.scenarios import load_scenarios, run_scenarios, write_outputs
-    from tradebus.replay.marketdata import MarketData
-    from tradebus.replay.runner import MissingDataError
+    from tradebus.engine.marketdata import MarketData
+    from tradebus.engine.market import MissingDataError
 
     try:
         spec = load_scenarios(path)

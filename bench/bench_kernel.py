@@ -32,7 +32,7 @@ from tradebus.components import indicators, strategies  # noqa: E402
 from tradebus.factory import sim  # noqa: E402
 from tradebus.factory.market import MemoryMarket  # noqa: E402
 from tradebus.factory.sweep import run_trial  # noqa: E402
-from tradebus.replay.runner import load_market  # noqa: E402
+from tradebus.engine.market import load_market  # noqa: E402
 
 FAST = (5, 10, 15, 20, 30, 40, 50, 60)
 SLOW = (50, 80, 100, 120, 150, 200, 250, 300)

@@ -24,7 +24,7 @@ from _common import fmt_int, fmt_ratio, fmt_verdict, parser, print_header, print
 from tradebus.configs.schema import parse_config  # noqa: E402
 from tradebus.eventstore.store import EventStore  # noqa: E402
 from tradebus.replay.backtest import record, run_replay  # noqa: E402
-from tradebus.replay.marketdata import MarketData, SeriesKey  # noqa: E402
+from tradebus.engine.marketdata import MarketData, SeriesKey  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "bybit" / "linear" / "5m" / "BTCUSDT.parquet"
 T0 = 1_735_689_600_000_000_000

@@ -1,12 +1,13 @@
 """What every component is: events in, events out, a clock, and nothing else.
 
-A component never touches a bus, a file or the wall clock. A host (``tradebus.replay.host``) feeds it
+A component never touches a bus, a file or the wall clock. A host (``tradebus.engine.host``) feeds it
 the events matching its subject patterns and publishes what it returns; backtest and live differ only
 in the host's bus, the clock and the venue component.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from tradebus.bus.events import Event
@@ -31,6 +32,15 @@ class SimClock:
 
     def now(self) -> int:
         return self.t
+
+
+class WallClock:
+    """Live time. ``t`` is there because hosts set it at each step; live, the wall decides."""
+
+    t = 0
+
+    def now(self) -> int:
+        return time.time_ns()
 
 
 class Stamper:

@@ -108,9 +108,23 @@ MIN_NOTIONAL = 1.0  # below this an order is noise, not a trade
 
 
 @_jit
+def on_step(qty: float, step: float) -> float:
+    """``qty`` rounded down to a multiple of ``step`` (0: no rounding). A step below 1 is taken as 1/scale,
+    and the multiple is k / scale, the double nearest the decimal (0.047, not 47 * 0.001 = 0.047000000000000004),
+    so it equals what a venue's decimal rounding returns."""
+    if not (step > 0.0):
+        return qty
+    if step < 1.0:
+        scale = float(round(1.0 / step))
+        return math.floor(qty * scale + 1e-9) / scale
+    return math.floor(qty / step + 1e-9) * step
+
+
+@_jit
 def size(sizing: int, equity: float, price: float, stop_distance: float, fraction: float, risk: float,
-         max_leverage: float, max_notional: float) -> tuple[float, float, int]:
-    """Return (qty, notional, SIZE_* code): notional from the rule, capped by leverage and max notional."""
+         max_leverage: float, max_notional: float, qty_step: float = 0.0) -> tuple[float, float, int]:
+    """Return (qty, notional, SIZE_* code): notional from the rule, capped by leverage and max notional,
+    the quantity rounded down to the venue's step."""
     if not (equity > 0.0 and price > 0.0):
         return 0.0, 0.0, SIZE_NO_EQUITY
     if sizing == RISK_PER_TRADE:
@@ -120,6 +134,7 @@ def size(sizing: int, equity: float, price: float, stop_distance: float, fractio
     else:
         notional = equity * fraction
     notional = min(notional, equity * max_leverage, max_notional)
-    if notional < MIN_NOTIONAL:
+    qty = on_step(notional / price, qty_step)
+    if notional < MIN_NOTIONAL or not (qty > 0.0):
         return 0.0, notional, SIZE_TOO_SMALL
-    return notional / price, notional, SIZE_OK
+    return qty, notional, SIZE_OK

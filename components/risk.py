@@ -33,7 +33,7 @@ class RiskManager(Component):
     def __init__(self, stamp: Stamper, *, venue: str, symbol: str, timeframe: str, sizing: str, fraction: float,
                  risk_per_trade: float, max_leverage: float, max_position_notional: float | None,
                  stop_kind: str, atr_period: int, atr_mult: float, stop_percent: float,
-                 take_profit_rr: float | None, initial_capital: float) -> None:
+                 take_profit_rr: float | None, initial_capital: float, qty_step: float = 0.0) -> None:
         super().__init__()
         self._stamp = stamp
         self._venue = venue
@@ -51,6 +51,7 @@ class RiskManager(Component):
         self._atr_mult = atr_mult
         self._stop_percent = stop_percent
         self._tp_rr = take_profit_rr
+        self._qty_step = qty_step
         self.balance = initial_capital
         self.qty = 0.0
         self.avg = 0.0
@@ -108,7 +109,7 @@ class RiskManager(Component):
     def size(self, equity: float, price: float, stop_distance: float) -> tuple[float, str]:
         """Return (qty, reason if refused)."""
         qty, notional, code = kernel.size(self._sizing, equity, price, stop_distance, self._fraction, self._risk,
-                                          self._max_leverage, self._max_notional)
+                                          self._max_leverage, self._max_notional, self._qty_step)
         if code == kernel.SIZE_NO_EQUITY:
             return 0.0, f"no equity to trade (equity {equity:.2f})"
         if code == kernel.SIZE_NO_STOP:

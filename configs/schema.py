@@ -92,6 +92,7 @@ class RiskProfile(_Strict):
     max_leverage: float = Field(1.0, gt=0, le=100)
     max_position_notional: float | None = Field(None, gt=0)
     stop: StopRule = StopRule()
+    qty_step: float = Field(0.0, ge=0, description="the venue's quantity step: sizes round down to it (0: none)")
 
     @model_validator(mode="after")
     def _stop_for_risk_sizing(self) -> "RiskProfile":
@@ -112,6 +113,9 @@ class CostModel(_Strict):
     spread_bps: float = Field(0.0, ge=0, description="full bid-ask spread; half is paid on each fill")
     slippage: Slippage = Slippage()
     funding: bool = True
+
+
+ADDED_FIELDS = (("risk", "qty_step"),)
 
 
 class SystemConfig(_Strict):
@@ -168,6 +172,10 @@ class SystemConfig(_Strict):
         so equal configs written differently are equal here."""
         data = self.model_dump(mode="json")
         data["strategy"]["params"] = self.params().model_dump(mode="json")
+        # Fields added since ids were first stored are left out at their default, so those ids hold.
+        for section, name in ADDED_FIELDS:
+            if data[section][name] == type(self).model_fields[section].default.model_dump(mode="json")[name]:
+                del data[section][name]
         return data
 
     def config_hash(self) -> str:

@@ -38,7 +38,7 @@ from tradebus.configs.schema import parse_config
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import Collector, Outcome, Pending, SweepJob, SweepReport, data_id, pending, run_trials
-from tradebus.replay.marketdata import MarketData
+from tradebus.engine.marketdata import MarketData
 
 log = structlog.get_logger("tradebus.worker")
 

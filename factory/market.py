@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tradebus.replay.marketdata import VALUE_COLUMNS, Columns, Coverage, MarketData, SeriesKey
+from tradebus.engine.marketdata import VALUE_COLUMNS, Columns, Coverage, MarketData, SeriesKey
 
 
 @dataclass

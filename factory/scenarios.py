@@ -45,11 +45,11 @@ from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Experiment, Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import run_trial
-from tradebus.replay.marketdata import MarketData
-from tradebus.replay import report
-from tradebus.replay.artifacts import atomic_write, write_json
-from tradebus.replay.metrics import summarize
-from tradebus.replay.runner import load_market
+from tradebus.engine.marketdata import MarketData
+from tradebus.engine import report
+from tradebus.engine.artifacts import atomic_write, write_json
+from tradebus.engine.metrics import summarize
+from tradebus.engine.market import load_market
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 

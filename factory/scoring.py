@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tradebus.factory import sim
-from tradebus.replay.metrics import YEAR_NS
+from tradebus.engine.metrics import YEAR_NS
 
 
 class ScoreSpec(BaseModel):

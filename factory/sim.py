@@ -35,17 +35,18 @@ from tradebus.components import strategies
 from tradebus.components.strategies import HOLD
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig
-from tradebus.replay.metrics import summarize
-from tradebus.replay.runner import MarketSlice, feature_tables, strategy_rows
-from tradebus.replay.trades import Trade, trades_from_ledger
+from tradebus.engine.metrics import summarize
+from tradebus.engine.market import MarketSlice
+from tradebus.engine.wiring import feature_tables, strategy_rows
+from tradebus.engine.trades import Trade, trades_from_ledger
 
 _jit = nb.njit(cache=True, nogil=True)
 
 # Scalars of one run, packed in a float64 vector (numba takes one array better than twenty arguments).
 (C_ON_CLOSE, C_PARTICIPATION, C_MM, C_INITIAL, C_MAKER, C_TAKER, C_SPREAD, C_SLIP_MODEL, C_SLIP_BPS, C_IMPACT,
  C_SIZING, C_FRACTION, C_RISK, C_MAX_LEVERAGE, C_MAX_NOTIONAL, C_STOP_KIND, C_ATR_MULT, C_STOP_PCT, C_TP_RR,
- C_BAR_NS) = range(20)
-N_SETTINGS = 20
+ C_BAR_NS, C_QTY_STEP) = range(21)
+N_SETTINGS = 21
 STOP_NONE, STOP_ATR, STOP_PERCENT = 0, 1, 2
 STOP_KINDS = {"none": STOP_NONE, "atr": STOP_ATR, "percent": STOP_PERCENT}
 
@@ -363,7 +364,7 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
                 elif stop_kind == STOP_PERCENT:
                     stop = cfg[C_STOP_PCT] * bc
                 entry_qty, _, code = K.size(int(cfg[C_SIZING]), equity, bc, stop, cfg[C_FRACTION], cfg[C_RISK],
-                                            cfg[C_MAX_LEVERAGE], cfg[C_MAX_NOTIONAL])
+                                            cfg[C_MAX_LEVERAGE], cfg[C_MAX_NOTIONAL], cfg[C_QTY_STEP])
                 if code != K.SIZE_OK:
                     entry_qty = 0.0
             for leg in range(2):
@@ -467,6 +468,7 @@ def settings_vector(config: SystemConfig) -> np.ndarray:
     cfg[C_SIZING] = K.SIZINGS[r.sizing]
     cfg[C_FRACTION], cfg[C_RISK], cfg[C_MAX_LEVERAGE] = r.fraction, r.risk_per_trade, r.max_leverage
     cfg[C_MAX_NOTIONAL] = r.max_position_notional or math.inf
+    cfg[C_QTY_STEP] = r.qty_step
     cfg[C_STOP_KIND] = STOP_KINDS[r.stop.kind]
     cfg[C_ATR_MULT], cfg[C_STOP_PCT] = r.stop.atr_mult, r.stop.percent
     cfg[C_TP_RR] = r.stop.take_profit_rr or 0.0
@@ -495,7 +497,7 @@ def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
     """``simulate``'s arguments for one config over one market slice."""
     defn = config.strategy_def()
     params = config.params()
-    own, higher = feature_tables(config, m)
+    own, higher = feature_tables(config, m.candles)
     rows = strategy_rows(defn, params, own, higher)
     atr_name = f"atr_{config.risk.stop.atr_period}"
     atr = own.values[:, own.names.index(atr_name)].copy() if atr_name in own.names else _empty()

@@ -34,8 +34,8 @@ from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.space import Declared, SpaceKind, expand
-from tradebus.replay.marketdata import MarketData
-from tradebus.replay.runner import load_market
+from tradebus.engine.marketdata import MarketData
+from tradebus.engine.market import load_market
 
 DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
 

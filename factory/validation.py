@@ -35,10 +35,10 @@ from tradebus.factory import overfit, scoring, sim
 from tradebus.factory.experiments import Experiment, Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import data_id, run_trial
-from tradebus.replay.marketdata import MarketData
-from tradebus.replay import metrics
-from tradebus.replay.metrics import YEAR_NS
-from tradebus.replay.runner import base_key, load_market
+from tradebus.engine.marketdata import MarketData
+from tradebus.engine import metrics
+from tradebus.engine.metrics import YEAR_NS
+from tradebus.engine.market import base_key, load_market
 
 class Disqualify(BaseModel):
     """Hard filters on the whole-history run (seed 002's defaults)."""

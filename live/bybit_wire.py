@@ -18,8 +18,10 @@ from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, ROUND_HALF_EVEN, Dec
 from typing import Any, Callable, Literal
 
 import msgspec
+import numpy as np
 
 from tradebus.bus import events as ev
+from tradebus.components.timeframes import tf_ns
 
 MS = 1_000_000  # ns
 
@@ -473,3 +475,22 @@ class InstrumentRules:
         if p <= 0:
             raise OrderRuleError(f"{self.symbol}: price {price!r} rounds to zero at tick {_text(self.tick)}")
         return _text(p)
+
+
+def parse_klines(rows: list[list[str]], mark: bool, timeframe: str, now_ns: int) -> dict[str, np.ndarray]:
+    """Turn raw kline rows (newest first, strings) into sorted columns of closed candles only."""
+    length = tf_ns(timeframe)
+    width = 5 if mark else 7
+    if not rows:
+        arr = np.zeros((0, width))
+    else:
+        arr = np.array([[float(x) for x in row[:width]] for row in rows], dtype=np.float64)
+    open_time = arr[:, 0].astype(np.int64) * MS
+    order = np.argsort(open_time, kind="stable")
+    arr, open_time = arr[order], open_time[order]
+    closed = open_time + length <= now_ns
+    cols: dict[str, np.ndarray] = {"open_time": open_time[closed]}
+    names = ("open", "high", "low", "close") if mark else ("open", "high", "low", "close", "volume", "turnover")
+    for i, name in enumerate(names, start=1):
+        cols[name] = arr[closed, i]
+    return cols

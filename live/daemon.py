@@ -39,36 +39,26 @@ from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.bus.base import Bus
 from tradebus.bus.ids import IdGenerator
-from tradebus.components.base import Stamper
+from tradebus.components.base import Stamper, WallClock
 from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.eventstore import projections
 from tradebus.eventstore.store import EventStore
 from tradebus.live import bybit_wire as w
+from tradebus.live.bybit_wire import parse_klines
 from tradebus.live.bybit import BybitRest, Credentials, private_stream, public_stream
 from tradebus.live.bybit_public import OutcomeUnknown, VenueError, VenueRejected
-from tradebus.live.guard import COMMAND, RiskGuard, is_command
-from tradebus.live.market import RollingFeatures, history_rows
+from tradebus.engine.guard import COMMAND, RiskGuard, is_command
 from tradebus.live.venue import LiveVenue, Request
-from tradebus.replay.artifacts import atomic_write
-from tradebus.replay.fetch import parse_klines
-from tradebus.replay.host import LocalHost, Router
-from tradebus.replay.runner import decision_components
+from tradebus.engine.artifacts import atomic_write
+from tradebus.engine.host import LocalHost, Router
+from tradebus.engine.wiring import build_core, warmup_bars
 
 log = structlog.get_logger("tradebus.daemon")
 MS = 1_000_000
 EXIT_OK, EXIT_FAIL_CLOSED = 0, 3
 ORDER_GONE = 110001  # cancel/amend of an order that is not open (any more)
-
-
-class WallClock:
-    """Live time. ``t`` is there because hosts set it at each step; live, the wall decides."""
-
-    t = 0
-
-    def now(self) -> int:
-        return time.time_ns()
 
 
 @dataclass
@@ -130,6 +120,7 @@ class Daemon:
         self.requests: asyncio.Queue[tuple[Request, Latency | None]] = asyncio.Queue()
         self.latencies: deque[Latency] = deque(maxlen=100_000)  # the latest venue messages that caused a request
         self.steps = 0
+        self.busy = False  # inside a step (tests wait for the daemon to be idle)
         self.in_flight = 0
         self._commands_seen: set[str] = set()
         self.stored = 0
@@ -142,7 +133,7 @@ class Daemon:
         """The latest closed candles, enough to warm every feature up (blocking)."""
         c = self.config
         now = self.rest.clock.now_ms()
-        rows = self.rest.closed_klines(c.symbol, c.timeframe, 0, now, last=history_rows(c))
+        rows = self.rest.closed_klines(c.symbol, c.timeframe, 0, now, last=warmup_bars(c))
         return parse_klines(rows, False, c.timeframe, now * MS)
 
     def _restore(self, state: projections.State, records: list[ev.Event]) -> None:
@@ -177,8 +168,10 @@ class Daemon:
         offset = await asyncio.to_thread(self.rest.sync_clock)
         rules = await asyncio.to_thread(self.rest.instrument, c.symbol)
         history = await asyncio.to_thread(self._history)
-        self.features = RollingFeatures(self._market_stamp, c, history)
-        self.host, self.risk, self.portfolio = decision_components(c, self._stamp, self.features.prev_row())
+        # Seeded once from the latest closed bars, the replay's warm-up rule; then only updated.
+        serve_from = int(history["open_time"][-1]) + tf_ns(c.timeframe) if len(history["close"]) else 0
+        core = build_core(c, self._stamp, self._market_stamp, history, serve_from)
+        self.builder, self.host, self.risk, self.portfolio = core.builder, core.host, core.risk, core.portfolio
         self.guard = RiskGuard(self._stamp("guard"), s.limits, venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
         self.venue = LiveVenue(self._stamp("venue"), self._market_stamp, self.guard, rules,
                                venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
@@ -188,7 +181,7 @@ class Daemon:
         self._restore(state, records)
         # Registration order is dispatch order, as in a replay: the venue and the guard see a bar before
         # the strategy sees its snapshot.
-        self.bus_host = LocalHost([self.venue, self.guard, self.features, self.host, self.risk, self.portfolio],
+        self.bus_host = LocalHost([self.venue, self.guard, self.builder, self.host, self.risk, self.portfolio],
                                   self.clock, sinks=[self._collect])
         self._collected: list[ev.Event] = []
         log.info("daemon set up", system=c.system, mode=s.mode, run=self.run_id, clock_offset_ms=offset,
@@ -204,6 +197,13 @@ class Daemon:
         """Run one step; store, publish, then send what it asked for."""
         if not roots:
             return []
+        self.busy = True
+        try:
+            return await self._step(roots, received_ns)
+        finally:
+            self.busy = False
+
+    async def _step(self, roots: list[ev.Event], received_ns: int) -> list[ev.Event]:
         self._collected = []
         self.bus_host.step(roots, time.time_ns())
         decided_ns = time.perf_counter_ns()
@@ -359,7 +359,7 @@ class Daemon:
     async def backfill_bars(self, until_open: int | None = None) -> None:
         """Closed bars after the last held, up to ``until_open`` (exclusive) or now, from REST, in order."""
         c = self.config
-        last = self.features.last_open
+        last = self.builder.last_open
         if last is None:
             return
         step = tf_ns(c.timeframe)
@@ -372,7 +372,7 @@ class Daemon:
             await self._bar(w.bar(item, c.symbol, c.timeframe, self._market_stamp, c.market), 0)
 
     async def _bar(self, bar: ev.BarClosed, received_ns: int) -> None:
-        last = self.features.last_open
+        last = self.builder.last_open
         if last is not None and bar.open_time <= last:
             return
         if last is not None and bar.open_time != last + tf_ns(self.config.timeframe):
@@ -429,7 +429,7 @@ class Daemon:
         info = {"system": c.system, "mode": self.s.mode, "status": status, "pid": os.getpid(), "run": self.run_id,
                 "store": str(self.s.store_path), "nats": getattr(self.s.bus, "url", ""),
                 "nats_connected": getattr(self.s.bus, "connected", True), "symbol": c.symbol,
-                "heartbeat_ns": time.time_ns(), "last_bar_open_ns": self.features.last_open, "position":
+                "heartbeat_ns": time.time_ns(), "last_bar_open_ns": self.builder.last_open, "position":
                 pos.qty if pos else 0.0, "equity": self.portfolio.equity(), "risk": self.guard.state,
                 "risk_reason": self.guard.reason(), "open_orders": len(self.venue.open_order_ids()),
                 "events_stored": self.stored, "failure": self._failed}

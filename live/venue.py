@@ -21,7 +21,7 @@ from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.components.base import NO_EVENTS, Component, Stamper
 from tradebus.live import bybit_wire as w
-from tradebus.live.guard import RiskGuard
+from tradebus.engine.guard import RiskGuard
 
 _SIDE = {"buy": "Buy", "sell": "Sell"}
 _OPEN = frozenset({"New", "PartiallyFilled", "Untriggered", "Triggered"})

@@ -17,14 +17,16 @@ from tradebus.bus.ids import IdGenerator
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig
 from tradebus.eventstore.store import EventStore
-from tradebus.components.snapshot import FeatureTable
-from tradebus.replay import artifacts, training
-from tradebus.replay.host import LocalHost, NatsHost
-from tradebus.replay.marketdata import MarketData
-from tradebus.replay.metrics import summarize
-from tradebus.replay.report import render
-from tradebus.replay.runner import Collector, MarketSlice, bar_steps, load_market, manifest, run_id_for, wire
-from tradebus.replay.trades import Trade, build_trades
+from tradebus.engine.snapshot import FeatureTable
+from tradebus.engine import artifacts
+from tradebus.replay import training
+from tradebus.engine.host import LocalHost, NatsHost
+from tradebus.engine.marketdata import MarketData
+from tradebus.engine.metrics import summarize
+from tradebus.engine.report import render
+from tradebus.engine.market import MarketSlice, load_market
+from tradebus.replay.runner import Collector, bar_steps, manifest, run_id_for, wire
+from tradebus.engine.trades import Trade, build_trades
 
 Progress = Callable[[int, int], None]
 

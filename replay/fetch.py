@@ -14,7 +14,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from tradebus.components.timeframes import HOUR, bucket_start, tf_ns
-from tradebus.replay.marketdata import Columns, MarketData, SeriesKey
+from tradebus.engine.marketdata import Columns, MarketData, SeriesKey
+from tradebus.live.bybit_wire import parse_klines
 
 MS = 1_000_000
 FUNDING_INTERVAL = 8 * HOUR  # Bybit's usual; symbols settling more often simply have more rows
@@ -43,25 +44,6 @@ class FetchResult:
 
 Progress = Callable[[int, int], None]
 """Called with (chunks done, chunks total)."""
-
-
-def parse_klines(rows: list[list[str]], mark: bool, timeframe: str, now_ns: int) -> Columns:
-    """Turn raw kline rows (newest first, strings) into sorted columns of closed candles only."""
-    length = tf_ns(timeframe)
-    width = 5 if mark else 7
-    if not rows:
-        arr = np.zeros((0, width))
-    else:
-        arr = np.array([[float(x) for x in row[:width]] for row in rows], dtype=np.float64)
-    open_time = arr[:, 0].astype(np.int64) * MS
-    order = np.argsort(open_time, kind="stable")
-    arr, open_time = arr[order], open_time[order]
-    closed = open_time + length <= now_ns
-    cols: Columns = {"open_time": open_time[closed]}
-    names = ("open", "high", "low", "close") if mark else ("open", "high", "low", "close", "volume", "turnover")
-    for i, name in enumerate(names, start=1):
-        cols[name] = arr[closed, i]
-    return cols
 
 
 def parse_funding(rows: list[dict]) -> Columns:
@@ -129,11 +111,3 @@ def fetch_funding(client: PublicClient, md: MarketData, key: SeriesKey, start_ns
         if progress:
             progress(done, len(chunks))
     return FetchResult(key, len(chunks), skipped, new)
-
-
-def fill_command(key: SeriesKey, start_ns: int, end_ns: int) -> str:
-    """Return the command that fetches a missing series, for error messages."""
-    day = lambda ns: str(np.datetime64(ns, "ns"))[:10]  # noqa: E731
-    what = {"candles": f"--timeframe {key.timeframe}", "mark": f"--no-candles --mark --mark-timeframe {key.timeframe}",
-            "funding": "--no-candles --funding"}[key.kind]
-    return f"tradebus data fetch --symbol {key.symbol} {what} --start {day(start_ns)} --end {day(end_ns)}"

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.feather
 
 from tradebus import duck
-from tradebus.replay.marketdata import Columns
+from tradebus.engine.marketdata import Columns
 
 TIME_NAMES = {
     "candles": ("open_time", "date", "timestamp", "time", "datetime", "start", "starttime", "open_time_ms"),

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tradebus.components.snapshot import FeatureTable
+from tradebus.engine.snapshot import FeatureTable
 
 
 def forward_targets(close: np.ndarray, horizon: int, crash_drawdown: float = 0.05

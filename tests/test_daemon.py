@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from tradebus.configs.limits import Limits
-from tradebus.live.guard import command
+from tradebus.engine.guard import command
 from tradebus.eventstore import projections
 
 from .fake_bybit import API_KEY

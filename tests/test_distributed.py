@@ -33,7 +33,7 @@ async def test_killed_worker_task_is_redelivered_and_nothing_is_counted_twice(md
     expected = table(tmp_path / "local.duckdb")
     db = md.path
     md.close()  # the workers open the market file themselves (read-only)
-    from tradebus.replay.marketdata import MarketData
+    from tradebus.engine.marketdata import MarketData
 
     server = await start_server(tmp_path / "nats")
     bus = await NatsBus.connect(server.url)
@@ -93,7 +93,7 @@ def test_a_worker_with_other_candles_refuses_the_task(md, tmp_path):  # noqa: F8
 
 @pytest.mark.parametrize("cmd", [["worker"], ["sweep", "configs/sweeps/sma_cross_quick.yaml", "--queue"]])
 def test_queue_commands_without_a_server_say_how_to_start_one(tmp_path, cmd):
-    from tradebus.replay.marketdata import MarketData
+    from tradebus.engine.marketdata import MarketData
 
     from .proc import run_tradebus
 

@@ -10,7 +10,7 @@ import pytest
 from tradebus.bus import events as ev
 from tradebus.components.base import Stamper
 from tradebus.configs.limits import Limits
-from tradebus.live.guard import DAY_NS, MINUTE_NS, RiskGuard
+from tradebus.engine.guard import DAY_NS, MINUTE_NS, RiskGuard
 
 SYSTEM = "s1"
 T = 1_790_000_000 * 10**9  # a moment well inside a UTC day

@@ -21,8 +21,8 @@ from tradebus.configs.schema import parse_config
 from tradebus.factory import scoring, sim
 from tradebus.replay.backtest import run_replay
 from tradebus.replay.importer import read_file
-from tradebus.replay.marketdata import MarketData, SeriesKey
-from tradebus.replay.runner import load_market
+from tradebus.engine.marketdata import MarketData, SeriesKey
+from tradebus.engine.market import load_market
 
 from .conftest import SHARED_DATA
 from .test_marketdata import T0, synthetic

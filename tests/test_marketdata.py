@@ -9,10 +9,12 @@ import pytest
 
 from tradebus.components.timeframes import DAY, HOUR, MINUTE, WEEK, TimeframeError, bucket_start
 from tradebus.live.bybit_public import BybitPublic, VenueError
-from tradebus.replay.fetch import fetch_funding, fetch_klines, fill_command, parse_klines
+from tradebus.engine.market import fill_command
+from tradebus.live.bybit_wire import parse_klines
+from tradebus.replay.fetch import fetch_funding, fetch_klines
 from tradebus.replay.importer import ImportFormatError, read_file
-from tradebus.replay.marketdata import MarketData, MarketDataError, SeriesKey
-from tradebus.replay.resample import last_closed_index, resample
+from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
+from tradebus.engine.resample import last_closed_index, resample
 
 from .conftest import SHARED_DATA
 from .fake_bybit import FakeBybit, FakeBybitState

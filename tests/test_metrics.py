@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from tradebus.components.timeframes import DAY, HOUR
-from tradebus.replay.metrics import bar_returns, drawdown, sharpe, sortino, summarize
-from tradebus.replay.trades import Trade
+from tradebus.engine.metrics import bar_returns, drawdown, sharpe, sortino, summarize
+from tradebus.engine.trades import Trade
 
 PERIODS = 365 * 24  # hourly bars in a 365-day year
 

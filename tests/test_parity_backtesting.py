@@ -22,7 +22,7 @@ from tradebus.components import indicators as ind
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import parse_config
 from tradebus.replay.backtest import run_replay
-from tradebus.replay.marketdata import MarketData, SeriesKey
+from tradebus.engine.marketdata import MarketData, SeriesKey
 
 from .conftest import SHARED_DATA
 

@@ -13,8 +13,8 @@ from tradebus.components.timeframes import DAY, HOUR, MINUTE
 from tradebus.configs.schema import ConfigError, load_config, parse_config
 from tradebus.eventstore.store import EventStore
 from tradebus.replay.backtest import record, run_replay, write_outputs
-from tradebus.replay.marketdata import MarketData, SeriesKey
-from tradebus.replay.runner import MissingDataError
+from tradebus.engine.marketdata import MarketData, SeriesKey
+from tradebus.engine.market import MissingDataError
 
 from .fake_bybit import FakeBybit, FakeBybitState
 from .proc import run_tradebus
@@ -291,7 +291,8 @@ def test_replay_command_over_an_embedded_nats_matches_in_process(md, tmp_path):
 
 
 def test_the_publisher_merges_timeframes_in_time_order(md):
-    from tradebus.replay.runner import bar_steps, load_market
+    from tradebus.engine.market import load_market
+    from tradebus.replay.runner import bar_steps
 
     config = parse_config(system(higher_timeframes=["15m", "1h"]))
     m = load_market(config, "hygiene", md)

@@ -20,7 +20,7 @@ from tradebus.factory.experiments import Tracker
 from tradebus.factory.scenarios import load_scenarios, run_scenarios, write_outputs
 from tradebus.factory.sweep import parse_job, run_sweep
 from tradebus.replay.backtest import run_replay
-from tradebus.replay.runner import load_market
+from tradebus.engine.market import load_market
 
 from .proc import run_tradebus
 from .test_sweep import job, md  # noqa: F401  (the two-symbol synthetic market fixture)

@@ -13,7 +13,7 @@ from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import parse_job, plan, run_sweep
 from tradebus.replay.backtest import run_replay
-from tradebus.replay.marketdata import MarketData, SeriesKey
+from tradebus.engine.marketdata import MarketData, SeriesKey
 
 from .proc import run_tradebus
 from .test_marketdata import synthetic

@@ -19,8 +19,8 @@ from tradebus.factory.validation import (Disqualify, ValidationRules, WalkForwar
                                          history, load_rules, run_validation, select, span_window)
 from tradebus.replay.backtest import run_replay
 from tradebus.replay.importer import read_file
-from tradebus.replay.marketdata import MarketData, SeriesKey
-from tradebus.replay.runner import resolve_window
+from tradebus.engine.marketdata import MarketData, SeriesKey
+from tradebus.engine.market import resolve_window
 
 from .conftest import SHARED_DATA
 from .proc import run_tradebus

@@ -17,8 +17,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tradebus.replay.artifacts import atomic_write
-from tradebus.replay.trades import Trade
+from tradebus.engine.artifacts import atomic_write
+from tradebus.engine.trades import Trade
 
 _LABELS = {
     "total_return": ("Total return", "pct"), "annualized_return": ("Annualised return", "pct"),

@@ -19,7 +19,7 @@ import numpy as np
 
 from tradebus.bus import codec
 from tradebus.bus.events import Event
-from tradebus.replay.trades import FIELDS, Trade
+from tradebus.engine.trades import FIELDS, Trade
 
 CURVE_COLUMNS = ("time", "close", "balance", "equity", "position_qty", "unrealized_pnl", "realized_pnl",
                  "fees", "funding")

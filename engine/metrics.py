@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from tradebus.components.timeframes import DAY
-from tradebus.replay.trades import Trade
+from tradebus.engine.trades import Trade
 
 YEAR_NS = 365 * DAY
 

@@ -1,0 +1,131 @@
+"""Wiring a system: which features it reads, how much history seeds them, and its components.
+
+One place builds a system's snapshot builder, strategy host, risk manager, guard and portfolio for a
+replay, a paper run and a daemon alike; only the edges (bar source, clock, venue, bus) differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from tradebus.components import strategies
+from tradebus.components.base import Stamper
+from tradebus.components.features import Candles, Feature, f, lookback
+from tradebus.components.portfolio import Portfolio
+from tradebus.components.risk import RiskManager, risk_features
+from tradebus.components.strategy_host import StrategyHost, row_names
+from tradebus.components.timeframes import tf_ns
+from tradebus.configs.schema import SystemConfig
+from tradebus.engine.snapshot import FeatureTable, MarketFeatures, SnapshotBuilder
+
+WARMUP_FACTOR = 3
+
+
+# What a declared higher timeframe contributes to every snapshot (the strategy may read more).
+HTF_CONTEXT = [f("close"), f("ema", 20), f("ema", 50), f("rsi", 14), f("atr", 14), f("adx", 14)]
+
+
+def features_for(config: SystemConfig) -> tuple[list[Feature], dict[str, list[Feature]]]:
+    """Own-timeframe and higher-timeframe features the system needs (strategy, risk, context), deduplicated."""
+    defn = config.strategy_def()
+    params = config.params()
+    own: list[Feature] = []
+    for feat in defn.features(params) + risk_features(config.risk.stop.kind, config.risk.stop.atr_period):
+        if feat not in own:
+            own.append(feat)
+    higher: dict[str, list[Feature]] = {tf: list(HTF_CONTEXT) for tf in config.higher_timeframes}
+    for tf, feats in defn.htf_features(params).items():
+        higher.setdefault(tf, [])
+        higher[tf] += [feat for feat in feats if feat not in higher[tf]]
+    return own, higher
+
+
+def warmup_ns(config: SystemConfig) -> int:
+    """History to load before the window: 3x each feature's lookback, in its own timeframe."""
+    own, higher = features_for(config)
+    need = WARMUP_FACTOR * lookback(own) * tf_ns(config.timeframe) + tf_ns(config.timeframe)
+    for tf, feats in higher.items():
+        need = max(need, (WARMUP_FACTOR * lookback(feats) + 2) * tf_ns(tf))
+    return need
+
+
+def warmup_bars(config: SystemConfig) -> int:
+    """Bars of the system's own timeframe that seed its indicators before the first one it trades."""
+    return warmup_ns(config) // tf_ns(config.timeframe)
+
+
+def market_features(config: SystemConfig) -> MarketFeatures:
+    """A fresh streaming state for every feature the system reads."""
+    own, higher = features_for(config)
+    return MarketFeatures(config.timeframe, own, higher)
+
+
+def feature_tables(config: SystemConfig, candles: Candles) -> tuple[FeatureTable, list[FeatureTable]]:
+    """Every feature the system reads over a whole series, from a fresh state (the seed of a replay)."""
+    return market_features(config).update(candles)
+
+
+@dataclass
+class Core:
+    """A system's market-data and decision components, seeded with its history."""
+
+    builder: SnapshotBuilder
+    host: StrategyHost
+    risk: RiskManager
+    portfolio: Portfolio
+
+    @property
+    def tables(self) -> tuple[FeatureTable, list[FeatureTable]]:
+        return self.builder.seeded
+
+
+def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], market_stamp: Stamper, history: Candles,
+               serve_from: int) -> Core:
+    """The components every mode runs for a system: the snapshot builder seeded with ``history`` (bars
+    opening before ``serve_from`` only warm the indicators up), the strategy host (which starts from the
+    row of the last bar before ``serve_from``), the risk manager and the portfolio. ``stamp(name)`` makes
+    each system component's stamper; ``market_stamp`` the snapshots'."""
+    builder = SnapshotBuilder(market_stamp, config.venue, config.symbol, market_features(config), history, serve_from)
+    own, higher = builder.seeded
+    first = int(np.searchsorted(np.asarray(history["open_time"]), serve_from))
+    prev_row = strategy_rows(config.strategy_def(), config.params(), own, higher)[first - 1] if first > 0 else None
+    host, risk, portfolio = decision_components(config, stamp, prev_row)
+    return Core(builder, host, risk, portfolio)
+
+
+def decision_components(config: SystemConfig, stamp: Callable[[str], Stamper], prev_row: np.ndarray | None
+                        ) -> tuple[StrategyHost, RiskManager, Portfolio]:
+    """The system's strategy host, risk manager and portfolio: the same in a replay and a daemon.
+    ``stamp(name)`` makes each one's stamper; ``prev_row`` is the strategy row of the last warm-up bar."""
+    r = config.risk
+    host = StrategyHost(stamp("strategy"), config.strategy_def(), config.params(), config.venue, config.symbol,
+                        config.timeframe, prev_row)
+    risk = RiskManager(stamp("risk"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
+                       sizing=r.sizing, fraction=r.fraction, risk_per_trade=r.risk_per_trade,
+                       max_leverage=r.max_leverage, max_position_notional=r.max_position_notional,
+                       stop_kind=r.stop.kind, atr_period=r.stop.atr_period, atr_mult=r.stop.atr_mult,
+                       stop_percent=r.stop.percent, take_profit_rr=r.stop.take_profit_rr,
+                       initial_capital=config.initial_capital, qty_step=r.qty_step)
+    portfolio = Portfolio(stamp("portfolio"), symbol=config.symbol, initial_capital=config.initial_capital,
+                          max_leverage=r.max_leverage)
+    return host, risk, portfolio
+
+
+def strategy_rows(defn: strategies.StrategyDef, params: strategies.Params, own: FeatureTable,
+                  higher: list[FeatureTable]) -> np.ndarray:
+    """The strategy's feature row for every loaded bar, in the layout its ``decide`` reads (NaN before a
+    higher timeframe has a closed bar): what the strategy host assembles from each snapshot."""
+    names, htf_names = row_names(defn, params)
+    cols = [own.values[:, own.names.index(n)] for n in names]
+    for tf, n in htf_names:
+        table = next(t for t in higher if t.timeframe == tf)
+        values = table.values[:, table.names.index(n)]
+        r = table.row_for_bar
+        cols.append(np.where(r >= 0, values[np.maximum(r, 0)], math.nan))
+    return np.ascontiguousarray(np.column_stack(cols)) if cols else np.empty((len(own.row_for_bar), 0))
+
+

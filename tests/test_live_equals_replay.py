@@ -1,0 +1,167 @@
+"""Live equals replay: real 5m bars pushed as confirmed klines through the fake Bybit to the demo daemon
+make exactly the decisions a replay of the same bars, from the same warm-up start, makes.
+
+For every built-in strategy and a composable spec the daemon's snapshots (every feature, own and higher
+timeframe), signals and order intents (sizes and prices before the venue's rounding) must equal the
+replay's, value for value. The venue is set up so that what comes back from it is what the simulated
+exchange would do: market orders filled at the signal bar's close, no fees, quantities on the venue's
+step (``risk.qty_step``), so the account, and with it every size, stays the same in both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tradebus.bus import events as ev
+from tradebus.components.timeframes import tf_ns
+from tradebus.configs.schema import SystemConfig, load_config, parse_config
+from tradebus.engine.marketdata import MarketData, SeriesKey
+from tradebus.engine.wiring import warmup_bars
+from tradebus.replay.backtest import run_replay
+
+from .livekit import SYMBOL, nats_bus, running, settings_for
+from .fake_bybit import FakeBybit, FakeBybitState, FakeBybitWs
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bybit" / "linear" / "5m" / "BTCUSDT.parquet"
+EXAMPLES = Path(__file__).resolve().parents[1] / "configs" / "examples"
+pytestmark = pytest.mark.skipif(not DATA.exists(), reason="needs ../shared/data (real Bybit candles)")
+
+TRADED = 240  # bars pushed live and replayed
+OFFSET = 40_000  # where in the series the test starts (any stretch works)
+COMPOSABLE = {
+    "id": "composable",
+    "params": {"allow_short": True, "confluence": "all",
+               "entries": [{"block": "ma_trend", "kind": "ema", "fast": 5, "slow": 20},
+                           {"block": "rsi_zone", "period": 7, "long_above": 52, "short_below": 48}],
+               "filters": [{"block": "chop_max", "period": 14, "max": 70}],
+               "exits": [{"block": "opposite"}, {"block": "rsi_exit", "period": 7, "long_exit": 80, "short_exit": 20}]},
+}
+
+
+def _configs() -> list[tuple[str, dict]]:
+    out = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        cfg = load_config(path)
+        out.append((cfg.strategy.id, {"strategy": cfg.strategy.model_dump(mode="json"),
+                                      "higher_timeframes": list(cfg.higher_timeframes)}))
+    out.append(("composable", {"strategy": COMPOSABLE, "higher_timeframes": ["1h"]}))
+    return out
+
+
+def _config(name: str, spec: dict) -> SystemConfig:
+    return parse_config({
+        "system": f"lr_{name}", "symbol": SYMBOL, "timeframe": "5m", **spec,
+        "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},
+        "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1, "stop": {"kind": "none"},
+                 "qty_step": 0.001},
+        "costs": {"maker_fee": 0.0, "taker_fee": 0.0, "spread_bps": 0.0, "slippage": {"model": "none"},
+                  "funding": False},
+        "fill": "on_close", "initial_capital": 10_000,
+    })
+
+
+@pytest.fixture(scope="module")
+def candles() -> dict[str, np.ndarray]:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(DATA).slice(OFFSET, 9_000)
+    cols = {k: t.column(k).to_numpy().astype(np.float64) for k in ("open", "high", "low", "close", "volume")}
+    cols["open_time"] = t.column("open_time").cast("int64").to_numpy()
+    cols["turnover"] = cols["volume"] * cols["close"]
+    return cols
+
+
+def _floats(d: dict) -> dict:
+    """NaN-safe comparison form of a feature dict (NaN != NaN otherwise)."""
+    return {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def _decisions(events: list[ev.Event]) -> dict[str, list]:
+    snaps = [(e.bar.open_time, _floats(e.features), {tf: _floats(x) for tf, x in e.htf.items()})
+             for e in events if isinstance(e, ev.Snapshot)]
+    signals = [(e.ts_event, e.direction, e.strategy) for e in events if isinstance(e, ev.Signal)]
+    intents = [(e.ts_event, e.label, e.side, e.order_type, e.qty, e.price, e.trigger_price, e.reduce_only,
+                e.stop_distance) for e in events if isinstance(e, ev.OrderIntent)]
+    fills = [(e.side, e.qty, e.price, e.fee) for e in events if isinstance(e, ev.Fill)]
+    return {"snapshots": snaps, "signals": signals, "intents": intents, "fills": fills}
+
+
+async def _live(config: SystemConfig, c: dict[str, np.ndarray], start: int, bus, home: Path) -> list[ev.Event]:
+    """Run the demo daemon on the fake Bybit: history up to ``start`` on REST, then bars pushed one by one."""
+    state = FakeBybitState(taker_fee=0, maker_fee=0)
+    rest, ws = FakeBybit.start(state), FakeBybitWs(state)
+    ms = 1_000_000
+
+    def add(i: int, push: bool) -> None:
+        state.add_candle(SYMBOL, "5m", int(c["open_time"][i]) // ms, c["open"][i], c["high"][i], c["low"][i],
+                         c["close"][i], c["volume"][i], push=push)
+
+    for i in range(start):
+        add(i, False)
+    seen: list[ev.Event] = []
+    try:
+        settings = settings_for(_VenueUrls(rest, ws), bus, home, config=config.model_dump(mode="json"))
+        async with running(settings) as r:
+            d = r.daemon
+            d.bus_host._sinks += (seen.append,)  # snapshots are not stored: watch the step's events
+            for i in range(start, start + TRADED):
+                add(i, True)
+                t = int(c["open_time"][i])
+                deadline = time.monotonic() + 10
+                while not (d.builder.last_open == t and not d.busy and d.inbox.empty() and d.requests.empty() and not d.in_flight
+                           and _position(d) == _venue_position(state)):
+                    assert time.monotonic() < deadline, f"daemon did not finish bar {i}"
+                    await asyncio.sleep(0.002)
+    finally:
+        ws.stop()
+        rest.stop()
+    return seen
+
+
+class _VenueUrls:
+    def __init__(self, rest: FakeBybit, ws: FakeBybitWs) -> None:
+        self.rest, self.ws = rest, ws
+
+
+def _position(d) -> float:
+    pos = d.portfolio.positions.get(SYMBOL)
+    return round(pos.qty, 9) if pos else 0.0
+
+
+def _venue_position(state: FakeBybitState) -> float:
+    pos = state.positions.get(SYMBOL)
+    return round(float(pos.size), 9) if pos else 0.0
+
+
+@pytest.mark.parametrize("name,spec", _configs(), ids=[n for n, _ in _configs()])
+async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec, candles, nats_server, tmp_path):
+    config = _config(name, spec)
+    warm = warmup_bars(config)
+    start = warm + 100  # the venue holds more history than the warm-up: the daemon takes only its last `warm`
+    assert start + TRADED <= len(candles["close"])
+    md = MarketData.open(tmp_path / "md.duckdb")
+    key = SeriesKey("bybit", "linear", SYMBOL, "5m")
+    md.write(key, {k: v[: start + TRADED] for k, v in candles.items()})
+    t0, t1 = int(candles["open_time"][start]), int(candles["open_time"][start + TRADED - 1]) + tf_ns("5m")
+    window = f"{np.datetime64(t0, 'ns')}:{np.datetime64(t1, 'ns')}"
+    replay = run_replay(config, window, md, keep_market_data=True)
+    md.close()
+    assert replay.market.first == warm, "the replay's warm-up is the daemon's history"
+
+    bus = await nats_bus(nats_server)
+    try:
+        live = await _live(config, candles, start, bus, tmp_path)
+    finally:
+        await bus.close()
+
+    want, got = _decisions(replay.events), _decisions(live)
+    assert len(want["snapshots"]) == TRADED
+    assert len(want["signals"]) >= 2, "the stretch must make the strategy decide something"
+    for what in ("fills", "snapshots", "signals", "intents"):
+        assert got[what] == want[what], f"{name}: live {what} differ from the replay's"
