@@ -517,6 +517,7 @@ def replay(
     horizon: int = typer.Option(12, "--horizon", min=1, help="Bars ahead for the training targets."),
     store: Optional[Path] = StoreOpt,
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the run's events to the event store."),
+    limits_path: Optional[Path] = typer.Option(None, "--limits", help="Risk limits the guard enforces (default: none)."),
     db: Optional[Path] = MarketOpt,
     endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="TRADEBUS_BYBIT_ENDPOINT", hidden=True),
 ) -> None:
@@ -533,10 +534,13 @@ def replay(
     from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
     from tradebus.engine.market import MissingDataError, load_market
 
+    from tradebus.configs.limits import load_limits
+
     if bus not in ("local", "nats"):
         _fail(f"--bus {bus!r}: allowed are local, nats")
     try:
         config = load_config(config_path)
+        limits = load_limits(limits_path) if limits_path is not None else None
     except ConfigError as exc:
         _fail(str(exc))
     if window not in ("hygiene", "test") and ":" not in window:
@@ -575,7 +579,7 @@ def replay(
         with Progress(TextColumn(f"replay {config.system} {window}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("bars"), TimeRemainingColumn(), console=err, transient=True) as bar:
             task = bar.add_task("replay", total=None)
-            result = run_replay(config, window, md, bus=bus, nats_url=nats_url, market=m,
+            result = run_replay(config, window, md, bus=bus, nats_url=nats_url, market=m, limits=limits,
                                 progress=lambda done, total: bar.update(task, completed=done, total=total))
     dest = out_dir or Path("runs") / config.system / window.replace(":", "_")
     write_outputs(result, dest, events_jsonl=events, log_features=horizon if log_features else None)

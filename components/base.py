@@ -73,6 +73,16 @@ class Stamper:
         return cls(id="", ts_event=0, ts_init=0, system=self.system, run=self.run, **fields)
 
 
+class Gate(Protocol):
+    """What a venue component asks before an order leaves (the risk guard)."""
+
+    def admit(self, intent: Any, now: int, price: float | None = None) -> str:
+        """Why the order may not be sent ('' if it may)."""
+
+    def take_breach(self, ts: int, cause: str) -> tuple[Event, ...]:
+        """The state change the last refusal decided, as events."""
+
+
 class Component:
     """Base: route each event type to a handler; unknown types are ignored."""
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from tradebus.bus import events as ev
 from tradebus.components import kernel
-from tradebus.components.base import NO_EVENTS, Component, Stamper
+from tradebus.bus import subjects
+from tradebus.components.base import NO_EVENTS, Component, Gate, Stamper
 
 _SIDE = {"buy": 1, "sell": -1}
 
@@ -73,11 +74,15 @@ class SimExchange(Component):
                  costs: CostParams, participation: float | None = None,
                  funding_times: np.ndarray | None = None, funding_rates: np.ndarray | None = None,
                  mark_times: np.ndarray | None = None, mark_opens: np.ndarray | None = None,
-                 initial_capital: float = math.inf, maintenance_margin: float = 0.0) -> None:
+                 initial_capital: float = math.inf, maintenance_margin: float = 0.0, gate: Gate | None = None) -> None:
+        """``gate``: the risk guard every order passes before it is accepted, as at a real venue."""
         super().__init__()
         self._stamp = stamp
         self._symbol = symbol
-        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{stamp.system}")
+        self._gate = gate
+        system = subjects.token(stamp.system, "system")
+        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{system}", f"tb.risk.{system}",
+                          f"tb.risk.{subjects.NO_SYSTEM}")
         self._on_close = fill_timing == "on_close"
         self._c = costs
         self._slip_model = kernel.SLIPPAGE_MODELS[costs.slippage_model]
@@ -98,7 +103,8 @@ class SimExchange(Component):
         self.liquidations = 0
         self._bar: ev.BarClosed | None = None
         self._seq = 0
-        self._handlers.update({ev.BarClosed: self._on_bar, ev.OrderIntent: self._on_intent})
+        self._handlers.update({ev.BarClosed: self._on_bar, ev.OrderIntent: self._on_intent,
+                               ev.RiskStateChanged: self._on_risk})
 
     def patterns(self) -> tuple[str, ...]:
         return self._patterns
@@ -115,8 +121,21 @@ class SimExchange(Component):
         self._seq += 1
         return f"{prefix}{self._stamp.run}-{self._seq}"
 
-    def _reject(self, intent: ev.OrderIntent, reason: str) -> tuple[ev.Event, ...]:
-        return (ev.OrderRejected(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id, reason=reason),)
+    def _reject(self, intent: ev.OrderIntent, reason: str, code: str = "") -> tuple[ev.Event, ...]:
+        return (ev.OrderRejected(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id, reason=reason,
+                                 code=code),)
+
+    def _on_risk(self, change: ev.RiskStateChanged) -> tuple[ev.Event, ...]:
+        """A halt of this run's guard cancels every open order, as the live venue component does."""
+        if change.state != "halted" or change.run != self._stamp.run:
+            return NO_EVENTS
+        out = []
+        for book in (self._pending, self._resting):
+            for order in book:
+                out.append(ev.OrderCancelled(**self._stamp(change.ts_event, change.id),
+                                             order_id=order.intent.order_id, reason="risk halted"))
+            book.clear()
+        return tuple(out)
 
     def _on_intent(self, intent: ev.OrderIntent) -> tuple[ev.Event, ...]:
         if intent.symbol != self._symbol:
@@ -127,6 +146,11 @@ class SimExchange(Component):
             return self._reject(intent, f"{intent.order_type} order needs a positive price")
         if intent.order_type in ("stop", "stop_limit") and not (intent.trigger_price and intent.trigger_price > 0):
             return self._reject(intent, f"{intent.order_type} order needs a positive trigger price")
+        if self._gate is not None:
+            price = self._bar.close if intent.order_type == "market" and self._bar is not None else None
+            why = self._gate.admit(intent, self._stamp.now(), price)
+            if why:
+                return (*self._reject(intent, why, "risk"), *self._gate.take_breach(intent.ts_event, intent.id))
         order = _Order.accept(intent, self._next_id("sim-"))
         out: list[ev.Event] = [ev.OrderAccepted(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id,
                                                 venue_order_id=order.venue_id)]

@@ -13,13 +13,15 @@ from typing import Callable
 import numpy as np
 
 from tradebus.components import strategies
-from tradebus.components.base import Stamper
+from tradebus.components.base import Component, Stamper
 from tradebus.components.features import Candles, Feature, f, lookback
 from tradebus.components.portfolio import Portfolio
 from tradebus.components.risk import RiskManager, risk_features
 from tradebus.components.strategy_host import StrategyHost, row_names
 from tradebus.components.timeframes import tf_ns
+from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
+from tradebus.engine.guard import RiskGuard
 from tradebus.engine.snapshot import FeatureTable, MarketFeatures, SnapshotBuilder
 
 WARMUP_FACTOR = 3
@@ -71,8 +73,9 @@ def feature_tables(config: SystemConfig, candles: Candles) -> tuple[FeatureTable
 
 @dataclass
 class Core:
-    """A system's market-data and decision components, seeded with its history."""
+    """A system's guard, market-data and decision components, seeded with its history."""
 
+    guard: RiskGuard
     builder: SnapshotBuilder
     host: StrategyHost
     risk: RiskManager
@@ -82,19 +85,26 @@ class Core:
     def tables(self) -> tuple[FeatureTable, list[FeatureTable]]:
         return self.builder.seeded
 
+    def components(self, venue: Component) -> list[Component]:
+        """Every component of the system in dispatch order, around its venue (simulated or Bybit): the
+        venue and the guard see a bar (fills at its open, caps at its price) before the strategy sees the
+        bar's snapshot, as they would live."""
+        return [venue, self.guard, self.builder, self.host, self.risk, self.portfolio]
+
 
 def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], market_stamp: Stamper, history: Candles,
-               serve_from: int) -> Core:
-    """The components every mode runs for a system: the snapshot builder seeded with ``history`` (bars
-    opening before ``serve_from`` only warm the indicators up), the strategy host (which starts from the
-    row of the last bar before ``serve_from``), the risk manager and the portfolio. ``stamp(name)`` makes
-    each system component's stamper; ``market_stamp`` the snapshots'."""
+               serve_from: int, limits: Limits) -> Core:
+    """The components every mode runs for a system: the risk guard with ``limits``, the snapshot builder
+    seeded with ``history`` (bars opening before ``serve_from`` only warm the indicators up), the strategy
+    host (which starts from the row of the last bar before ``serve_from``), the risk manager and the
+    portfolio. ``stamp(name)`` makes each system component's stamper; ``market_stamp`` the snapshots'."""
+    guard = RiskGuard(stamp("guard"), limits, venue=config.venue, symbol=config.symbol, timeframe=config.timeframe)
     builder = SnapshotBuilder(market_stamp, config.venue, config.symbol, market_features(config), history, serve_from)
     own, higher = builder.seeded
     first = int(np.searchsorted(np.asarray(history["open_time"]), serve_from))
     prev_row = strategy_rows(config.strategy_def(), config.params(), own, higher)[first - 1] if first > 0 else None
     host, risk, portfolio = decision_components(config, stamp, prev_row)
-    return Core(builder, host, risk, portfolio)
+    return Core(guard, builder, host, risk, portfolio)
 
 
 def decision_components(config: SystemConfig, stamp: Callable[[str], Stamper], prev_row: np.ndarray | None

@@ -49,7 +49,7 @@ from tradebus.live import bybit_wire as w
 from tradebus.live.bybit_wire import parse_klines
 from tradebus.live.bybit import BybitRest, Credentials, private_stream, public_stream
 from tradebus.live.bybit_public import OutcomeUnknown, VenueError, VenueRejected
-from tradebus.engine.guard import COMMAND, RiskGuard, is_command
+from tradebus.engine.guard import COMMAND, is_command
 from tradebus.live.venue import LiveVenue, Request
 from tradebus.engine.artifacts import atomic_write
 from tradebus.engine.host import LocalHost, Router
@@ -170,19 +170,16 @@ class Daemon:
         history = await asyncio.to_thread(self._history)
         # Seeded once from the latest closed bars, the replay's warm-up rule; then only updated.
         serve_from = int(history["open_time"][-1]) + tf_ns(c.timeframe) if len(history["close"]) else 0
-        core = build_core(c, self._stamp, self._market_stamp, history, serve_from)
-        self.builder, self.host, self.risk, self.portfolio = core.builder, core.host, core.risk, core.portfolio
-        self.guard = RiskGuard(self._stamp("guard"), s.limits, venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
+        core = build_core(c, self._stamp, self._market_stamp, history, serve_from, s.limits)
+        self.guard, self.builder, self.host, self.risk, self.portfolio = (core.guard, core.builder, core.host, core.risk,
+                                                                          core.portfolio)
         self.venue = LiveVenue(self._stamp("venue"), self._market_stamp, self.guard, rules,
                                venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
         if len(history["close"]):
             self.venue.last_price = float(history["close"][-1])
             self.guard.price = self.venue.last_price
         self._restore(state, records)
-        # Registration order is dispatch order, as in a replay: the venue and the guard see a bar before
-        # the strategy sees its snapshot.
-        self.bus_host = LocalHost([self.venue, self.guard, self.builder, self.host, self.risk, self.portfolio],
-                                  self.clock, sinks=[self._collect])
+        self.bus_host = LocalHost(core.components(self.venue), self.clock, sinks=[self._collect])
         self._collected: list[ev.Event] = []
         log.info("daemon set up", system=c.system, mode=s.mode, run=self.run_id, clock_offset_ms=offset,
                  history_bars=int(len(history["close"])), stored_events=len(records),

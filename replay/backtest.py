@@ -15,6 +15,7 @@ import numpy as np
 from tradebus.bus import events as ev
 from tradebus.bus.ids import IdGenerator
 from tradebus.components.timeframes import tf_ns
+from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.eventstore.store import EventStore
 from tradebus.engine.snapshot import FeatureTable
@@ -79,22 +80,24 @@ async def _run_nats(w, steps, sinks, run: str, nats_url: str | None, progress) -
 
 def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Literal["local", "nats"] = "local",
                nats_url: str | None = None, progress: Progress | None = None,
-               keep_market_data: bool = False, market: MarketSlice | None = None) -> ReplayResult:
+               keep_market_data: bool = False, market: MarketSlice | None = None,
+               limits: Limits | None = None) -> ReplayResult:
     """Run one replay and return everything it produced (nothing is written here).
 
     ``market``: the data already loaded by ``load_market`` for this config and window, if the caller has it.
+    ``limits``: the risk caps the guard enforces, as a daemon would (none by default).
     """
     with _gc_paused():
-        return _run_replay(config, window, md, bus, nats_url, progress, keep_market_data, market)
+        return _run_replay(config, window, md, bus, nats_url, progress, keep_market_data, market, limits or Limits())
 
 
 def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal["local", "nats"],
                 nats_url: str | None, progress: Progress | None, keep_market_data: bool,
-                market: MarketSlice | None) -> ReplayResult:
+                market: MarketSlice | None, limits: Limits) -> ReplayResult:
     m = market if market is not None else load_market(config, window, md)
-    run = run_id_for(config, m, window)
-    man = manifest(config, m, window, run, bus)
-    w = wire(config, m, run)
+    run = run_id_for(config, m, window, limits)
+    man = manifest(config, m, window, run, bus, limits)
+    w = wire(config, m, run, limits)
     collector = Collector(keep_market_data)
     ids = IdGenerator(f"{run}:runner")
     started = ev.RunStarted(id=ids.next(m.start), ts_event=m.start, ts_init=m.start, system=config.system, run=run,

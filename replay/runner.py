@@ -24,6 +24,7 @@ from tradebus.components.base import SimClock, Stamper
 from tradebus.components.exchange import CostParams, SimExchange
 from tradebus.components.portfolio import Portfolio
 from tradebus.components.timeframes import tf_ns
+from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.engine.market import MarketSlice, day
 from tradebus.engine.marketdata import Columns
@@ -83,11 +84,13 @@ class Wiring:
     higher: list[FeatureTable]
 
 
-def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
-    """Build the system's components for a replay: the engine's core and a simulated exchange."""
+def wire(config: SystemConfig, m: MarketSlice, run: str, limits: Limits | None = None) -> Wiring:
+    """Build the system's components for a replay: the engine's core and a simulated exchange that asks
+    the guard about every order (caps from ``limits``; none by default)."""
     clock = SimClock(m.start)
     stamp = lambda name: Stamper(clock, f"{run}:{name}", config.system, run)  # noqa: E731
-    core = build_core(config, stamp, Stamper(clock, f"{run}:snapshot", "", run), m.candles, m.start)
+    core = build_core(config, stamp, Stamper(clock, f"{run}:snapshot", "", run), m.candles, m.start,
+                      limits or Limits())
     c = config.costs
     exchange = SimExchange(
         stamp("exchange"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
@@ -97,23 +100,24 @@ def wire(config: SystemConfig, m: MarketSlice, run: str) -> Wiring:
         funding_rates=None if m.funding is None else m.funding["rate"],
         mark_times=None if m.marks is None else m.marks["open_time"],
         mark_opens=None if m.marks is None else m.marks["open"],
-        initial_capital=config.initial_capital, maintenance_margin=config.maintenance_margin,
+        initial_capital=config.initial_capital, maintenance_margin=config.maintenance_margin, gate=core.guard,
     )
     exchange.skip_funding_before(m.start)
     own, higher = core.tables
-    # Registration order is dispatch order: the venue sees a bar (fills at its open) before the strategy
-    # sees the bar's snapshot, as it would live.
-    return Wiring(clock, [exchange, core.builder, core.host, core.risk, core.portfolio], core.portfolio, own, higher)
+    return Wiring(clock, core.components(exchange), core.portfolio, own, higher)
 
 
-def run_id_for(config: SystemConfig, m: MarketSlice, window: str) -> str:
-    """A run id that is a pure function of config, window, data and code: a rerun is the same run."""
+def run_id_for(config: SystemConfig, m: MarketSlice, window: str, limits: Limits | None = None) -> str:
+    """A run id that is a pure function of config, window, data, caps and code: a rerun is the same run."""
     key = f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash}|{__version__}"
+    if limits is not None and limits != Limits():
+        key += "|" + limits.model_dump_json(by_alias=True)
     digest = hashlib.sha256(key.encode()).hexdigest()
     return f"{config.system}-{digest[:12]}"
 
 
-def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: str) -> dict:
+def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: str,
+             limits: Limits | None = None) -> dict:
     return {
         "run": run,
         "system": config.system,
@@ -129,6 +133,7 @@ def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: s
                  "funding_rows": 0 if m.funding is None else int(len(m.funding["open_time"]))},
         "cost_model": config.costs.model_dump(mode="json"),
         "fill": config.fill,
+        "limits": (limits or Limits()).model_dump(mode="json", by_alias=True),
         "code_version": __version__,
     }
 

@@ -163,5 +163,5 @@ async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec,
     want, got = _decisions(replay.events), _decisions(live)
     assert len(want["snapshots"]) == TRADED
     assert len(want["signals"]) >= 2, "the stretch must make the strategy decide something"
-    for what in ("fills", "snapshots", "signals", "intents"):
+    for what in ("snapshots", "signals", "intents", "fills"):
         assert got[what] == want[what], f"{name}: live {what} differ from the replay's"

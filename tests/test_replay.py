@@ -308,3 +308,34 @@ def test_the_publisher_merges_timeframes_in_time_order(md):
     ids = [b.id for _, bars in steps for b in bars if b.timeframe == "1h"]
     assert ids == sorted(ids)
     assert steps[0][1][0].open_time == m.start  # warm-up bars are never published
+
+
+def test_replay_applies_the_guard_caps_of_a_limits_file_as_events(md):
+    """The guard stands between risk and the simulated exchange as it does before Bybit: an entry over
+    the notional cap is refused as an event, and a drawdown past the cap halts the system for the rest of
+    the run (resting protection cancelled, nothing traded after)."""
+    from tradebus.configs.limits import Limits
+
+    config = parse_config(system())
+    free = run_replay(config, "hygiene", md)
+    entries = [e for e in free.events if isinstance(e, ev.OrderIntent) and e.label == "entry"]
+    close_at = dict(zip(free.times.tolist(), free.curve[:, 0].tolist()))
+    notional = [e.qty * close_at[e.ts_event] for e in entries]
+    assert len(entries) > 10 and min(notional) < max(notional)
+
+    cap = float(np.median(notional))  # about half the entries are above it
+    capped = run_replay(config, "hygiene", md, limits=Limits.model_validate(
+        {"systems": {"t1": {"max_position_notional": cap}}}))
+    refused = [e for e in capped.events if isinstance(e, ev.OrderRejected) and e.code == "risk"]
+    assert refused and all("position notional" in e.reason for e in refused)
+    assert capped.run != free.run, "caps are part of what a run is"
+    assert capped.manifest["limits"]["systems"]["t1"]["max_position_notional"] == cap
+    fills = {e.order_id for e in capped.events if isinstance(e, ev.Fill)}
+    assert not fills & {e.order_id for e in refused}, "a refused order never fills"
+
+    halted = run_replay(config, "hygiene", md, limits=Limits.model_validate({"systems": {"t1": {"max_drawdown": 0.01}}}))
+    states = [e for e in halted.events if isinstance(e, ev.RiskStateChanged)]
+    assert states and states[0].state == "halted" and "drawdown" in states[0].reason
+    after = [e for e in halted.events if isinstance(e, ev.Fill) and e.ts_event > states[0].ts_event]
+    assert not after, "nothing fills after the halt"
+    assert halted.metrics["trades"] < free.metrics["trades"]
