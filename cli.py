@@ -627,7 +627,7 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
     try:
         config = load_config(config_path)
         lim = load_limits(limits) if limits else DEMO_DEFAULTS
-        creds = Credentials.load(KEY_PREFIX[mode], keys)
+        creds = Credentials.load(KEY_PREFIX[mode], keys) if mode != "paper" else None
     except (ConfigError, ValueError) as exc:
         _fail(str(exc))
     if mode == "live":
@@ -644,7 +644,8 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
                 status_dir=settings.daemons_dir(), rest_url=rest_url, public_ws=public_ws,
                 private_ws=private_ws, heartbeat_s=heartbeat,
                 manifest={"config_path": str(config_path), "limits_path": str(limits) if limits else "demo defaults"}))
-            err.print(f"{mode} daemon {config.system} · store {store_path} · NATS {getattr(bus, 'url', '')} "
+            feed = " · simulated exchange on the live public feed" if mode == "paper" else ""
+            err.print(f"{mode} daemon {config.system}{feed} · store {store_path} · NATS {getattr(bus, 'url', '')} "
                       f"(tradebus tail --system {config.system})", style="dim")
             return await daemon.run(stop)
 
@@ -658,12 +659,23 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
     raise typer.Exit(code)
 
 
-LimitsOpt = typer.Option(None, "--limits", help="Risk limits YAML (required for live; demo has defaults).")
+LimitsOpt = typer.Option(None, "--limits", help="Risk limits YAML (required for live; paper and demo have defaults).")
 KeysOpt = typer.Option(None, "--keys", help="Key file (JSON {key, secret} or two lines); default: environment.")
 RestOpt = typer.Option(None, "--rest-url", envvar="TRADEBUS_BYBIT_REST", help="Venue REST base URL (a test venue).")
 PublicWsOpt = typer.Option(None, "--public-ws", envvar="TRADEBUS_BYBIT_WS_PUBLIC", help="Public websocket URL.")
 PrivateWsOpt = typer.Option(None, "--private-ws", envvar="TRADEBUS_BYBIT_WS_PRIVATE", help="Private websocket URL.")
 HeartbeatOpt = typer.Option(5.0, "--heartbeat", min=0.1, help="Seconds between heartbeats.")
+
+
+@app.command()
+def paper(
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Event store (default $TRADEBUS_HOME/store/paper.sqlite)."),
+    nats_url: Optional[str] = NatsUrlOpt, limits: Optional[Path] = LimitsOpt,
+    rest_url: Optional[str] = RestOpt, public_ws: Optional[str] = PublicWsOpt, heartbeat: float = HeartbeatOpt,
+) -> None:
+    """Paper-trade a system on Bybit's live public feed with the simulated exchange until Ctrl-C; no keys."""
+    _daemon("paper", config_path, store, nats_url, limits, None, rest_url, public_ws, None, heartbeat)
 
 
 @app.command()
@@ -742,7 +754,7 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
             err.print(f"NATS at {url} unreachable ({exc}); writing to the store instead", style="yellow")
     if answered:
         return
-    paths = [store] if store else [p for p in (settings.default_store_path(m) for m in ("demo", "live"))
+    paths = [store] if store else [p for p in (settings.default_store_path(m) for m in ("paper", "demo", "live"))
                                    if p.exists()]
     if not paths:
         _fail("no daemon answered and no daemon store exists: nothing to record the command in")
@@ -781,7 +793,7 @@ def resume(
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
-    """The demo and live daemons on this machine: alive, position, equity, risk state."""
+    """The paper, demo and live daemons on this machine: alive, position, equity, risk state."""
     from tradebus.console import fmt_ns
     from tradebus.eventstore.store import writer_pid
 

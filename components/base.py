@@ -73,6 +73,14 @@ class Stamper:
         return cls(id="", ts_event=0, ts_init=0, system=self.system, run=self.run, **fields)
 
 
+COMMAND = "command-"  # the run of a kill or resume a person sent (``tradebus kill|resume``)
+
+
+def is_command(event: Event) -> bool:
+    """A kill or resume a person sent (the guard answers it with a state change of its own)."""
+    return event.run.startswith(COMMAND)
+
+
 class Gate(Protocol):
     """What a venue component asks before an order leaves (the risk guard)."""
 

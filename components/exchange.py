@@ -31,7 +31,7 @@ import numpy as np
 from tradebus.bus import events as ev
 from tradebus.components import kernel
 from tradebus.bus import subjects
-from tradebus.components.base import NO_EVENTS, Component, Gate, Stamper
+from tradebus.components.base import NO_EVENTS, Component, Gate, Stamper, is_command
 
 _SIDE = {"buy": 1, "sell": -1}
 
@@ -79,7 +79,7 @@ class SimExchange(Component):
         super().__init__()
         self._stamp = stamp
         self._symbol = symbol
-        self._gate = gate
+        self.gate = gate
         system = subjects.token(stamp.system, "system")
         self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{system}", f"tb.risk.{system}",
                           f"tb.risk.{subjects.NO_SYSTEM}")
@@ -126,8 +126,9 @@ class SimExchange(Component):
                                  code=code),)
 
     def _on_risk(self, change: ev.RiskStateChanged) -> tuple[ev.Event, ...]:
-        """A halt of this run's guard cancels every open order, as the live venue component does."""
-        if change.state != "halted" or change.run != self._stamp.run:
+        """The guard's halt cancels every open order, as the live venue component does (a kill command is
+        answered by the guard's own halt; a halt stored by an earlier session, folded at a restart, counts)."""
+        if change.state != "halted" or is_command(change):
             return NO_EVENTS
         out = []
         for book in (self._pending, self._resting):
@@ -146,11 +147,11 @@ class SimExchange(Component):
             return self._reject(intent, f"{intent.order_type} order needs a positive price")
         if intent.order_type in ("stop", "stop_limit") and not (intent.trigger_price and intent.trigger_price > 0):
             return self._reject(intent, f"{intent.order_type} order needs a positive trigger price")
-        if self._gate is not None:
+        if self.gate is not None:
             price = self._bar.close if intent.order_type == "market" and self._bar is not None else None
-            why = self._gate.admit(intent, self._stamp.now(), price)
+            why = self.gate.admit(intent, self._stamp.now(), price)
             if why:
-                return (*self._reject(intent, why, "risk"), *self._gate.take_breach(intent.ts_event, intent.id))
+                return (*self._reject(intent, why, "risk"), *self.gate.take_breach(intent.ts_event, intent.id))
         order = _Order.accept(intent, self._next_id("sim-"))
         out: list[ev.Event] = [ev.OrderAccepted(**self._stamp(intent.ts_event, intent.id), order_id=intent.order_id,
                                                 venue_order_id=order.venue_id)]
@@ -166,6 +167,9 @@ class SimExchange(Component):
         else:
             self._resting.append(order)
         return tuple(out)
+
+    def open_order_ids(self) -> list[str]:
+        return [o.intent.order_id for o in (*self._pending, *self._resting)]
 
     # -- fills ---------------------------------------------------------------------------------
 

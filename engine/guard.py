@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.bus.ids import IdGenerator
-from tradebus.components.base import NO_EVENTS, Component, Stamper
+from tradebus.components.base import COMMAND, NO_EVENTS, Component, Stamper, is_command
 from tradebus.configs.limits import Caps, Limits
 
 DAY_NS = 86_400 * 10**9
@@ -51,13 +51,6 @@ class _Scope:
     day: int = -1
     day_start: float = math.nan
     peak: float = math.nan
-
-
-COMMAND = "command-"  # the run of a kill or resume a person sent (``tradebus kill|resume``)
-
-
-def is_command(event: ev.RiskStateChanged) -> bool:
-    return event.run.startswith(COMMAND)
 
 
 def command(system: str, state: str, reason: str) -> ev.RiskStateChanged:

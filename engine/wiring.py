@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 
 from tradebus.components import strategies
-from tradebus.components.base import Component, Stamper
+from tradebus.components.base import Component, Gate, Stamper
+from tradebus.components.exchange import CostParams, SimExchange
 from tradebus.components.features import Candles, Feature, f, lookback
 from tradebus.components.portfolio import Portfolio
 from tradebus.components.risk import RiskManager, risk_features
@@ -90,6 +91,23 @@ class Core:
         venue and the guard see a bar (fills at its open, caps at its price) before the strategy sees the
         bar's snapshot, as they would live."""
         return [venue, self.guard, self.builder, self.host, self.risk, self.portfolio]
+
+
+def simulated_venue(config: SystemConfig, stamp: Stamper, gate: Gate, funding: Candles | None = None,
+                    marks: Candles | None = None) -> SimExchange:
+    """The simulated exchange with the config's fill rule and costs, asking ``gate`` about every order;
+    ``funding`` and ``marks`` (columns open_time, rate / open) charge funding where known."""
+    c = config.costs
+    return SimExchange(
+        stamp, venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
+        fill_timing=config.fill, participation=config.participation,
+        costs=CostParams(c.maker_fee, c.taker_fee, c.spread_bps, c.slippage.model, c.slippage.bps, c.slippage.impact),
+        funding_times=None if funding is None else funding["open_time"],
+        funding_rates=None if funding is None else funding["rate"],
+        mark_times=None if marks is None else marks["open_time"],
+        mark_opens=None if marks is None else marks["open"],
+        initial_capital=config.initial_capital, maintenance_margin=config.maintenance_margin, gate=gate,
+    )
 
 
 def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], market_stamp: Stamper, history: Candles,

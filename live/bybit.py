@@ -29,14 +29,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import structlog
-from pybit import _helpers
 from pybit._http_manager import generate_signature
 from pybit.unified_trading import HTTP, WebSocket
 
-from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
+from tradebus.components.timeframes import BYBIT_INTERVAL
 from tradebus.log import register_secret
 from tradebus.live import bybit_wire as w
-from tradebus.live.bybit_public import BybitPublic, VenueClock, VenueError
+from tradebus.live.bybit_public import BybitPublic, VenueClock
 
 log = structlog.get_logger("tradebus.bybit")
 
@@ -109,13 +108,6 @@ class BybitRest(BybitPublic):
         self.sync_clock()
         return True
 
-    @staticmethod
-    def _typed(result: Any, shape: type) -> Any:
-        try:
-            return w.typed(result, shape)
-        except w.WireError as exc:
-            raise VenueError(str(exc)) from None
-
     def _pages(self, method: str, shape: type, **params: Any) -> list:
         """Every item of a cursor-paginated list."""
         out, cursor = [], ""
@@ -127,24 +119,6 @@ class BybitRest(BybitPublic):
                 return out
 
     # -- calls --------------------------------------------------------------------------------------
-
-    def sync_clock(self) -> int:
-        """Measure the venue clock's offset from ours (half the round trip is taken as latency)."""
-        t0 = _helpers.generate_timestamp()
-        venue = self.server_time_ms()
-        t1 = _helpers.generate_timestamp()
-        self.clock.offset_ms = venue - (t0 + t1) // 2
-        return self.clock.offset_ms
-
-    def instrument(self, symbol: str, category: str = "linear") -> w.InstrumentRules:
-        page = self._typed(self._call("get_instruments_info", category=category, symbol=symbol), w.InstrumentsPage)
-        found = [i for i in page.list if i.symbol == symbol]
-        if not found:
-            raise VenueError(f"{symbol}: no such {category} instrument at the venue")
-        rules = w.InstrumentRules.of(found[0])
-        if not rules.trading:
-            raise VenueError(f"{symbol}: the venue's status is {found[0].status!r}, not Trading: no orders can be placed")
-        return rules
 
     def create(self, params: dict[str, Any]) -> w.OrderAck:
         return self._typed(self._call("place_order", **params), w.OrderAck)
@@ -189,24 +163,6 @@ class BybitRest(BybitPublic):
     def wallet(self) -> w.Wallet:
         result = self._call("get_wallet_balance", accountType="UNIFIED")
         return self._typed(result["list"][0], w.Wallet)
-
-    def closed_klines(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, *, last: int | None = None,
-                      category: str = "linear") -> list[list[str]]:
-        """Closed candles opening in [start_ms, end_ms], oldest first, as REST rows (the open one dropped);
-        with ``last``, the newest ``last`` of them (paging back from ``end_ms`` stops once they are in)."""
-        step = tf_ns(timeframe) // 1_000_000
-        now = self.clock.now_ms()
-        rows: dict[int, list[str]] = {}
-        end = end_ms
-        while end >= start_ms and (last is None or len(rows) < last):
-            page = self.klines(symbol, timeframe, start_ms, end, category=category)
-            rows.update((int(r[0]), r) for r in page if start_ms <= int(r[0]) <= end_ms and int(r[0]) + step <= now)
-            if len(page) < self.KLINE_LIMIT:
-                break
-            end = min(int(r[0]) for r in page) - 1
-        keep = sorted(rows)[-last:] if last else sorted(rows)
-        return [rows[t] for t in keep]
-
 
 # --- websockets -------------------------------------------------------------------------------------
 

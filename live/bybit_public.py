@@ -15,7 +15,8 @@ from pybit import _helpers
 from pybit.exceptions import FailedRequestError, InvalidRequestError
 from pybit.unified_trading import HTTP
 
-from tradebus.components.timeframes import BYBIT_INTERVAL
+from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
+from tradebus.live import bybit_wire as w
 
 log = structlog.get_logger("tradebus.bybit")
 
@@ -150,3 +151,45 @@ class BybitPublic:
         result = self._call("get_funding_rate_history", category=category, symbol=symbol,
                             startTime=start_ms, endTime=end_ms, limit=self.FUNDING_LIMIT)
         return result["list"]
+
+    @staticmethod
+    def _typed(result: Any, shape: type) -> Any:
+        try:
+            return w.typed(result, shape)
+        except w.WireError as exc:
+            raise VenueError(str(exc)) from None
+
+    def sync_clock(self) -> int:
+        """Measure the venue clock's offset from ours (half the round trip is taken as latency)."""
+        t0 = _helpers.generate_timestamp()
+        venue = self.server_time_ms()
+        t1 = _helpers.generate_timestamp()
+        self.clock.offset_ms = venue - (t0 + t1) // 2
+        return self.clock.offset_ms
+
+    def instrument(self, symbol: str, category: str = "linear") -> w.InstrumentRules:
+        page = self._typed(self._call("get_instruments_info", category=category, symbol=symbol), w.InstrumentsPage)
+        found = [i for i in page.list if i.symbol == symbol]
+        if not found:
+            raise VenueError(f"{symbol}: no such {category} instrument at the venue")
+        rules = w.InstrumentRules.of(found[0])
+        if not rules.trading:
+            raise VenueError(f"{symbol}: the venue's status is {found[0].status!r}, not Trading: no orders can be placed")
+        return rules
+
+    def closed_klines(self, symbol: str, timeframe: str, start_ms: int, end_ms: int, *, last: int | None = None,
+                      category: str = "linear") -> list[list[str]]:
+        """Closed candles opening in [start_ms, end_ms], oldest first, as REST rows (the open one dropped);
+        with ``last``, the newest ``last`` of them (paging back from ``end_ms`` stops once they are in)."""
+        step = tf_ns(timeframe) // 1_000_000
+        now = self.clock.now_ms()
+        rows: dict[int, list[str]] = {}
+        end = end_ms
+        while end >= start_ms and (last is None or len(rows) < last):
+            page = self.klines(symbol, timeframe, start_ms, end, category=category)
+            rows.update((int(r[0]), r) for r in page if start_ms <= int(r[0]) <= end_ms and int(r[0]) + step <= now)
+            if len(page) < self.KLINE_LIMIT:
+                break
+            end = min(int(r[0]) for r in page) - 1
+        keep = sorted(rows)[-last:] if last else sorted(rows)
+        return [rows[t] for t in keep]

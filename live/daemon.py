@@ -1,6 +1,8 @@
-"""The demo and live daemons: the replay's components, fed by Bybit, recorded to the store, on NATS.
+"""The paper, demo and live daemons: the replay's components, fed by Bybit, recorded to the store, on NATS.
 
-One daemon runs one system on one symbol. Its loop takes one input at a time (a websocket push, a
+One daemon runs one system on one symbol. Demo and live trade at Bybit; paper trades the live public
+feed against the simulated exchange a replay uses (no keys, nothing sent to the venue), with the same
+store, status, kill switch and restart. Its loop takes one input at a time (a websocket push, a
 request's outcome, a command, a timer) and runs it as a step, exactly as the replay host does: the
 components handle the step's events and everything they cause, in FIFO order. Then, in this order:
 
@@ -39,7 +41,7 @@ from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.bus.base import Bus
 from tradebus.bus.ids import IdGenerator
-from tradebus.components.base import Stamper, WallClock
+from tradebus.components.base import COMMAND, Stamper, WallClock, is_command
 from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
@@ -48,12 +50,11 @@ from tradebus.eventstore.store import EventStore
 from tradebus.live import bybit_wire as w
 from tradebus.live.bybit_wire import parse_klines
 from tradebus.live.bybit import BybitRest, Credentials, private_stream, public_stream
-from tradebus.live.bybit_public import OutcomeUnknown, VenueError, VenueRejected
-from tradebus.engine.guard import COMMAND, is_command
+from tradebus.live.bybit_public import BybitPublic, OutcomeUnknown, VenueError, VenueRejected
 from tradebus.live.venue import LiveVenue, Request
 from tradebus.engine.artifacts import atomic_write
 from tradebus.engine.host import LocalHost, Router
-from tradebus.engine.wiring import build_core, warmup_bars
+from tradebus.engine.wiring import build_core, simulated_venue, warmup_bars
 
 log = structlog.get_logger("tradebus.daemon")
 MS = 1_000_000
@@ -84,9 +85,9 @@ class FailClosed(RuntimeError):
 
 @dataclass
 class DaemonSettings:
-    mode: Literal["demo", "live"]
+    mode: Literal["paper", "demo", "live"]
     config: SystemConfig
-    creds: Credentials
+    creds: Credentials | None  # None for paper
     limits: Limits
     store_path: Path
     bus: Bus
@@ -110,8 +111,14 @@ class Daemon:
         self._system_stamp = Stamper(self.clock, None, c.system, self.run_id)  # the daemon's own events
         self._market_stamp = Stamper(self.clock, None, "", self.run_id)  # bars, snapshots, the account's
         self._stamp = lambda name: Stamper(self.clock, None, c.system, self.run_id)  # noqa: E731 - one per component
-        self.rest = BybitRest(s.creds, endpoint=s.rest_url, demo=s.mode == "demo" and not s.rest_url,
-                              timeout=s.rest_timeout)
+        self.paper = s.mode == "paper"
+        if self.paper:  # the public feed only: candles and instrument rules
+            self.rest: BybitPublic = BybitPublic(endpoint=s.rest_url, timeout=s.rest_timeout)
+        else:
+            if s.creds is None:
+                raise ValueError(f"{s.mode} needs API keys")
+            self.rest = BybitRest(s.creds, endpoint=s.rest_url, demo=s.mode == "demo" and not s.rest_url,
+                                  timeout=s.rest_timeout)
         self.store: EventStore | None = None
         self.bus_host: LocalHost | None = None  # set once the components are built
         self.inbox: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
@@ -140,10 +147,24 @@ class Daemon:
         """Put the components where the store says the last session left them."""
         c = self.config
         own = [e for e in records if self._ours(e, state)]
+        # Fold the stored stream through the components that keep state (outputs dropped). The simulated
+        # exchange of a paper run rebuilds its book and position from the stored bars and intents; a
+        # venue's state comes from the venue (reconciliation) instead.
         route = Router([self.host, self.risk, self.portfolio, self.guard]).route
-        for event in own:  # fold the stored stream through the components that keep state (outputs dropped)
-            for handle, _ in route(subjects.subject_for(event), type(event)):
+        sim = Router([self.venue]).route if self.paper else None
+        refused = {e.order_id for e in own if isinstance(e, ev.OrderRejected)}
+        if self.paper:  # what the guard said then is in the store: it is not asked again (nor counted)
+            gate, self.venue.gate = self.venue.gate, None
+        for event in own:
+            subject = subjects.subject_for(event)
+            if sim is not None and not (isinstance(event, ev.OrderIntent) and event.order_id in refused):
+                for handle, _ in sim(subject, type(event)):
+                    handle(event)
+            for handle, _ in route(subject, type(event)):
                 handle(event)
+        if self.paper:
+            self.venue.gate = gate
+            return
         intents = {e.order_id: e for e in own if isinstance(e, ev.OrderIntent)}
         for order in state.open_orders.values():
             if order.system == c.system and order.symbol == c.symbol and order.order_id in intents:
@@ -173,11 +194,17 @@ class Daemon:
         core = build_core(c, self._stamp, self._market_stamp, history, serve_from, s.limits)
         self.guard, self.builder, self.host, self.risk, self.portfolio = (core.guard, core.builder, core.host, core.risk,
                                                                           core.portfolio)
-        self.venue = LiveVenue(self._stamp("venue"), self._market_stamp, self.guard, rules,
-                               venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
+        if self.paper:
+            self.venue = simulated_venue(c, self._stamp("exchange"), self.guard)
+            self._take_outbox = lambda: []  # noqa: E731 - nothing leaves for a venue
+        else:
+            self.venue = LiveVenue(self._stamp("venue"), self._market_stamp, self.guard, rules,
+                                   venue=c.venue, symbol=c.symbol, timeframe=c.timeframe)
+            self._take_outbox = self.venue.take_outbox
+            if len(history["close"]):
+                self.venue.last_price = float(history["close"][-1])
         if len(history["close"]):
-            self.venue.last_price = float(history["close"][-1])
-            self.guard.price = self.venue.last_price
+            self.guard.price = float(history["close"][-1])
         self._restore(state, records)
         self.bus_host = LocalHost(core.components(self.venue), self.clock, sinks=[self._collect])
         self._collected: list[ev.Event] = []
@@ -212,7 +239,7 @@ class Daemon:
         stored_ns = time.perf_counter_ns()
         for event in done:
             await self._publish(event)
-        requests = self.venue.take_outbox()
+        requests = self._take_outbox()
         timing = None
         if requests and received_ns:
             timing = Latency(decided_ns - received_ns, stored_ns - received_ns, received_ns=received_ns)
@@ -445,17 +472,19 @@ class Daemon:
             await self.step([ev.RunStarted(**self._system_stamp(self.clock.now()), mode=s.mode, manifest={
                 **s.manifest, "run": self.run_id, "system": c.system, "config": c.model_dump(mode="json"),
                 "config_hash": c.config_hash(), "limits": s.limits.model_dump(mode="json", by_alias=True),
-                "venue": self.rest.endpoint, "code_version": __version__})])
+                "venue": "simulated" if self.paper else self.rest.endpoint, "feed": self.rest.endpoint,
+                "code_version": __version__})])
             post = lambda item: self._post(*item)  # noqa: E731 - streams hand over (kind, payload, received)
-            private = private_stream(s.creds, loop, post, url=s.private_ws, demo=s.mode == "demo" and not s.private_ws,
-                                     clock=self.rest.clock)
-            await asyncio.to_thread(private.connect)
-            streams.append(private)
-            await self.reconcile(startup=True)
+            if not self.paper:
+                private = private_stream(s.creds, loop, post, url=s.private_ws,
+                                         demo=s.mode == "demo" and not s.private_ws, clock=self.rest.clock)
+                await asyncio.to_thread(private.connect)
+                streams.append(private)
+                await self.reconcile(startup=True)
             public = public_stream(c.symbol, c.timeframe, loop, post, url=s.public_ws, clock=self.rest.clock)
             await asyncio.to_thread(public.connect)
             streams.append(public)
-            for coro in (private.supervise(), public.supervise(), self._heartbeat(), self._commands()):
+            for coro in (*(st.supervise() for st in streams), self._heartbeat(), self._commands()):
                 self._spawn(coro)
             log.info("daemon trading", system=c.system, mode=s.mode, run=self.run_id)
             if ready is not None:

@@ -21,7 +21,6 @@ from msgspec.structs import replace
 from tradebus import __version__
 from tradebus.bus import events as ev
 from tradebus.components.base import SimClock, Stamper
-from tradebus.components.exchange import CostParams, SimExchange
 from tradebus.components.portfolio import Portfolio
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.limits import Limits
@@ -29,7 +28,7 @@ from tradebus.configs.schema import SystemConfig
 from tradebus.engine.market import MarketSlice, day
 from tradebus.engine.marketdata import Columns
 from tradebus.engine.snapshot import FeatureTable
-from tradebus.engine.wiring import build_core
+from tradebus.engine.wiring import build_core, simulated_venue
 
 MD_TYPES = (ev.BarClosed, ev.Snapshot)
 
@@ -91,17 +90,7 @@ def wire(config: SystemConfig, m: MarketSlice, run: str, limits: Limits | None =
     stamp = lambda name: Stamper(clock, f"{run}:{name}", config.system, run)  # noqa: E731
     core = build_core(config, stamp, Stamper(clock, f"{run}:snapshot", "", run), m.candles, m.start,
                       limits or Limits())
-    c = config.costs
-    exchange = SimExchange(
-        stamp("exchange"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
-        fill_timing=config.fill, participation=config.participation,
-        costs=CostParams(c.maker_fee, c.taker_fee, c.spread_bps, c.slippage.model, c.slippage.bps, c.slippage.impact),
-        funding_times=None if m.funding is None else m.funding["open_time"],
-        funding_rates=None if m.funding is None else m.funding["rate"],
-        mark_times=None if m.marks is None else m.marks["open_time"],
-        mark_opens=None if m.marks is None else m.marks["open"],
-        initial_capital=config.initial_capital, maintenance_margin=config.maintenance_margin, gate=core.guard,
-    )
+    exchange = simulated_venue(config, stamp("exchange"), core.guard, m.funding, m.marks)
     exchange.skip_funding_before(m.start)
     own, higher = core.tables
     return Wiring(clock, core.components(exchange), core.portfolio, own, higher)

@@ -84,7 +84,8 @@ def start_venue(history: int = 60, tf: str = TF, wave: Callable[[int], float] = 
 def settings_for(v: Venue, bus, home: Path, limits: Limits | None = None, config: dict | None = None,
                  **kw) -> DaemonSettings:
     quick = {"heartbeat_s": 0.5, "rest_timeout": 1.0, "lookup_delay": 0.1}  # tests need not wait like a daemon
-    return DaemonSettings(mode="demo", config=parse_config(dict(config or CONFIG)), creds=Credentials(API_KEY, API_SECRET),
+    kw.setdefault("mode", "demo")
+    return DaemonSettings(config=parse_config(dict(config or CONFIG)), creds=Credentials(API_KEY, API_SECRET),
                           limits=limits or Limits(), store_path=home / "demo.sqlite", bus=bus,
                           status_dir=home / "daemons", rest_url=v.rest.url, public_ws=v.ws.public_url,
                           private_ws=v.ws.private_url, **{**quick, **kw})
