@@ -28,7 +28,7 @@ RiskLevel = Literal["active", "reducing", "halted"]
 LifecycleStatus = Literal[
     "candidate", "hygiene", "test", "demo", "live_test", "production", "retired", "rejected"
 ]
-RunMode = Literal["replay", "demo", "live", "sweep", "validate", "worker"]
+RunMode = Literal["replay", "paper", "demo", "live", "sweep", "validate", "worker"]
 RunStatus = Literal["ok", "failed", "interrupted"]
 Scalar = Union[str, int, float, bool, None]
 

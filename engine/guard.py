@@ -67,7 +67,9 @@ class RiskGuard(Component):
 
     name = "guard"
 
-    def __init__(self, stamp: Stamper, limits: Limits, *, venue: str, symbol: str, timeframe: str) -> None:
+    def __init__(self, stamp: Stamper, limits: Limits, *, venue: str, symbol: str, timeframe: str,
+                 initial_balance: float = math.nan) -> None:
+        """``initial_balance``: the system's balance before its first account event (its initial capital)."""
         super().__init__()
         self._stamp = stamp
         self._symbol = symbol
@@ -75,7 +77,7 @@ class RiskGuard(Component):
         self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.pos.{system}", f"tb.acct.{system}",
                           f"tb.pos.{subjects.NO_SYSTEM}", f"tb.acct.{subjects.NO_SYSTEM}", f"tb.risk.{system}",
                           f"tb.risk.{subjects.NO_SYSTEM}")
-        self._scopes = {"system": _Scope("system", limits.for_system(stamp.system)),
+        self._scopes = {"system": _Scope("system", limits.for_system(stamp.system), balance=initial_balance),
                         "global": _Scope("global", limits.global_)}
         self._orders: deque[int] = deque()
         self._halt_later: tuple[str, str] | None = None  # an order-rate breach admit() found
@@ -135,14 +137,15 @@ class RiskGuard(Component):
         caps = scope.caps
         if caps.max_position_notional is None and caps.max_leverage is None:
             return ""
-        qty, _ = scope.positions.get(intent.symbol, (0.0, 0.0))
+        positions = self._view(scope).positions
+        qty, _ = positions.get(intent.symbol, (0.0, 0.0))
         after = abs(qty + _SIGN[intent.side] * intent.qty) * price
         if caps.max_position_notional is not None and after > caps.max_position_notional:
             return (f"{scope.name} position notional {after:,.2f} would exceed the cap "
                     f"{caps.max_position_notional:,.2f}")
         if caps.max_leverage is not None:
             equity = self._equity(scope)
-            others = sum(abs(q) * price for s, (q, _) in scope.positions.items() if s != intent.symbol)
+            others = sum(abs(q) * price for s, (q, _) in positions.items() if s != intent.symbol)
             lev = (after + others) / equity if equity > 0 else math.inf
             if lev > caps.max_leverage:
                 return f"{scope.name} leverage {lev:.2f} would exceed the cap {caps.max_leverage:g}"
@@ -150,11 +153,20 @@ class RiskGuard(Component):
 
     # -- state ------------------------------------------------------------------------------------
 
+    def _view(self, scope: _Scope) -> _Scope:
+        """Whose numbers a scope's caps read: the account's own reports, or, where the venue reports no
+        account (the simulated exchange of a replay or a paper run), the system's, which are then the
+        whole account's."""
+        if scope.name == "global" and math.isnan(scope.balance):
+            return self._scopes["system"]
+        return scope
+
     def _equity(self, scope: _Scope) -> float:
         if scope.name == "global" and not math.isnan(scope.equity_reported):
             return scope.equity_reported
-        upl = sum(q * (self.price - avg) for q, avg in scope.positions.values() if q and not math.isnan(self.price))
-        return scope.balance + upl
+        view = self._view(scope)
+        upl = sum(q * (self.price - avg) for q, avg in view.positions.values() if q and not math.isnan(self.price))
+        return view.balance + upl
 
     def _set(self, scope: _Scope, state: str, reason: str, ts: int, cause: str, sticky: bool = False,
              answer: bool = False) -> tuple[ev.Event, ...]:
@@ -189,7 +201,8 @@ class RiskGuard(Component):
                              f"reached the cap {caps.max_daily_loss:.1%}", ts, cause, sticky=True)
         if scope.sticky:
             return NO_EVENTS
-        notional = sum(abs(q) * self.price for q, _ in scope.positions.values()) if not math.isnan(self.price) else 0.0
+        positions = self._view(scope).positions.values()
+        notional = sum(abs(q) * self.price for q, _ in positions) if not math.isnan(self.price) else 0.0
         over = ""
         if caps.max_position_notional is not None and notional > caps.max_position_notional:
             over = f"position notional {notional:,.2f} above the cap {caps.max_position_notional:,.2f}"
@@ -216,14 +229,20 @@ class RiskGuard(Component):
         scope.positions[pos.symbol] = (pos.qty, pos.avg_price)
         if pos.mark_price > 0 and pos.symbol == self._symbol:
             self.price = pos.mark_price
-        return self._check(scope, pos.ts_event, pos.id)
+        return self._checks_after(scope, pos.ts_event, pos.id)
 
     def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:
         scope = self._scope_of(acct)
         scope.balance = acct.balance
         if scope.name == "global":
             scope.equity_reported = acct.equity
-        return self._check(scope, acct.ts_event, acct.id)
+        return self._checks_after(scope, acct.ts_event, acct.id)
+
+    def _checks_after(self, scope: _Scope, ts: int, cause: str) -> tuple[ev.Event, ...]:
+        """The scope's caps, and the account's too where it reads this scope's numbers."""
+        if scope.name == "system" and self._view(self._scopes["global"]) is scope:
+            return self._check_all(ts, cause)
+        return self._check(scope, ts, cause)
 
     def _on_risk(self, change: ev.RiskStateChanged) -> tuple[ev.Event, ...]:
         scope = self._scopes[change.scope]

@@ -116,7 +116,8 @@ def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], market_sta
     seeded with ``history`` (bars opening before ``serve_from`` only warm the indicators up), the strategy
     host (which starts from the row of the last bar before ``serve_from``), the risk manager and the
     portfolio. ``stamp(name)`` makes each system component's stamper; ``market_stamp`` the snapshots'."""
-    guard = RiskGuard(stamp("guard"), limits, venue=config.venue, symbol=config.symbol, timeframe=config.timeframe)
+    guard = RiskGuard(stamp("guard"), limits, venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
+                      initial_balance=config.initial_capital)
     builder = SnapshotBuilder(market_stamp, config.venue, config.symbol, market_features(config), history, serve_from)
     own, higher = builder.seeded
     first = int(np.searchsorted(np.asarray(history["open_time"]), serve_from))

@@ -56,7 +56,7 @@ class State(msgspec.Struct, kw_only=True):
 def account(s: State, e: ev.Event) -> str:
     """The account an event belongs to: the system live, ``system/run`` for simulated runs."""
     mode = s.run_modes.get(e.run)
-    return e.system if mode is None or mode in ("demo", "live") else f"{e.system}/{e.run}"
+    return e.system if mode is None or mode in ("paper", "demo", "live") else f"{e.system}/{e.run}"
 
 
 def _intent(s: State, e: ev.OrderIntent) -> None:
