@@ -79,6 +79,7 @@ class RiskGuard(Component):
                           f"tb.risk.{subjects.NO_SYSTEM}")
         self._scopes = {"system": _Scope("system", limits.for_system(stamp.system), balance=initial_balance),
                         "global": _Scope("global", limits.global_)}
+        self._uncapped = all(v is None for sc in self._scopes.values() for v in sc.caps.model_dump().values())
         self._orders: deque[int] = deque()
         self._halt_later: tuple[str, str] | None = None  # an order-rate breach admit() found
         self.price = math.nan
@@ -219,6 +220,8 @@ class RiskGuard(Component):
 
     def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Event, ...]:
         self.price = bar.close
+        if self._uncapped and self.state == "active":  # nothing to enforce (a replay without limits)
+            return NO_EVENTS
         return self._check_all(bar.ts_event, bar.id)
 
     def _scope_of(self, event: ev.Event) -> _Scope:
