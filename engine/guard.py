@@ -94,6 +94,11 @@ class RiskGuard(Component):
         """The stricter of the two scopes' states."""
         return max((s.state for s in self._scopes.values()), key=_RANK.__getitem__)
 
+    @property
+    def _idle(self) -> bool:
+        """Nothing to enforce and nothing to lift: no caps (a replay without limits) and both scopes active."""
+        return self._uncapped and self._scopes["system"].state == "active" and self._scopes["global"].state == "active"
+
     def reason(self) -> str:
         return "; ".join(f"{s.name}: {s.reason}" for s in self._scopes.values() if s.state != "active")
 
@@ -220,7 +225,7 @@ class RiskGuard(Component):
 
     def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Event, ...]:
         self.price = bar.close
-        if self._uncapped and self.state == "active":  # nothing to enforce (a replay without limits)
+        if self._idle:
             return NO_EVENTS
         return self._check_all(bar.ts_event, bar.id)
 
@@ -243,6 +248,8 @@ class RiskGuard(Component):
 
     def _checks_after(self, scope: _Scope, ts: int, cause: str) -> tuple[ev.Event, ...]:
         """The scope's caps, and the account's too where it reads this scope's numbers."""
+        if self._idle:
+            return NO_EVENTS
         if scope.name == "system" and self._view(self._scopes["global"]) is scope:
             return self._check_all(ts, cause)
         return self._check(scope, ts, cause)

@@ -1,4 +1,4 @@
-"""Resample candles to a higher timeframe, and align higher-timeframe bars without look-ahead (pure numpy)."""
+"""Resample stored candles to a higher timeframe (pure numpy): a replay's own timeframe from a finer stored one."""
 
 from __future__ import annotations
 
@@ -39,13 +39,3 @@ def resample(candles: Candles, source: str, target: str) -> Candles:
         out["turnover"] = np.add.reduceat(candles["turnover"], starts)
     closed = out["open_time"] + length <= t[-1] + src_len
     return {k: v[closed] for k, v in out.items()}
-
-
-def last_closed_index(htf_open_time: np.ndarray, htf: str, at_close_ns: np.ndarray) -> np.ndarray:
-    """For each time in ``at_close_ns``, the index of the last ``htf`` bar closed by then (-1: none yet).
-
-    A decision at the close of bar t may use a higher-timeframe bar only if that bar closed at or before
-    t's close; this is the one place that rule is computed.
-    """
-    htf_close = htf_open_time + tf_ns(htf)
-    return np.searchsorted(htf_close, at_close_ns, side="right") - 1

@@ -151,29 +151,11 @@ class SnapshotBuilder(Component):
         # The higher rows in force after the last bar held (what the next streamed bar starts from).
         self._last_higher = {t.timeframe: (t.values[-1].tolist() if len(t.values) else nan_rows[t.timeframe])
                              for t in higher}
-        self._live: tuple[dict[str, float], dict[str, dict[str, float]]] | None = None
         self._handlers[ev.BarClosed] = self._on_bar
         self._tpl: ev.Snapshot | None = None
 
     def patterns(self) -> tuple[str, ...]:
         return (self._subject,)
-
-    def row(self) -> tuple[dict[str, float], dict[str, dict[str, float]]] | None:
-        """Own and higher features at the last bar held."""
-        if self.last_open is None:
-            return None
-        i = self._index.get(self.last_open)
-        if i is not None:
-            return self._seeded_row(i)
-        return self._live
-
-    def _seeded_row(self, i: int) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-        features = dict(zip(self._own_names, self._own_rows[i]))
-        htf = {}
-        for tf, names, rows, row_for_bar in self._higher:
-            r = row_for_bar[i]
-            htf[tf] = dict(zip(names, rows[r])) if r >= 0 else {n: float("nan") for n in names}
-        return features, htf
 
     def _stream(self, bar: ev.BarClosed) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
         last = self.last_open
@@ -189,15 +171,22 @@ class SnapshotBuilder(Component):
             if t.row_for_bar[0] >= 0:
                 self._last_higher[t.timeframe] = t.values[t.row_for_bar[0]].tolist()
             htf[t.timeframe] = dict(zip(t.names, self._last_higher[t.timeframe]))
-        self._live = (dict(zip(own.names, own.values[0].tolist())), htf)
-        return self._live
+        return dict(zip(own.names, own.values[0].tolist())), htf
 
     def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Snapshot, ...]:
-        i = self._index.get(bar.open_time)
-        if bar.open_time <= self._served or (i is None and self.last_open is not None and bar.open_time <= self.last_open):
+        t = bar.open_time
+        i = self._index.get(t)
+        if t <= self._served or (i is None and self.last_open is not None and t <= self.last_open):
             return NO_EVENTS  # warm-up, or a repeat (a websocket push and a backfill overlapping)
-        features, htf = self._seeded_row(i) if i is not None else self._stream(bar)
-        self._served = bar.open_time
+        if i is None:
+            features, htf = self._stream(bar)
+        else:  # the replay's path, once per bar: kept inline
+            features = dict(zip(self._own_names, self._own_rows[i]))
+            htf = {}
+            for tf, names, rows, row_for_bar in self._higher:
+                r = row_for_bar[i]
+                htf[tf] = dict(zip(names, rows[r])) if r >= 0 else {n: float("nan") for n in names}
+        self._served = t
         if self._tpl is None:
             self._tpl = self._stamp.template(ev.Snapshot, bar=bar)
         now = bar.ts_init

@@ -14,7 +14,7 @@ from tradebus.live.bybit_wire import parse_klines
 from tradebus.replay.fetch import fetch_funding, fetch_klines
 from tradebus.replay.importer import ImportFormatError, read_file
 from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
-from tradebus.engine.resample import last_closed_index, resample
+from tradebus.engine.resample import resample
 
 from .conftest import SHARED_DATA
 from .fake_bybit import FakeBybit, FakeBybitState
@@ -214,21 +214,6 @@ def test_daily_and_weekly_buckets_align_to_utc_midnight_and_monday():
 def test_resample_into_a_non_multiple_is_refused():
     with pytest.raises(TimeframeError, match="multiple"):
         resample(synthetic(10), "5m", "3m")
-
-
-def test_higher_timeframe_index_never_points_at_an_unclosed_bar():
-    cols = synthetic(2_000)
-    hourly = resample(cols, "5m", "1h")
-    closes = cols["open_time"] + M5
-
-    idx = last_closed_index(hourly["open_time"], "1h", closes)
-
-    ok = idx >= 0
-    assert (hourly["open_time"][idx[ok]] + HOUR <= closes[ok]).all()  # the bar used has closed
-    nxt = idx + 1
-    has_next = nxt < len(hourly["open_time"])
-    assert (hourly["open_time"][nxt[has_next]] + HOUR > closes[has_next]).all()  # the next one has not
-    assert (idx[:11] == -1).all() and idx[11] == 0  # the first hour closes with the 12th 5m bar
 
 
 # --- fetching ---------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from tradebus.bus import events as ev
 from tradebus.components.base import SimClock, Stamper
 from tradebus.components.features import FeatureSet, compute, f
-from tradebus.engine.resample import last_closed_index, resample
+from tradebus.components.timeframes import tf_ns
+from tradebus.engine.resample import resample
 from tradebus.engine.snapshot import Bucketer, MarketFeatures, SnapshotBuilder
 
 from .test_marketdata import synthetic
@@ -43,6 +44,11 @@ def _series(n: int) -> dict[str, np.ndarray]:
         cols["turnover"] = cols["volume"] * cols["close"]
         return cols
     return synthetic(n, seed=3)
+
+
+def last_closed_index(htf_open_time: np.ndarray, htf: str, at_close_ns: np.ndarray) -> np.ndarray:
+    """The reference rule, vectorised: for each close, the last higher bar closed by then (-1: none)."""
+    return np.searchsorted(htf_open_time + tf_ns(htf), at_close_ns, side="right") - 1
 
 
 def _rows(cols: dict[str, np.ndarray], a: int, b: int) -> dict[str, np.ndarray]:
