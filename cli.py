@@ -535,12 +535,19 @@ def replay(
     from tradebus.engine.market import MissingDataError, load_market
 
     from tradebus.configs.limits import load_limits
+    from tradebus.configs.portfolio import is_portfolio
+    from tradebus.configs.schema import read_yaml
 
     if bus not in ("local", "nats"):
         _fail(f"--bus {bus!r}: allowed are local, nats")
     try:
-        config = load_config(config_path)
         limits = load_limits(limits_path) if limits_path is not None else None
+        if is_portfolio(read_yaml(config_path)):
+            if bus != "local" or fetch or log_features:
+                _fail("a portfolio replays in-process from stored candles: --bus nats, --fetch and --log-features "
+                      "are for one system")
+            return _replay_portfolio(config_path, window, out_dir, events, store, no_store, limits, db)
+        config = load_config(config_path)
     except ConfigError as exc:
         _fail(str(exc))
     if window not in ("hygiene", "test") and ":" not in window:
@@ -603,6 +610,53 @@ def replay(
         value = mt.get(key)
         table.add_row(label, "–" if value is None or value != value else format(value, spec))
     table.add_row("speed", f"{result.bars:,} bars in {result.seconds:.2f}s ({result.bars / max(result.seconds, 1e-9):,.0f} bars/s, bus {bus})")
+    out.print(table)
+    out.print(f"artifacts in {dest}/ (report.html) · {stored} · run {result.run}")
+
+
+def _replay_portfolio(path: Path, window: str, out_dir: Optional[Path], events: bool, store: Optional[Path],
+                      no_store: bool, limits, db: Optional[Path]) -> None:
+    """``tradebus replay PORTFOLIO``: its systems on one clock and one account."""
+    from tradebus.configs.portfolio import load_portfolio
+    from tradebus.duck import DuckLockedError
+    from tradebus.engine.market import MissingDataError
+    from tradebus.engine.marketdata import MarketData, MarketDataError
+    from tradebus.eventstore.store import EventStore, StoreError
+    from tradebus.replay.portfolio import run_portfolio, write_outputs
+
+    pf = load_portfolio(path)
+    if window not in ("hygiene", "test") and ":" not in window:
+        _fail(f"--window {window!r}: use hygiene, test or START:END (e.g. 2025-01-01:2025-03-01)")
+    try:
+        market = MarketData.open(db)
+    except DuckLockedError as exc:
+        _fail(str(exc))
+    with market as md:
+        try:
+            result = run_portfolio(pf, window, md, limits=limits)
+        except (MissingDataError, MarketDataError, ValueError) as exc:
+            _fail(str(exc))
+    dest = out_dir or Path("runs") / pf.name / window.replace(":", "_")
+    write_outputs(result, dest, events_jsonl=events)
+    stored = "store not written (--no-store)"
+    if not no_store:
+        try:
+            with EventStore.open_writer(store or settings.default_store_path()) as st:
+                appended = st.append(result.events).appended
+        except StoreError as exc:
+            _fail(f"{exc} (artifacts were written to {dest}; use --no-store to skip recording)")
+        stored = f"{appended:,} events appended to the store" if appended else "events already in the store (same run)"
+    table = Table(title=f"{pf.name} · {window} · {result.manifest['start']} → {result.manifest['end']}")
+    for col in ("", "capital", "return", "sharpe", "max drawdown", "trades", "fees"):
+        table.add_column(col, justify="left" if not col else "right")
+    rows = [("account", pf.initial_capital, result.metrics)]
+    rows += [(f"{s.config.system} ({s.config.symbol} {s.config.timeframe})", s.config.initial_capital, s.metrics)
+             for s in result.systems]
+    for name, capital, mt in rows:
+        cells = [format(mt.get(k), spec) if mt.get(k) == mt.get(k) else "–"
+                 for k, spec in (("total_return", ".2%"), ("sharpe", ".2f"), ("max_drawdown", ".2%"), ("trades", ","),
+                                 ("fees_paid", ",.2f"))]
+        table.add_row(name, f"{capital:,.0f}", *cells)
     out.print(table)
     out.print(f"artifacts in {dest}/ (report.html) · {stored} · run {result.run}")
 

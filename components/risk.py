@@ -69,7 +69,8 @@ class RiskManager(Component):
     # -- state ---------------------------------------------------------------------------------
 
     def _on_snapshot(self, snap: ev.Snapshot) -> tuple[ev.Event, ...]:
-        self._snap = snap  # read only when a signal needs it
+        if snap.system == self._stamp.system:  # another system's features of this symbol are not this one's
+            self._snap = snap  # read only when a signal needs it
         return NO_EVENTS
 
     def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:

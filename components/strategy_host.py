@@ -54,6 +54,8 @@ class StrategyHost(Component):
         return NO_EVENTS
 
     def _on_snapshot(self, snap: ev.Snapshot) -> tuple[ev.Event, ...]:
+        if snap.system != self._stamp.system:
+            return NO_EVENTS  # another system's features of this symbol
         feats = snap.features
         values = [feats[n] for n in self._own]
         if self._higher:

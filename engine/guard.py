@@ -48,6 +48,7 @@ class _Scope:
     balance: float = math.nan
     equity_reported: float = math.nan  # the venue's wallet equity (global scope)
     positions: dict[str, tuple[float, float]] = field(default_factory=dict)  # symbol -> (qty, avg)
+    marks: dict[str, float] = field(default_factory=dict)  # symbol -> last reported mark (other symbols')
     day: int = -1
     day_start: float = math.nan
     peak: float = math.nan
@@ -151,7 +152,9 @@ class RiskGuard(Component):
                     f"{caps.max_position_notional:,.2f}")
         if caps.max_leverage is not None:
             equity = self._equity(scope)
-            others = sum(abs(q) * price for s, (q, _) in positions.items() if s != intent.symbol)
+            view = self._view(scope)
+            marked = (abs(q) * self._mark(view, s) for s, (q, _) in positions.items() if s != intent.symbol)
+            others = sum(x for x in marked if not math.isnan(x))
             lev = (after + others) / equity if equity > 0 else math.inf
             if lev > caps.max_leverage:
                 return f"{scope.name} leverage {lev:.2f} would exceed the cap {caps.max_leverage:g}"
@@ -171,8 +174,12 @@ class RiskGuard(Component):
         if scope.name == "global" and not math.isnan(scope.equity_reported):
             return scope.equity_reported
         view = self._view(scope)
-        upl = sum(q * (self.price - avg) for q, avg in view.positions.values() if q and not math.isnan(self.price))
-        return view.balance + upl
+        marked = ((q, avg, self._mark(view, s)) for s, (q, avg) in view.positions.items() if q)
+        return view.balance + sum(q * (m - avg) for q, avg, m in marked if not math.isnan(m))
+
+    def _mark(self, scope: _Scope, symbol: str) -> float:
+        """A symbol's price: this system's from its bars, another's as the account last reported it."""
+        return self.price if symbol == self._symbol else scope.marks.get(symbol, math.nan)
 
     def _set(self, scope: _Scope, state: str, reason: str, ts: int, cause: str, sticky: bool = False,
              answer: bool = False) -> tuple[ev.Event, ...]:
@@ -207,8 +214,9 @@ class RiskGuard(Component):
                              f"reached the cap {caps.max_daily_loss:.1%}", ts, cause, sticky=True)
         if scope.sticky:
             return NO_EVENTS
-        positions = self._view(scope).positions.values()
-        notional = sum(abs(q) * self.price for q, _ in positions) if not math.isnan(self.price) else 0.0
+        view = self._view(scope)
+        marked = (abs(q) * self._mark(view, s) for s, (q, _) in view.positions.items() if q)
+        notional = sum(x for x in marked if not math.isnan(x))
         over = ""
         if caps.max_position_notional is not None and notional > caps.max_position_notional:
             over = f"position notional {notional:,.2f} above the cap {caps.max_position_notional:,.2f}"
@@ -235,8 +243,10 @@ class RiskGuard(Component):
     def _on_position(self, pos: ev.PositionChanged) -> tuple[ev.Event, ...]:
         scope = self._scope_of(pos)
         scope.positions[pos.symbol] = (pos.qty, pos.avg_price)
-        if pos.mark_price > 0 and pos.symbol == self._symbol:
-            self.price = pos.mark_price
+        if pos.mark_price > 0:
+            scope.marks[pos.symbol] = pos.mark_price
+            if pos.symbol == self._symbol:
+                self.price = pos.mark_price
         return self._checks_after(scope, pos.ts_event, pos.id)
 
     def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:

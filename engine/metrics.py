@@ -89,3 +89,19 @@ def summarize(times: np.ndarray, equity: np.ndarray, position: np.ndarray, initi
         "final_equity": float(equity[-1]) if len(equity) else initial,
         "bars": len(equity),
     }
+
+
+def sum_accounts(members: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], initials: Sequence[float]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sub-accounts, each ``(times, equity, position)``, summed on the union of their bar times: each holds
+    its last equity between its bars and its initial capital before its first. Returns (times, equity,
+    exposed: 1.0 where any member holds a position)."""
+    times = np.unique(np.concatenate([t for t, _, _ in members])) if members else np.zeros(0, dtype=np.int64)
+    equity = np.zeros(len(times))
+    exposed = np.zeros(len(times), dtype=bool)
+    for (t, eq, pos), initial in zip(members, initials):
+        j = np.searchsorted(t, times, side="right") - 1  # this member's latest bar at each time
+        held = j >= 0
+        equity += np.where(held, eq[np.maximum(j, 0)], initial)
+        exposed |= held & (pos[np.maximum(j, 0)] != 0)
+    return times, equity, exposed.astype(np.float64)

@@ -133,21 +133,23 @@ class Scan:
 
 
 def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Compared], scans: Sequence[Scan],
-                      warnings: Sequence[str] = (), max_points: int = 5_000) -> None:
-    """The scenarios side by side: metrics on both windows, test-window equity overlaid, sensitivity scans."""
+                      warnings: Sequence[str] = (), max_points: int = 5_000, what: str = "scenario",
+                      test_name: str = "test") -> None:
+    """Runs side by side (scenarios, a portfolio's account and systems): metrics on each window they have,
+    the test window's equity overlaid, sensitivity scans. ``test_name``: how the test window is labelled."""
     head = "".join(f"<th>{html.escape(_LABELS[k][0])}</th>" for k, _ in _COMPARED)
     body = [f'<p class="warn">{html.escape(w)}</p>' for w in warnings]
-    body.append(f"<table><tr><th>scenario</th><th>kind</th><th>window</th>{head}</tr>")
+    body.append(f"<table><tr><th>{html.escape(what)}</th><th>kind</th><th>window</th>{head}</tr>")
     for r in rows:
         if r.skipped:
             body.append(f"<tr><th>{html.escape(r.name)}</th><td class=text>{r.kind}</td>"
                         f"<td class=text colspan={len(_COMPARED) + 1}>skipped: {html.escape(r.skipped)}</td></tr>")
             continue
-        for window, m in (("train", r.train), ("test", r.test)):
+        shown = [(w, m) for w, m in (("train", r.train), (test_name, r.test)) if m is not None] or [(test_name, None)]
+        for i, (window, m) in enumerate(shown):
             cells = "".join(f"<td>{_fmt((m or {}).get(k), kind)}</td>" for k, kind in _COMPARED)
-            label = html.escape(r.name) if window == "train" else ""
-            body.append(f"<tr><th>{label}</th><td class=text>{r.kind if window == 'train' else ''}</td>"
-                        f"<td class=text>{window}</td>{cells}</tr>")
+            body.append(f"<tr><th>{html.escape(r.name) if i == 0 else ''}</th><td class=text>{r.kind if i == 0 else ''}"
+                        f"</td><td class=text>{html.escape(window)}</td>{cells}</tr>")
         body.append(f"<tr><td></td><td class=text colspan={len(_COMPARED) + 2}>{html.escape(r.description)}</td></tr>")
     body.append("</table>")
     fig = go.Figure()
@@ -156,7 +158,7 @@ def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Comp
             t, eq = r.test_curve
             step = max(1, len(t) // max_points)
             fig.add_trace(go.Scatter(x=_times(t[::step]), y=eq[::step], name=r.name))
-    fig.update_layout(title="Test window: equity per unit of capital", height=480, template="plotly_white",
+    fig.update_layout(title=f"{test_name.capitalize()} window: equity per unit of capital", height=480, template="plotly_white",
                       margin={"l": 60, "r": 20, "t": 50, "b": 30}, legend={"orientation": "h"})
     body.append(fig.to_html(full_html=False, include_plotlyjs=True, div_id="tradebus-equity"))
     if scans:

@@ -110,15 +110,17 @@ def simulated_venue(config: SystemConfig, stamp: Stamper, gate: Gate, funding: C
     )
 
 
-def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], market_stamp: Stamper, history: Candles,
-               serve_from: int, limits: Limits) -> Core:
+def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], history: Candles, serve_from: int,
+               limits: Limits) -> Core:
     """The components every mode runs for a system: the risk guard with ``limits``, the snapshot builder
     seeded with ``history`` (bars opening before ``serve_from`` only warm the indicators up), the strategy
     host (which starts from the row of the last bar before ``serve_from``), the risk manager and the
-    portfolio. ``stamp(name)`` makes each system component's stamper; ``market_stamp`` the snapshots'."""
+    portfolio. ``stamp(name)`` makes each component's stamper. Snapshots carry the system's id: they hold
+    the features it reads, and systems sharing a symbol each read their own."""
     guard = RiskGuard(stamp("guard"), limits, venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
                       initial_balance=config.initial_capital)
-    builder = SnapshotBuilder(market_stamp, config.venue, config.symbol, market_features(config), history, serve_from)
+    builder = SnapshotBuilder(stamp("snapshot"), config.venue, config.symbol, market_features(config), history,
+                              serve_from)
     own, higher = builder.seeded
     first = int(np.searchsorted(np.asarray(history["open_time"]), serve_from))
     prev_row = strategy_rows(config.strategy_def(), config.params(), own, higher)[first - 1] if first > 0 else None

@@ -48,7 +48,7 @@ from tradebus.factory.sweep import run_trial
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine import report
 from tradebus.engine.artifacts import atomic_write, write_json
-from tradebus.engine.metrics import summarize
+from tradebus.engine.metrics import sum_accounts, summarize
 from tradebus.engine.market import load_market
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -133,19 +133,12 @@ def run_full(config: SystemConfig, window: str, mem: MemoryMarket) -> Run:
 def combine(members: list[sim.KernelRun], initials: list[float], bar_ns: int) -> Run:
     """Sub-accounts summed on the union of their bar times; each holds its last equity between its bars,
     and its initial capital before its first."""
-    times = np.unique(np.concatenate([m.times for m in members]))
-    equity = np.zeros(len(times))
-    exposed = np.zeros(len(times), dtype=bool)
-    for m, initial in zip(members, initials):
-        j = np.searchsorted(m.times, times, side="right") - 1  # this member's latest bar at each time
-        held = j >= 0
-        equity += np.where(held, m.curve[np.maximum(j, 0), 2], initial)
-        exposed |= held & (m.curve[np.maximum(j, 0), 3] != 0)
+    times, equity, exposed = sum_accounts([(m.times, m.curve[:, 2], m.curve[:, 3]) for m in members], initials)
     trades = sorted((t for m in members for t in m.trades), key=lambda t: (t.exit_time, t.entry_time))
     fees = sum(float(m.stats[sim.M_FEES]) for m in members)
     funding = sum(float(m.stats[sim.M_FUNDING]) for m in members)
     total = float(sum(initials))
-    metrics = summarize(times, equity, exposed.astype(np.float64), total, bar_ns, trades, fees, funding)
+    metrics = summarize(times, equity, exposed, total, bar_ns, trades, fees, funding)
     return Run(times, equity, metrics, total)
 
 

@@ -191,7 +191,7 @@ class Daemon:
         history = await asyncio.to_thread(self._history)
         # Seeded once from the latest closed bars, the replay's warm-up rule; then only updated.
         serve_from = int(history["open_time"][-1]) + tf_ns(c.timeframe) if len(history["close"]) else 0
-        core = build_core(c, self._stamp, self._market_stamp, history, serve_from, s.limits)
+        core = build_core(c, self._stamp, history, serve_from, s.limits)
         self.guard, self.builder, self.host, self.risk, self.portfolio = (core.guard, core.builder, core.host, core.risk,
                                                                           core.portfolio)
         if self.paper:

@@ -15,6 +15,7 @@ import numpy as np
 from tradebus.bus import events as ev
 from tradebus.bus.ids import IdGenerator
 from tradebus.components.timeframes import tf_ns
+from tradebus.components.portfolio import Portfolio
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.eventstore.store import EventStore
@@ -114,17 +115,25 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress(total, total)
-    times = m.candles["open_time"][m.first:] + tf_ns(config.timeframe)
-    curve = w.portfolio.curve(times, m.candles["close"][m.first:])
-    trades, open_trades = build_trades(collector.events, tf_ns(config.timeframe))
-    metrics = summarize(times, curve[:, 2], curve[:, 3], config.initial_capital,
-                        tf_ns(config.timeframe), trades, w.portfolio.fees, w.portfolio.funding)
-    metrics["open_trades"] = len(open_trades)
+    times, curve, trades, open_trades, metrics = outcome(config, m, w.portfolio, collector.events)
     finished = ev.RunFinished(id=ids.next(m.end), ts_event=m.end, ts_init=m.end, system=config.system, run=run,
                               cause=started.id, status="ok", summary=artifacts.clean(metrics))
     collector(finished)
     return ReplayResult(run, config, window, m, metrics, trades, open_trades, times, curve, collector.events, man,
                         seconds, (w.own, w.higher))
+
+
+def outcome(config: SystemConfig, m: MarketSlice, portfolio: Portfolio, events: list[ev.Event]
+            ) -> tuple[np.ndarray, np.ndarray, list[Trade], list[Trade], dict]:
+    """A system's curve at every traded bar's close, its trades (closed, open) and its metrics."""
+    bar_ns = tf_ns(config.timeframe)
+    times = m.candles["open_time"][m.first:] + bar_ns
+    curve = portfolio.curve(times, m.candles["close"][m.first:])
+    trades, open_trades = build_trades(events, bar_ns)
+    metrics = summarize(times, curve[:, 2], curve[:, 3], config.initial_capital, bar_ns, trades, portfolio.fees,
+                        portfolio.funding)
+    metrics["open_trades"] = len(open_trades)
+    return times, curve, trades, open_trades, metrics
 
 
 def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False,

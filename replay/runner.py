@@ -33,11 +33,11 @@ from tradebus.engine.wiring import build_core, simulated_venue
 MD_TYPES = (ev.BarClosed, ev.Snapshot)
 
 
-def _series_bars(config: SystemConfig, timeframe: str, candles: Columns, first: int, run: str
+def _series_bars(config: SystemConfig, timeframe: str, candles: Columns, first: int, run: str, seed: str
                  ) -> Iterator[tuple[int, int, ev.BarClosed]]:
     """(close time, timeframe length, BarClosed) for one series from index ``first``, in time order."""
     # One id generator per series, so each sees its own times in order (a merge pulls series ahead).
-    stamp = Stamper(SimClock(), f"{run}:publisher:{timeframe}", "", run)  # stamps with each bar's own time
+    stamp = Stamper(SimClock(), f"{run}:publisher:{seed}", "", run)  # stamps with each bar's own time
     tpl = stamp.template(ev.BarClosed, venue=config.venue, market=config.market, symbol=config.symbol,
                          timeframe=timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
     step = tf_ns(timeframe)
@@ -52,6 +52,28 @@ def _series_bars(config: SystemConfig, timeframe: str, candles: Columns, first: 
                                         open_time=t, open=o, high=h, low=l, close=cl, volume=v, turnover=tv)
 
 
+def _streams(config: SystemConfig, m: MarketSlice, run: str, seed: str = "") -> list[Iterator]:
+    """A system's own bars from its first traded one, and its higher timeframes' closing after it."""
+    streams = [_series_bars(config, config.timeframe, m.candles, m.first, run, seed + config.timeframe)]
+    first_close = m.start + tf_ns(config.timeframe)
+    for tf, cols in sorted(m.higher.items(), key=lambda kv: tf_ns(kv[0])):
+        j = int(np.searchsorted(cols["open_time"] + tf_ns(tf), first_close))
+        streams.append(_series_bars(config, tf, cols, j, run, seed + tf))
+    return streams
+
+
+def _merged(streams: list[Iterator]) -> Iterator[tuple[int, tuple[ev.BarClosed, ...]]]:
+    """One step per close time; bars closing together share it, the shorter timeframe first, then in
+    stream order."""
+    if len(streams) == 1:
+        for close_time, _, bar in streams[0]:  # the common case, without merging
+            yield close_time, (bar,)
+        return
+    merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
+    for close_time, group in itertools.groupby(merged, key=lambda item: item[0]):
+        yield close_time, tuple(bar for _, _, bar in group)
+
+
 def bar_steps(config: SystemConfig, m: MarketSlice, run: str) -> Iterator[tuple[int, tuple[ev.BarClosed, ...]]]:
     """The replay publisher: one step per close time, publishing every bar that closes then.
 
@@ -59,19 +81,27 @@ def bar_steps(config: SystemConfig, m: MarketSlice, run: str) -> Iterator[tuple[
     the same moment share a step, the shorter timeframe first. Only bars of the traded window are
     published (warm-up bars feed the indicators but are never traded).
     """
-    own = _series_bars(config, config.timeframe, m.candles, m.first, run)
-    if not m.higher:
-        for close_time, _, bar in own:  # the common case, without merging
-            yield close_time, (bar,)
-        return
-    first_close = m.start + tf_ns(config.timeframe)
-    streams = [own]
-    for tf, cols in sorted(m.higher.items(), key=lambda kv: tf_ns(kv[0])):
-        j = int(np.searchsorted(cols["open_time"] + tf_ns(tf), first_close))
-        streams.append(_series_bars(config, tf, cols, j, run))
-    merged = heapq.merge(*streams, key=lambda item: (item[0], item[1]))
-    for close_time, group in itertools.groupby(merged, key=lambda item: item[0]):
-        yield close_time, tuple(bar for _, _, bar in group)
+    return _merged(_streams(config, m, run))
+
+
+def portfolio_steps(systems: list[tuple[SystemConfig, MarketSlice]], run: str
+                    ) -> Iterator[tuple[int, tuple[ev.BarClosed, ...]]]:
+    """The publisher of several systems on one clock: every series any of them reads, each once (systems
+    on one symbol share its bars), from the earliest bar any of them trades on."""
+    series: dict[tuple[str, str, str, str], tuple[int, SystemConfig, Columns, int]] = {}
+    for config, m in systems:
+        first_close = m.start + tf_ns(config.timeframe)
+        wanted = [(config.timeframe, m.candles, m.first)]
+        wanted += [(tf, cols, int(np.searchsorted(cols["open_time"] + tf_ns(tf), first_close)))
+                   for tf, cols in m.higher.items()]
+        for tf, cols, first in wanted:
+            key = (config.venue, config.market, config.symbol, tf)
+            opens = int(cols["open_time"][first]) if first < len(cols["open_time"]) else 2**62
+            if key not in series or opens < series[key][0]:
+                series[key] = (opens, config, cols, first)
+    streams = [_series_bars(config, key[3], cols, first, run, f"{key[2]}:{key[3]}")
+               for key, (_, config, cols, first) in series.items()]
+    return _merged(streams)
 
 
 @dataclass
@@ -88,8 +118,7 @@ def wire(config: SystemConfig, m: MarketSlice, run: str, limits: Limits | None =
     the guard about every order (caps from ``limits``; none by default)."""
     clock = SimClock(m.start)
     stamp = lambda name: Stamper(clock, f"{run}:{name}", config.system, run)  # noqa: E731
-    core = build_core(config, stamp, Stamper(clock, f"{run}:snapshot", "", run), m.candles, m.start,
-                      limits or Limits())
+    core = build_core(config, stamp, m.candles, m.start, limits or Limits())
     exchange = simulated_venue(config, stamp("exchange"), core.guard, m.funding, m.marks)
     exchange.skip_funding_before(m.start)
     own, higher = core.tables

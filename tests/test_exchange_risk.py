@@ -179,7 +179,8 @@ def test_sizing_is_capped_by_leverage_and_max_notional():
 def test_a_signal_without_a_stop_distance_is_rejected_as_an_event():
     r = risk()
     snap_bar = bar(0, 100, 100, 100, 100)
-    r.on_event(ev.Snapshot(id="s0", ts_event=1, ts_init=1, bar=snap_bar, features={"close": 100.0, "atr_14": math.nan}))
+    r.on_event(ev.Snapshot(id="s0", ts_event=1, ts_init=1, system="s", bar=snap_bar,
+                           features={"close": 100.0, "atr_14": math.nan}))
 
     out = r.on_event(ev.Signal(id="sig", ts_event=1, ts_init=1, system="s", strategy="x", symbol="X",
                                timeframe="5m", direction="long"))
@@ -212,7 +213,7 @@ def test_a_leveraged_long_is_liquidated_at_maintenance_margin():
 
 
 def snapshot(close: float = 100.0, atr: float = 1.0) -> ev.Snapshot:
-    return ev.Snapshot(id="s", ts_event=1, ts_init=1, bar=bar(0, close, close, close, close),
+    return ev.Snapshot(id="s", ts_event=1, ts_init=1, system="s", bar=bar(0, close, close, close, close),
                        features={"close": close, "atr_14": atr})
 
 
