@@ -646,17 +646,20 @@ def _replay_portfolio(path: Path, window: str, out_dir: Optional[Path], events: 
         except StoreError as exc:
             _fail(f"{exc} (artifacts were written to {dest}; use --no-store to skip recording)")
         stored = f"{appended:,} events appended to the store" if appended else "events already in the store (same run)"
-    table = Table(title=f"{pf.name} · {window} · {result.manifest['start']} → {result.manifest['end']}")
-    for col in ("", "capital", "return", "sharpe", "max drawdown", "trades", "fees"):
-        table.add_column(col, justify="left" if not col else "right")
-    rows = [("account", pf.initial_capital, result.metrics)]
-    rows += [(f"{s.config.system} ({s.config.symbol} {s.config.timeframe})", s.config.initial_capital, s.metrics)
+    from rich import box
+
+    table = Table(title=f"{pf.name} · {window} · {result.manifest['start'][:10]} → {result.manifest['end'][:10]}",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, show_edge=False)
+    for col in ("", "series", "capital", "return", "sharpe", "max dd", "trades", "fees"):
+        table.add_column(col, justify="left" if col in ("", "series") else "right", no_wrap=col == "")
+    rows = [("account", "", pf.initial_capital, result.metrics)]
+    rows += [(s.config.system, f"{s.config.symbol} {s.config.timeframe}", s.config.initial_capital, s.metrics)
              for s in result.systems]
-    for name, capital, mt in rows:
+    for name, series, capital, mt in rows:
         cells = [format(mt.get(k), spec) if mt.get(k) == mt.get(k) else "–"
-                 for k, spec in (("total_return", ".2%"), ("sharpe", ".2f"), ("max_drawdown", ".2%"), ("trades", ","),
-                                 ("fees_paid", ",.2f"))]
-        table.add_row(name, f"{capital:,.0f}", *cells)
+                 for k, spec in (("total_return", ".1%"), ("sharpe", ".2f"), ("max_drawdown", ".1%"), ("trades", ","),
+                                 ("fees_paid", ",.0f"))]
+        table.add_row(name, series, f"{capital:,.0f}", *cells)
     out.print(table)
     out.print(f"artifacts in {dest}/ (report.html) · {stored} · run {result.run}")
 
