@@ -526,13 +526,11 @@ def replay(
 
     from tradebus.configs.schema import ConfigError, load_config
     from tradebus.console import fmt_ns
-    from tradebus.duck import DuckLockedError
+    from tradebus.engine.market import MissingDataError, fill_command, load_market
+    from tradebus.engine.marketdata import MarketDataError, SeriesKey
     from tradebus.eventstore.store import EventStore, StoreError
     from tradebus.replay.backtest import record, run_replay, write_outputs
-    from tradebus.engine.market import fill_command
     from tradebus.replay.fetch import FUNDING_INTERVAL
-    from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
-    from tradebus.engine.market import MissingDataError, load_market
 
     from tradebus.configs.limits import load_limits
     from tradebus.configs.portfolio import is_portfolio
@@ -540,6 +538,8 @@ def replay(
 
     if bus not in ("local", "nats"):
         _fail(f"--bus {bus!r}: allowed are local, nats")
+    if window not in ("hygiene", "test") and ":" not in window:
+        _fail(f"--window {window!r}: use hygiene, test or START:END (e.g. 2025-01-01:2025-03-01)")
     try:
         limits = load_limits(limits_path) if limits_path is not None else None
         if is_portfolio(read_yaml(config_path)):
@@ -550,13 +550,7 @@ def replay(
         config = load_config(config_path)
     except ConfigError as exc:
         _fail(str(exc))
-    if window not in ("hygiene", "test") and ":" not in window:
-        _fail(f"--window {window!r}: use hygiene, test or START:END (e.g. 2025-01-01:2025-03-01)")
-    try:
-        market = MarketData.open(db)
-    except DuckLockedError as exc:
-        _fail(str(exc))
-    with market as md:
+    with _open_market(db) as md:
         try:
             m = load_market(config, window, md)
         except MissingDataError as exc:
@@ -614,24 +608,28 @@ def replay(
     out.print(f"artifacts in {dest}/ (report.html) · {stored} · run {result.run}")
 
 
+def _open_market(db: Optional[Path]):
+    """The market database, or a clear error if another process holds it."""
+    from tradebus.duck import DuckLockedError
+    from tradebus.engine.marketdata import MarketData
+
+    try:
+        return MarketData.open(db)
+    except DuckLockedError as exc:
+        _fail(str(exc))
+
+
 def _replay_portfolio(path: Path, window: str, out_dir: Optional[Path], events: bool, store: Optional[Path],
                       no_store: bool, limits, db: Optional[Path]) -> None:
     """``tradebus replay PORTFOLIO``: its systems on one clock and one account."""
     from tradebus.configs.portfolio import load_portfolio
-    from tradebus.duck import DuckLockedError
     from tradebus.engine.market import MissingDataError
-    from tradebus.engine.marketdata import MarketData, MarketDataError
+    from tradebus.engine.marketdata import MarketDataError
     from tradebus.eventstore.store import EventStore, StoreError
     from tradebus.replay.portfolio import run_portfolio, write_outputs
 
     pf = load_portfolio(path)
-    if window not in ("hygiene", "test") and ":" not in window:
-        _fail(f"--window {window!r}: use hygiene, test or START:END (e.g. 2025-01-01:2025-03-01)")
-    try:
-        market = MarketData.open(db)
-    except DuckLockedError as exc:
-        _fail(str(exc))
-    with market as md:
+    with _open_market(db) as md:
         try:
             result = run_portfolio(pf, window, md, limits=limits)
         except (MissingDataError, MarketDataError, ValueError) as exc:

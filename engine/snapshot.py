@@ -103,12 +103,11 @@ class MarketFeatures:
         self.timeframe = timeframe
         self._own = FeatureSet(own)
         self._higher = [(tf, Bucketer(timeframe, tf), FeatureSet(feats)) for tf, feats in sorted(higher.items())]
-        self._closed = {tf: 0 for tf in higher}  # higher bars closed so far
 
     def update(self, bars: Candles) -> tuple[FeatureTable, list[FeatureTable]]:
-        """Advance over ``bars`` (own timeframe, in order, no gaps); the tables of this batch: own rows, and
-        per higher timeframe the rows of the bars that closed in it with ``row_for_bar`` into them
-        (-1 where the last closed one is from an earlier batch: ``last_higher`` has it)."""
+        """Advance over ``bars`` (own timeframe, in order); the tables of this batch: own rows, and per higher
+        timeframe the rows of the higher bars that closed in it, with ``row_for_bar`` into them (-1 where
+        the last closed one is from an earlier batch, or none has closed yet)."""
         own = FeatureTable(self.timeframe, self._own.names, self._own.update(bars),
                            np.arange(len(bars["close"]), dtype=np.int64))
         higher = []
