@@ -242,7 +242,9 @@ class Puller:
         self._bus._require()
         try:
             msgs = await self._psub.fetch(n, timeout=timeout)  # type: ignore[attr-defined]
-        except NatsTimeoutError:
+        except (NatsTimeoutError, asyncio.TimeoutError):
+            # nats-py raises its own TimeoutError, and a bare asyncio one when the deadline runs out
+            # between its two pull requests (seen under load: it ended a queued sweep's coordinator).
             return []
         out = []
         for msg in msgs:
