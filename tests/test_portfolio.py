@@ -121,7 +121,7 @@ def test_portfolio_cli_writes_the_combined_report_and_refuses_bad_files(md, port
     md.close()
     out = tmp_path / "out"
     done = run_tradebus("replay", str(portfolio_file), "--window", WINDOW, "--out", str(out), "--db", str(db),
-                        "--store", str(tmp_path / "s.sqlite"))
+                        "--store", str(tmp_path / "s.sqlite"), timeout=300)
     assert done.returncode == 0, done.stderr
     assert "account" in done.stdout and "btc_slow" in done.stdout
     result = json.loads((out / "result.json").read_text())

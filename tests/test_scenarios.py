@@ -172,8 +172,9 @@ def test_scenario_file_errors_and_the_cli(md, tmp_path):  # noqa: F811
     none = run_tradebus("scenarios", str(tmp_path / "s.yaml"), *env_db)
     assert none.returncode == 1 and "no experiments at" in none.stderr and "tradebus sweep" in none.stderr
     (tmp_path / "job.yaml").write_text(json.dumps(job()))
-    assert run_tradebus("sweep", str(tmp_path / "job.yaml"), "--workers", "1", *env_db).returncode == 0
-    done = run_tradebus("scenarios", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), *env_db)
+    # Each child compiles its kernels afresh (not cached on disk): the timeouts guard against a hang only.
+    assert run_tradebus("sweep", str(tmp_path / "job.yaml"), "--workers", "1", *env_db, timeout=300).returncode == 0
+    done = run_tradebus("scenarios", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), *env_db, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "top3" in done.stdout and (tmp_path / "o" / "report.html").exists()
 
