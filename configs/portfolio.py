@@ -84,7 +84,10 @@ def load_portfolio(path: Path | str) -> Portfolio:
     systems = []
     for i, member in enumerate(spec.systems):
         where = (path.parent / member.config).resolve()
-        config = load_config(where)
+        try:
+            config = load_config(where)
+        except ConfigError as exc:  # say which entry of the portfolio named the file
+            raise ConfigError(f"{path}: systems.{i}.config {member.config!r}:\n{exc}") from None
         data = config.model_dump(mode="json")
         data["initial_capital"] = spec.initial_capital * member.weight
         data["windows"] = {k: w.model_dump(mode="json", exclude_none=True) for k, w in spec.windows.items()}

@@ -109,7 +109,7 @@ class Daemon:
         self.clock = WallClock()
         self.run_id = f"{c.system}-{s.mode}-{IdGenerator().next(time.time_ns())[:16].lower()}"
         self._system_stamp = Stamper(self.clock, None, c.system, self.run_id)  # the daemon's own events
-        self._market_stamp = Stamper(self.clock, None, "", self.run_id)  # bars, snapshots, the account's
+        self._market_stamp = Stamper(self.clock, None, "", self.run_id)  # bars and the account's events
         self._stamp = lambda name: Stamper(self.clock, None, c.system, self.run_id)  # noqa: E731 - one per component
         self.paper = s.mode == "paper"
         if self.paper:  # the public feed only: candles and instrument rules

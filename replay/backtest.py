@@ -34,7 +34,7 @@ Progress = Callable[[int, int], None]
 
 
 @contextmanager
-def _gc_paused():
+def gc_paused():
     """Pause the cycle collector. A replay allocates millions of acyclic objects (feature rows, events),
     and each collector pass walks the whole growing heap: a numpy ``tolist`` of the features took 0.15 s
     with it on and 0.013 s with it off (measured). Garbage is collected when the collector resumes."""
@@ -88,7 +88,7 @@ def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Litera
     ``market``: the data already loaded by ``load_market`` for this config and window, if the caller has it.
     ``limits``: the risk caps the guard enforces, as a daemon would (none by default).
     """
-    with _gc_paused():
+    with gc_paused():
         return _run_replay(config, window, md, bus, nats_url, progress, keep_market_data, market, limits or Limits())
 
 
@@ -167,5 +167,5 @@ def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False
 
 def record(result: ReplayResult, store: EventStore) -> int:
     """Append the run's events to the store in one transaction (all or nothing); a rerun appends nothing."""
-    with _gc_paused():
+    with gc_paused():
         return store.append(result.events).appended

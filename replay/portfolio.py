@@ -32,7 +32,7 @@ from tradebus.engine.marketdata import MarketData
 from tradebus.engine.metrics import sum_accounts, summarize
 from tradebus.engine.trades import Trade
 from tradebus.engine.wiring import build_core, simulated_venue
-from tradebus.replay.backtest import _gc_paused, outcome
+from tradebus.replay.backtest import gc_paused, outcome
 from tradebus.replay.runner import Collector, manifest, portfolio_steps, run_id_for
 
 
@@ -64,13 +64,14 @@ class PortfolioResult:
 def run_portfolio(pf: Portfolio, window: str, md: MarketData, *, limits: Limits | None = None,
                   keep_market_data: bool = False) -> PortfolioResult:
     """Replay every system of ``pf`` together; nothing is written here."""
-    with _gc_paused():
+    with gc_paused():
         return _run(pf, window, md, limits or Limits(), keep_market_data)
 
 
 def _run(pf: Portfolio, window: str, md: MarketData, limits: Limits, keep_market_data: bool) -> PortfolioResult:
     markets = [load_market(c, window, md) for c in pf.systems]
-    parts = "|".join(run_id_for(c, m, window, limits) for c, m in zip(pf.systems, markets))
+    run_ids = [run_id_for(c, m, window, limits) for c, m in zip(pf.systems, markets)]
+    parts = "|".join(run_ids)
     run = f"{pf.name}-{hashlib.sha256(f'{pf.name}|{pf.initial_capital}|{parts}|{__version__}'.encode()).hexdigest()[:12]}"
     start, end = min(m.start for m in markets), max(m.end for m in markets)
     clock = SimClock(start)
@@ -90,8 +91,7 @@ def _run(pf: Portfolio, window: str, md: MarketData, limits: Limits, keep_market
     man = {"run": run, "portfolio": pf.name, "window": window, "start": day(start), "end": day(end),
            "initial_capital": pf.initial_capital, "weights": dict(zip((c.system for c in pf.systems), pf.weights)),
            "limits": limits.model_dump(mode="json", by_alias=True), "code_version": __version__,
-           "systems": [manifest(c, m, window, run_id_for(c, m, window, limits), "local", limits)
-                       for c, m in zip(pf.systems, markets)]}
+           "systems": [manifest(c, m, window, rid, "local", limits) for c, m, rid in zip(pf.systems, markets, run_ids)]}
     collector = Collector(keep_market_data)
     ids = IdGenerator(f"{run}:runner")
     started = ev.RunStarted(id=ids.next(start), ts_event=start, ts_init=start, system=pf.name, run=run, mode="replay",
