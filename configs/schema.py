@@ -92,7 +92,8 @@ class RiskProfile(_Strict):
     max_leverage: float = Field(1.0, gt=0, le=100)
     max_position_notional: float | None = Field(None, gt=0)
     stop: StopRule = StopRule()
-    qty_step: float = Field(0.0, ge=0, description="the venue's quantity step: sizes round down to it (0: none)")
+    qty_step: float = Field(0.0, ge=0, allow_inf_nan=False,
+                            description="the venue's quantity step: sizes round down to it (0: none)")
 
     @model_validator(mode="after")
     def _stop_for_risk_sizing(self) -> "RiskProfile":

@@ -299,3 +299,18 @@ def test_a_triggered_stop_under_a_participation_cap_fills_its_remainder_at_the_n
     assert [(f.qty, f.price) for f in first] == [(50.0, 95.0)]
     assert [(f.qty, f.price, f.leaves_qty) for f in rest] == [(30.0, 97.0, 0.0)]
     assert x.position == 0.0
+
+
+def test_sizes_round_down_to_the_venues_step_as_the_decimal_it_sends():
+    from decimal import ROUND_DOWN, Decimal
+
+    from tradebus.components.kernel import on_step
+
+    rng = np.random.default_rng(5)
+    for q in rng.uniform(0.0005, 50, 2_000).tolist():
+        for step in ("0.001", "0.01", "1", "5"):
+            got = on_step(q, float(step))
+            want = float((Decimal(repr(q)) / Decimal(step)).to_integral_value(ROUND_DOWN) * Decimal(step))
+            assert got == want, (q, step)
+    assert on_step(0.0469999, 0.0) == 0.0469999  # no step: unchanged
+    assert risk(sizing="fixed_fraction", fraction=0.5, qty_step=0.001).size(10_000, 30_000.0, math.nan)[0] == 0.166
