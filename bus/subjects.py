@@ -43,6 +43,7 @@ class SubjectError(ValueError):
     """A subject or pattern that NATS would not accept or that breaks the scheme."""
 
 
+@lru_cache(maxsize=4096)  # every event names its system: check each name once
 def token(value: str, what: str) -> str:
     """Check one subject token (a system id, a symbol, ...)."""
     if not _TOKEN_RE.match(value):

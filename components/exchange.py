@@ -34,6 +34,7 @@ from tradebus.bus import subjects
 from tradebus.components.base import NO_EVENTS, Component, Gate, Stamper, is_command
 
 _SIDE = {"buy": 1, "sell": -1}
+_NEVER = 2**63 - 1  # a funding time no bar reaches
 
 
 @dataclass
@@ -171,6 +172,19 @@ class SimExchange(Component):
     def open_order_ids(self) -> list[str]:
         return [o.intent.order_id for o in (*self._pending, *self._resting)]
 
+    def quiet_state(self) -> tuple | None:
+        """What decides whether the next bars change anything here (``engine.quiet``): the next funding
+        time, the resting orders (kinds, sides, triggered, prices, triggers), the position and its
+        liquidation price. None when the next bar acts for sure (a market order waits for its open)."""
+        if self._pending or (self.position == 0 and any(o.intent.reduce_only for o in self._resting)):
+            return None
+        i = self._funding_i
+        funding_next = self._funding_t[i] if i < len(self._funding_t) else _NEVER
+        rest = self._resting
+        return (funding_next, np.array([o.kind for o in rest], dtype=np.int64),
+                np.array([o.side for o in rest], dtype=np.int64), np.array([o.triggered for o in rest], dtype=np.bool_),
+                np.array([o.price for o in rest]), np.array([o.trigger for o in rest]), self.position, self._liq_price)
+
     # -- fills ---------------------------------------------------------------------------------
 
     def _fill(self, order: _Order, ref: float, ts: int, bar_volume: float, taker: bool) -> list[ev.Event]:
@@ -219,7 +233,7 @@ class SimExchange(Component):
     def _liquidate(self, bar: ev.BarClosed) -> list[ev.Event]:
         """Close the whole position if the bar traded through the liquidation price."""
         q, liq = self.position, self._liq_price
-        if not ((q > 0 and bar.low <= liq) or (q < 0 and bar.high >= liq)):
+        if not kernel.liquidated(q, liq, bar.high, bar.low):
             return []
         price = min(bar.open, liq) if q > 0 else max(bar.open, liq)  # or the open, if it gapped past
         qty = abs(q)

@@ -100,6 +100,12 @@ def liquidation_price(qty: float, avg: float, wallet: float, mm: float) -> float
     return (qty * avg - wallet) / (qty * ((1.0 - mm) if qty > 0.0 else (1.0 + mm)))
 
 
+@_jit
+def liquidated(qty: float, liq: float, high: float, low: float) -> bool:
+    """Does a bar reach the liquidation price of a position (a long at its low, a short at its high)?"""
+    return (qty > 0.0 and low <= liq) or (qty < 0.0 and high >= liq)
+
+
 # Sizing rules and why an order is refused.
 FIXED_FRACTION, RISK_PER_TRADE = 0, 1
 SIZINGS = {"fixed_fraction": FIXED_FRACTION, "risk_per_trade": RISK_PER_TRADE}

@@ -46,6 +46,11 @@ class StrategyHost(Component):
     def patterns(self) -> tuple[str, ...]:
         return self._patterns
 
+    def skip_to(self, prev_row: tuple[float, ...]) -> None:
+        """Bars were skipped (``engine.quiet``: the strategy held on each): the next snapshot's previous
+        row is ``prev_row``, the row of the bar just before it."""
+        self._prev = prev_row
+
     def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
         if fill.symbol == self._symbol:
             self.qty += fill.qty if fill.side == "buy" else -fill.qty

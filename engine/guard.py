@@ -96,7 +96,7 @@ class RiskGuard(Component):
         return max((s.state for s in self._scopes.values()), key=_RANK.__getitem__)
 
     @property
-    def _idle(self) -> bool:
+    def idle(self) -> bool:
         """Nothing to enforce and nothing to lift: no caps (a replay without limits) and both scopes active."""
         return self._uncapped and self._scopes["system"].state == "active" and self._scopes["global"].state == "active"
 
@@ -233,7 +233,7 @@ class RiskGuard(Component):
 
     def _on_bar(self, bar: ev.BarClosed) -> tuple[ev.Event, ...]:
         self.price = bar.close
-        if self._idle:
+        if self.idle:
             return NO_EVENTS
         return self._check_all(bar.ts_event, bar.id)
 
@@ -258,7 +258,7 @@ class RiskGuard(Component):
 
     def _checks_after(self, scope: _Scope, ts: int, cause: str) -> tuple[ev.Event, ...]:
         """The scope's caps, and the account's too where it reads this scope's numbers."""
-        if self._idle:
+        if self.idle:
             return NO_EVENTS
         if scope.name == "system" and self._view(self._scopes["global"]) is scope:
             return self._check_all(ts, cause)

@@ -139,7 +139,7 @@ class SnapshotBuilder(Component):
         own, higher = features.update(history)
         self.seeded = (own, higher)
         times = np.asarray(history["open_time"], dtype=np.int64)
-        self._index = {int(t): i for i, t in enumerate(times)}
+        self._index = dict(zip(times.tolist(), range(len(times))))
         self.last_open: int | None = int(times[-1]) if len(times) else None
         self._served = serve_from - 1  # open time of the last bar a snapshot was published for
         # Plain Python rows: per-bar dict building is the hot path, and lists beat numpy scalars there.

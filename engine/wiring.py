@@ -81,6 +81,7 @@ class Core:
     host: StrategyHost
     risk: RiskManager
     portfolio: Portfolio
+    rows: np.ndarray  # the strategy's feature row for every bar of the history
 
     @property
     def tables(self) -> tuple[FeatureTable, list[FeatureTable]]:
@@ -123,9 +124,9 @@ def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], history: C
                               serve_from)
     own, higher = builder.seeded
     first = int(np.searchsorted(np.asarray(history["open_time"]), serve_from))
-    prev_row = strategy_rows(config.strategy_def(), config.params(), own, higher)[first - 1] if first > 0 else None
-    host, risk, portfolio = decision_components(config, stamp, prev_row)
-    return Core(guard, builder, host, risk, portfolio)
+    rows = strategy_rows(config.strategy_def(), config.params(), own, higher)
+    host, risk, portfolio = decision_components(config, stamp, rows[first - 1] if first > 0 else None)
+    return Core(guard, builder, host, risk, portfolio, rows)
 
 
 def decision_components(config: SystemConfig, stamp: Callable[[str], Stamper], prev_row: np.ndarray | None

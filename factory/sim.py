@@ -23,7 +23,6 @@ The loop cannot express (several symbols, several systems) runs through it.
 from __future__ import annotations
 
 import math
-import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -329,7 +328,7 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
         q = s[P_QTY]
         if q != 0.0:
             liq = s[P_LIQ]
-            if (q > 0.0 and bl <= liq) or (q < 0.0 and bh >= liq):
+            if K.liquidated(q, liq, bh, bl):
                 price = min(bo, liq) if q > 0.0 else max(bo, liq)
                 nl = _book_fill(s, stats, ledger, lts, nl, record, t_close, -1 if q > 0.0 else 1, abs(q), price,
                                         K.fee(abs(q), price, cfg[C_TAKER]), mm)
@@ -437,17 +436,10 @@ _SIMULATORS: dict[str, Callable] = {}
 
 
 def simulator(defn: strategies.StrategyDef) -> Callable:
-    """``_simulate`` compiled for one strategy, its decision step inlined (process-wide, compiled once).
-
-    The loop's code is written once; each strategy gets its own compilation in which the global
-    ``_decide`` is that strategy's step, so LLVM sees through the call (a decision passed as an argument
-    costs ~55 ns a bar, inlined ~10 ns). Not cached on disk: the copies share one code object.
-    """
+    """``_simulate`` compiled for one strategy, its decision step inlined (process-wide, compiled once)."""
     fn = _SIMULATORS.get(defn.id)
     if fn is None:
-        scope = dict(_simulate.__globals__, _decide=nb.njit(inline="always")(defn.decide.py_func))
-        body = types.FunctionType(_simulate.__code__, scope, f"simulate_{defn.id}", _simulate.__defaults__)
-        fn = _SIMULATORS[defn.id] = nb.njit(nogil=True)(body)
+        fn = _SIMULATORS[defn.id] = strategies.inline_decide(_simulate, defn, f"simulate_{defn.id}")
     return fn
 
 

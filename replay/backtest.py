@@ -27,7 +27,7 @@ from tradebus.engine.marketdata import MarketData
 from tradebus.engine.metrics import summarize
 from tradebus.engine.report import render
 from tradebus.engine.market import MarketSlice, load_market
-from tradebus.replay.runner import Collector, bar_steps, manifest, run_id_for, wire
+from tradebus.replay.runner import Collector, active_steps, bar_steps, manifest, run_id_for, wire
 from tradebus.engine.trades import Trade, build_trades
 
 Progress = Callable[[int, int], None]
@@ -105,12 +105,14 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
                             mode="replay", manifest=artifacts.clean(man))
     collector(started)
     total = len(m.candles["close"]) - m.first
-    steps = bar_steps(config, m, run)
     tick = None if progress is None else (lambda done: progress(done, total))
     t0 = time.perf_counter()
-    if bus == "local":
-        LocalHost(w.components, w.clock, [collector]).run(steps, tick)
+    if bus == "local" and not keep_market_data:  # nothing kept from a quiet bar's step: skip those
+        LocalHost(w.components, w.clock, [collector]).run(active_steps(config, m, run, w, tick))
+    elif bus == "local":
+        LocalHost(w.components, w.clock, [collector]).run(bar_steps(config, m, run), tick)
     else:
+        steps = bar_steps(config, m, run)
         asyncio.run(_run_nats(w, steps, [collector], run, nats_url, tick))
     seconds = time.perf_counter() - t0
     if progress is not None:

@@ -13,7 +13,7 @@ import hashlib
 import heapq
 import itertools
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 from msgspec.structs import replace
@@ -21,35 +21,53 @@ from msgspec.structs import replace
 from tradebus import __version__
 from tradebus.bus import events as ev
 from tradebus.components.base import SimClock, Stamper
+from tradebus.components.exchange import SimExchange
 from tradebus.components.portfolio import Portfolio
+from tradebus.components.strategies import decision_function
+from tradebus.components.strategy_host import StrategyHost
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.engine.market import MarketSlice, day
 from tradebus.engine.marketdata import Columns
+from tradebus.engine.guard import RiskGuard
+from tradebus.engine.quiet import decisions, next_active
 from tradebus.engine.snapshot import FeatureTable
 from tradebus.engine.wiring import build_core, simulated_venue
 
 MD_TYPES = (ev.BarClosed, ev.Snapshot)
 
 
+def _publisher(config: SystemConfig, timeframe: str, run: str, seed: str) -> Callable[..., ev.BarClosed]:
+    """``bar(close_time, open_time, o, h, l, c, v, turnover)``: one series' BarClosed, stamped with its close.
+    One id generator per series, so each sees its own times in order (a merge pulls series ahead); a
+    seeded id depends only on its millisecond, so a publisher that skips bars gives the others their ids."""
+    stamp = Stamper(SimClock(), f"{run}:publisher:{seed}", "", run)
+    tpl = stamp.template(ev.BarClosed, venue=config.venue, market=config.market, symbol=config.symbol,
+                         timeframe=timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
+    next_id = stamp.next_id
+
+    def bar(close_time: int, t: int, o: float, h: float, l: float, c: float, v: float, tv: float) -> ev.BarClosed:
+        return replace(tpl, id=next_id(close_time), ts_event=close_time, ts_init=close_time, open_time=t, open=o,
+                       high=h, low=l, close=c, volume=v, turnover=tv)
+    return bar
+
+
+def _turnover(c: Columns) -> np.ndarray:
+    return c["turnover"] if "turnover" in c else np.zeros(len(c["close"]))
+
+
 def _series_bars(config: SystemConfig, timeframe: str, candles: Columns, first: int, run: str, seed: str
                  ) -> Iterator[tuple[int, int, ev.BarClosed]]:
     """(close time, timeframe length, BarClosed) for one series from index ``first``, in time order."""
-    # One id generator per series, so each sees its own times in order (a merge pulls series ahead).
-    stamp = Stamper(SimClock(), f"{run}:publisher:{seed}", "", run)  # stamps with each bar's own time
-    tpl = stamp.template(ev.BarClosed, venue=config.venue, market=config.market, symbol=config.symbol,
-                         timeframe=timeframe, open_time=0, open=0.0, high=0.0, low=0.0, close=0.0, volume=0.0)
+    bar = _publisher(config, timeframe, run, seed)
     step = tf_ns(timeframe)
     c, i = candles, first
-    turnover = c["turnover"] if "turnover" in c else np.zeros(len(c["close"]))
     rows = zip(c["open_time"][i:].tolist(), c["open"][i:].tolist(), c["high"][i:].tolist(), c["low"][i:].tolist(),
-               c["close"][i:].tolist(), c["volume"][i:].tolist(), turnover[i:].tolist())
-    next_id = stamp.next_id
+               c["close"][i:].tolist(), c["volume"][i:].tolist(), _turnover(c)[i:].tolist())
     for t, o, h, l, cl, v, tv in rows:
         close_time = t + step
-        yield close_time, step, replace(tpl, id=next_id(close_time), ts_event=close_time, ts_init=close_time,
-                                        open_time=t, open=o, high=h, low=l, close=cl, volume=v, turnover=tv)
+        yield close_time, step, bar(close_time, t, o, h, l, cl, v, tv)
 
 
 def _streams(config: SystemConfig, m: MarketSlice, run: str, seed: str = "") -> list[Iterator]:
@@ -84,6 +102,40 @@ def bar_steps(config: SystemConfig, m: MarketSlice, run: str) -> Iterator[tuple[
     return _merged(_streams(config, m, run))
 
 
+def active_steps(config: SystemConfig, m: MarketSlice, run: str, w: "Wiring",
+                 progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, tuple[ev.BarClosed, ...]]]:
+    """The replay publisher of a run that keeps no market-data events: the steps of ``bar_steps`` that are
+    not quiet (``engine.quiet``), asked of the components' state after each step. Higher timeframes' bars
+    are not published: in one system's replay no component takes them (its snapshots carry their features).
+    ``progress(bars done)`` every 2048 bars."""
+    c = m.candles
+    bar = _publisher(config, config.timeframe, run, config.timeframe)
+    step = tf_ns(config.timeframe)
+    open_t, o, h, low, close, volume, turnover = (c["open_time"], c["open"], c["high"], c["low"], c["close"],
+                                                  c["volume"], _turnover(c))
+    rows = w.rows
+    n, i = len(open_t), m.first
+    exchange, host, guard = w.exchange, w.host, w.guard
+    wants = None
+    while i < n:
+        j = i
+        state = exchange.quiet_state() if i > m.first and guard.idle else None
+        if state is not None:
+            if wants is None:
+                wants = decisions(decision_function(config.strategy_def()), rows, config.params().vector(), m.first)
+            j = next_active(wants, i, open_t, o, h, low, *state, host.qty)
+            if j > i and progress is not None and (j - m.first) // 2048 > (i - m.first) // 2048:
+                progress(j - m.first)
+            if j >= n:
+                return
+            if j > i:
+                host.skip_to(tuple(rows[j - 1].tolist()))
+        t = int(open_t[j])
+        yield t + step, (bar(t + step, t, float(o[j]), float(h[j]), float(low[j]), float(close[j]), float(volume[j]),
+                             float(turnover[j])),)
+        i = j + 1
+
+
 def portfolio_steps(systems: list[tuple[SystemConfig, MarketSlice]], run: str
                     ) -> Iterator[tuple[int, tuple[ev.BarClosed, ...]]]:
     """The publisher of several systems on one clock: every series any of them reads, each once (systems
@@ -108,7 +160,11 @@ def portfolio_steps(systems: list[tuple[SystemConfig, MarketSlice]], run: str
 class Wiring:
     clock: SimClock
     components: list
+    exchange: SimExchange
+    guard: RiskGuard
+    host: StrategyHost
     portfolio: Portfolio
+    rows: np.ndarray  # the strategy's feature row of every loaded bar
     own: FeatureTable
     higher: list[FeatureTable]
 
@@ -122,7 +178,8 @@ def wire(config: SystemConfig, m: MarketSlice, run: str, limits: Limits | None =
     exchange = simulated_venue(config, stamp("exchange"), core.guard, m.funding, m.marks)
     exchange.skip_funding_before(m.start)
     own, higher = core.tables
-    return Wiring(clock, core.components(exchange), core.portfolio, own, higher)
+    return Wiring(clock, core.components(exchange), exchange, core.guard, core.host, core.portfolio, core.rows, own,
+                  higher)
 
 
 def run_id_for(config: SystemConfig, m: MarketSlice, window: str, limits: Limits | None = None) -> str:

@@ -4,7 +4,8 @@ Every built-in strategy, several parameter sets, and cost/risk models that exerc
 fill model and the accounting: next-open and on-close fills, fixed-fraction and risk-per-trade sizing,
 ATR and percent stops with take-profits, spread and fixed or volume slippage, partial fills under a
 participation cap, funding at mark prices, and liquidation. Fills, funding, the equity curve at every
-bar, the trade ledger and the metrics must be identical, not close.
+bar, the trade ledger and the metrics must be identical, not close. The same cases check that a replay
+skipping quiet bars (``engine.quiet``) emits exactly what one stepping every bar emits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import numpy as np
 import pytest
 
+from tradebus.bus import codec
 from tradebus.bus import events as ev
 from tradebus.components import strategies
 from tradebus.components.timeframes import HOUR, MINUTE
@@ -21,6 +23,7 @@ from tradebus.configs.schema import parse_config
 from tradebus.factory import scoring, sim
 from tradebus.replay.backtest import run_replay
 from tradebus.replay.importer import read_file
+from tradebus.replay.runner import MD_TYPES
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.engine.market import load_market
 
@@ -144,6 +147,15 @@ def assert_identical(replayed, kernel: sim.KernelRun) -> None:
         assert fast[mine] == pytest.approx(full[theirs], rel=1e-9, abs=1e-12, nan_ok=True), mine
 
 
+def assert_same_events(skipping, stepping) -> None:
+    """A replay that skips quiet bars emits, byte for byte, what one stepping every bar emits (apart from
+    the market data only the latter keeps)."""
+    kept = [codec.encode(e) for e in stepping.events if type(e) not in MD_TYPES]
+    assert any(type(e) in MD_TYPES for e in stepping.events), "the stepping run must be the one keeping market data"
+    assert [codec.encode(e) for e in skipping.events] == kept
+    assert np.array_equal(skipping.curve, stepping.curve)
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 @pytest.mark.parametrize("strategy", sorted(strategies.REGISTRY))
 def test_kernel_equals_replay(md, strategy, scenario):
@@ -153,6 +165,7 @@ def test_kernel_equals_replay(md, strategy, scenario):
         m = load_market(cfg, "hygiene", md)
         replayed = run_replay(cfg, "hygiene", md, market=m)
         assert_identical(replayed, sim.run_kernel(cfg, m))
+        assert_same_events(replayed, run_replay(cfg, "hygiene", md, market=m, keep_market_data=True))
 
 
 def test_the_scenarios_reach_every_path(md):
@@ -195,3 +208,4 @@ def test_kernel_equals_replay_on_real_bybit_data(tmp_path, strategy):
         replayed = run_replay(cfg, "hygiene", m, market=m_slice)
         assert replayed.metrics["trades"] > 50
         assert_identical(replayed, sim.run_kernel(cfg, m_slice))
+        assert_same_events(replayed, run_replay(cfg, "hygiene", m, market=m_slice, keep_market_data=True))
