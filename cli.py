@@ -596,9 +596,9 @@ def replay(
     mt = result.metrics
     table = Table(title=f"{config.system} · {window} · {result.manifest['start']} → {result.manifest['end']}",
                   show_header=False)
-    for label, key, spec in (("total return", "total_return", ".2%"), ("annualised", "annualized_return", ".2%"),
+    for label, key, spec in (("total return", "return_pct", ".2%"), ("annualised", "annualised_return", ".2%"),
                              ("sharpe", "sharpe", ".2f"), ("max drawdown", "max_drawdown", ".2%"),
-                             ("trades", "trades", ","), ("win rate", "win_rate", ".1%"),
+                             ("trades", "total_trades", ","), ("win rate", "win_rate", ".1%"),
                              ("profit factor", "profit_factor", ".2f"), ("fees", "fees_paid", ",.2f"),
                              ("funding", "funding_paid", ",.2f")):
         value = mt.get(key)
@@ -655,7 +655,7 @@ def _replay_portfolio(path: Path, window: str, out_dir: Optional[Path], events: 
              for s in result.systems]
     for name, series, capital, mt in rows:
         cells = [format(mt.get(k), spec) if mt.get(k) == mt.get(k) else "–"
-                 for k, spec in (("total_return", ".1%"), ("sharpe", ".2f"), ("max_drawdown", ".1%"), ("trades", ","),
+                 for k, spec in (("return_pct", ".1%"), ("sharpe", ".2f"), ("max_drawdown", ".1%"), ("total_trades", ","),
                                  ("fees_paid", ",.0f"))]
         table.add_row(name, series, f"{capital:,.0f}", *cells)
     out.print(table)
@@ -1098,8 +1098,8 @@ def scenarios(
         if r.skipped:
             table.add_row(r.name, r.kind, "skipped", "-", "-", "-")
             continue
-        table.add_row(r.name, r.kind, both(r, "total_return", "+.1%"), both(r, "sharpe", ".2f"),
-                      both(r, "max_drawdown", ".1%"), both(r, "trades", "d"))
+        table.add_row(r.name, r.kind, both(r, "return_pct", "+.1%"), both(r, "sharpe", ".2f"),
+                      both(r, "max_drawdown", ".1%"), both(r, "total_trades", "d"))
     out.print(table)
     for r in rep.results:
         out.print(f"  {r.name}: {'skipped: ' + r.skipped if r.skipped else r.description}", highlight=False)

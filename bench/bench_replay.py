@@ -140,10 +140,10 @@ def main() -> None:
             secs, result = replay_with_store(config(strat), md, win, tmp / f"{strat}.sqlite")
             rate = result.bars / secs
             rows.append([f"tradebus {strat}, in-process + store", fmt_int(result.bars), f"{secs:.2f}", fmt_int(rate),
-                         fmt_ratio(rate / (len(cols["close"]) / peer_s)), fmt_int(result.metrics["trades"])])
+                         fmt_ratio(rate / (len(cols["close"]) / peer_s)), fmt_int(result.metrics["total_trades"])])
             if strat == "sma_cross":
                 verdicts.append(("in-process replay >= 200k bars/s", fmt_int(rate), rate >= 200_000))
-                ours_trades = result.metrics["trades"]
+                ours_trades = result.metrics["total_trades"]
         nats_cols = {k: v[: args.nats_bars] for k, v in cols.items()}
         nats_win = window(nats_cols)
         from tradebus.bus.natsserver import start_server_sync
@@ -158,7 +158,7 @@ def main() -> None:
         same = over.events[1:] == local.events[1:] and over.metrics == local.metrics
         rate = over.bars / secs
         rows.append(["tradebus sma_cross over NATS + store", fmt_int(over.bars), f"{secs:.2f}", fmt_int(rate),
-                     fmt_ratio(rate / (len(cols["close"]) / peer_s)), fmt_int(over.metrics["trades"])])
+                     fmt_ratio(rate / (len(cols["close"]) / peer_s)), fmt_int(over.metrics["total_trades"])])
         verdicts.append(("NATS replay >= 20k bars/s", fmt_int(rate), rate >= 20_000))
         verdicts.append(("NATS results identical to in-process", str(same), same))
     print_table("Replay, sma_cross fast=10 slow=30 and ema_rsi_atr, 5m bars (one timed run each)",
@@ -178,7 +178,7 @@ def main() -> None:
             secs, result = replay_with_store(config("sma_cross", costs=False), md, window(data),
                                              tmp / f"scale-{label[0]}.sqlite")
             rates[label] = result.bars / secs
-            scale_rows.append([label, fmt_int(result.bars), fmt_int(result.metrics["trades"]), f"{secs:.2f}",
+            scale_rows.append([label, fmt_int(result.bars), fmt_int(result.metrics["total_trades"]), f"{secs:.2f}",
                                fmt_int(rates[label])])
             del result
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

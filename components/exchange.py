@@ -87,7 +87,7 @@ class SimExchange(Component):
         self._on_close = fill_timing == "on_close"
         self._c = costs
         self._slip_model = kernel.SLIPPAGE_MODELS[costs.slippage_model]
-        self._participation = participation
+        self._participation = math.nan if participation is None else participation
         self._funding_t = [] if funding_times is None else funding_times.tolist()
         self._funding_r = [] if funding_rates is None else funding_rates.tolist()
         self._funding_i = 0
@@ -189,38 +189,25 @@ class SimExchange(Component):
 
     def _fill(self, order: _Order, ref: float, ts: int, bar_volume: float, taker: bool) -> list[ev.Event]:
         intent = order.intent
-        side = order.side
-        qty = order.remaining
-        if intent.reduce_only:
-            if self.position == 0 or (self.position > 0) == (side > 0):
-                order.remaining = 0.0
-                return [ev.OrderCancelled(**self._stamp(ts, intent.id), order_id=intent.order_id,
-                                          reason="reduce-only order would open a position")]
-            qty = min(qty, abs(self.position))
-        if self._participation is not None:
-            qty = min(qty, self._participation * bar_volume)
-            if qty <= 0:
-                return []
-        if taker:
-            slip = kernel.slippage_bps(self._slip_model, self._c.slippage_bps, self._c.slippage_impact, qty, bar_volume)
-            price = kernel.fill_price(side, ref, self._c.spread_bps, slip)
-            fee = kernel.fee(qty, price, self._c.taker_fee)
-        else:
-            price = ref
-            fee = kernel.fee(qty, price, self._c.maker_fee)
-        order.remaining = max(0.0, order.remaining - qty)
-        if order.remaining <= 1e-12 * intent.qty:
+        c = self._c
+        qty, price, fee = kernel.fill_terms(order.side, order.remaining, intent.reduce_only, self.position,
+                                            self._participation, bar_volume, ref, taker, c.maker_fee, c.taker_fee,
+                                            c.spread_bps, self._slip_model, c.slippage_bps, c.slippage_impact)
+        if qty < 0:
             order.remaining = 0.0
+            return [ev.OrderCancelled(**self._stamp(ts, intent.id), order_id=intent.order_id,
+                                      reason="reduce-only order would open a position")]
+        if qty == 0:
+            return []
+        order.remaining = kernel.left_after(order.remaining, qty, intent.qty)
         return [self._book(ts, intent.id, intent.order_id, order.venue_id, intent.side, price, qty, fee, taker,
                            order.remaining)]
 
     def _book(self, ts: int, cause: str, order_id: str, venue_id: str, side: str, price: float, qty: float,
               fee: float, taker: bool, leaves: float) -> ev.Fill:
         """Apply a fill to the venue's account and return its event."""
-        before = self._realized
-        self.position, self._avg, self._realized = kernel.apply_fill(
-            self.position, self._avg, self._realized, qty if side == "buy" else -qty, price)
-        self._wallet += self._realized - before - fee
+        self.position, self._avg, self._realized, self._wallet = kernel.book(
+            self.position, self._avg, self._realized, self._wallet, qty if side == "buy" else -qty, price, fee)
         self._update_liquidation_price()
         return ev.Fill(**self._stamp(ts, cause), order_id=order_id, venue_order_id=venue_id,
                        exec_id=self._next_id("simx-"), symbol=self._symbol, side=side, price=price, qty=qty, fee=fee,
@@ -235,7 +222,7 @@ class SimExchange(Component):
         q, liq = self.position, self._liq_price
         if not kernel.liquidated(q, liq, bar.high, bar.low):
             return []
-        price = min(bar.open, liq) if q > 0 else max(bar.open, liq)  # or the open, if it gapped past
+        price = kernel.liquidation_fill(q, liq, bar.open)
         qty = abs(q)
         self.liquidations += 1
         fill = self._book(bar.ts_event, bar.id, f"liquidation-{self.liquidations}", self._next_id("sim-"),
@@ -268,7 +255,7 @@ class SimExchange(Component):
             self._funding_i += 1
             if self.position != 0:
                 mark = self._marks.get(t, bar.open)
-                amount = self.position * mark * rate
+                amount = kernel.funding_amount(self.position, mark, rate)
                 self._wallet -= amount
                 self._update_liquidation_price()
                 out.append(ev.FundingPaid(**self._stamp(t, bar.id), symbol=self._symbol, rate=rate, mark_price=mark,

@@ -46,6 +46,27 @@ def apply_fill(qty: float, avg: float, realized: float, signed: float, price: fl
     return new, price, realized
 
 
+@_jit
+def book(qty: float, avg: float, realized: float, wallet: float, signed: float, price: float,
+         fee_paid: float) -> tuple[float, float, float, float]:
+    """An account after a fill: (qty, avg_price, realized_pnl, wallet), the wallet moved by the PnL the
+    fill realised less its fee. The venue's account, the portfolio and the compiled loop all book here."""
+    new, new_avg, new_realized = apply_fill(qty, avg, realized, signed, price)
+    return new, new_avg, new_realized, wallet + (new_realized - realized - fee_paid)
+
+
+@_jit
+def marked(wallet: float, qty: float, avg: float, price: float) -> float:
+    """Equity of a wallet holding ``qty`` bought at ``avg``, marked at ``price``."""
+    return wallet + qty * (price - avg)
+
+
+@_jit
+def funding_amount(qty: float, mark: float, rate: float) -> float:
+    """What a position pays at a funding time (negative: it receives): longs pay a positive rate."""
+    return qty * mark * rate
+
+
 # Order types and slippage models as the compiled code sees them.
 MARKET, LIMIT, STOP, STOP_LIMIT = 0, 1, 2, 3
 ORDER_TYPES = {"market": MARKET, "limit": LIMIT, "stop": STOP, "stop_limit": STOP_LIMIT}
@@ -61,6 +82,38 @@ def slippage_bps(model: int, bps: float, impact: float, qty: float, bar_volume: 
     if model == SLIP_VOLUME:
         return impact * (100.0 * qty / bar_volume if bar_volume > 0 else 0.0)
     return 0.0
+
+
+@_jit
+def fill_terms(side: int, remaining: float, reduce_only: bool, position: float, participation: float,
+               bar_volume: float, ref: float, taker: bool, maker_fee: float, taker_fee: float, spread_bps: float,
+               slip_model: int, slip_bps: float, impact: float) -> tuple[float, float, float]:
+    """What an order fills against reference price ``ref``: (qty, price, fee).
+
+    A reduce-only order fills at most the position, and never opens one: qty -1 means cancel it. A
+    participation cap (NaN: none) fills at most that share of the bar's volume: qty 0 means nothing now.
+    A taker pays half the spread plus slippage; a maker fills at ``ref``.
+    """
+    qty = remaining
+    if reduce_only:
+        if position == 0.0 or (position > 0.0) == (side > 0):
+            return -1.0, math.nan, 0.0
+        qty = min(qty, abs(position))
+    if not math.isnan(participation):
+        qty = min(qty, participation * bar_volume)
+        if qty <= 0:
+            return 0.0, math.nan, 0.0
+    if taker:
+        price = fill_price(side, ref, spread_bps, slippage_bps(slip_model, slip_bps, impact, qty, bar_volume))
+        return qty, price, fee(qty, price, taker_fee)
+    return qty, ref, fee(qty, ref, maker_fee)
+
+
+@_jit
+def left_after(remaining: float, filled: float, ordered: float) -> float:
+    """An order's quantity still open after a fill (float dust counts as filled)."""
+    rem = max(0.0, remaining - filled)
+    return 0.0 if rem <= 1e-12 * ordered else rem
 
 
 @_jit
@@ -104,6 +157,34 @@ def liquidation_price(qty: float, avg: float, wallet: float, mm: float) -> float
 def liquidated(qty: float, liq: float, high: float, low: float) -> bool:
     """Does a bar reach the liquidation price of a position (a long at its low, a short at its high)?"""
     return (qty > 0.0 and low <= liq) or (qty < 0.0 and high >= liq)
+
+
+@_jit
+def liquidation_fill(qty: float, liq: float, open_: float) -> float:
+    """The price a liquidation closes at: the liquidation price, or the open if the bar gapped past it."""
+    return min(open_, liq) if qty > 0.0 else max(open_, liq)
+
+
+# Protective stops: none, a multiple of ATR, or a share of the entry price away.
+STOP_NONE, STOP_ATR, STOP_PERCENT = 0, 1, 2
+STOP_KINDS = {"none": STOP_NONE, "atr": STOP_ATR, "percent": STOP_PERCENT}
+
+
+@_jit
+def stop_distance(kind: int, atr_mult: float, atr: float, percent: float, price: float) -> float:
+    """How far from the entry an entry decided at ``price`` puts its stop (NaN: no stop)."""
+    if kind == STOP_ATR:
+        return atr_mult * atr
+    if kind == STOP_PERCENT:
+        return percent * price
+    return math.nan
+
+
+@_jit
+def protective_prices(qty: float, avg: float, stop: float, tp_rr: float) -> tuple[float, float]:
+    """(stop trigger, take-profit price or NaN when ``tp_rr`` is 0) protecting ``qty`` held at ``avg``."""
+    sign = 1.0 if qty > 0.0 else -1.0
+    return avg - sign * stop, (avg + sign * tp_rr * stop) if tp_rr != 0.0 else math.nan
 
 
 # Sizing rules and why an order is refused.

@@ -30,10 +30,16 @@ class Position(msgspec.Struct, frozen=True, kw_only=True):
 
 def apply_fill(pos: Position, side: Side, qty: float, price: float, fee: float = 0.0) -> Position:
     """Return the position after a fill of ``qty`` (> 0) at ``price``."""
+    return book(pos, side, qty, price, fee, 0.0)[0]
+
+
+def book(pos: Position, side: Side, qty: float, price: float, fee: float, balance: float) -> tuple[Position, float]:
+    """(the position, the balance) after a fill of ``qty`` (> 0) at ``price`` paying ``fee`` (``kernel.book``)."""
     if qty <= 0:
         raise ValueError(f"fill qty must be > 0, got {qty}")
-    new, avg, realized = kernel.apply_fill(pos.qty, pos.avg_price, pos.realized_pnl, qty if side == "buy" else -qty, price)
-    return msgspec.structs.replace(pos, qty=new, avg_price=avg, realized_pnl=realized, fees=pos.fees + fee)
+    new, avg, realized, balance = kernel.book(pos.qty, pos.avg_price, pos.realized_pnl, balance,
+                                              qty if side == "buy" else -qty, price, fee)
+    return msgspec.structs.replace(pos, qty=new, avg_price=avg, realized_pnl=realized, fees=pos.fees + fee), balance
 
 
 class Portfolio(Component):
@@ -84,13 +90,11 @@ class Portfolio(Component):
 
     def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
         pos = self.positions.get(fill.symbol) or Position(symbol=fill.symbol)
-        new = apply_fill(pos, fill.side, fill.qty, fill.price, fill.fee)
+        new, self.balance = book(pos, fill.side, fill.qty, fill.price, fill.fee, self.balance)
         self.positions[fill.symbol] = new
         self.marks[fill.symbol] = fill.price
-        gained = new.realized_pnl - pos.realized_pnl
-        self.realized += gained
+        self.realized += new.realized_pnl - pos.realized_pnl
         self.fees += fill.fee
-        self.balance += gained - fill.fee
         return (
             ev.PositionChanged(**self._stamp(fill.ts_event, fill.id), symbol=fill.symbol, qty=new.qty,
                                avg_price=new.avg_price, realized_pnl=new.realized_pnl,

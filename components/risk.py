@@ -46,11 +46,11 @@ class RiskManager(Component):
         self._risk = risk_per_trade
         self._max_leverage = max_leverage
         self._max_notional = max_position_notional or math.inf
-        self._stop_kind = stop_kind
+        self._stop_kind = kernel.STOP_KINDS[stop_kind]
         self._atr_name = f("atr", atr_period).name
         self._atr_mult = atr_mult
         self._stop_percent = stop_percent
-        self._tp_rr = take_profit_rr
+        self._tp_rr = take_profit_rr or 0.0
         self._qty_step = qty_step
         self.balance = initial_capital
         self.qty = 0.0
@@ -101,11 +101,8 @@ class RiskManager(Component):
     # -- decisions -----------------------------------------------------------------------------
 
     def _stop_distance(self, price: float) -> float:
-        if self._stop_kind == "atr":
-            return self._atr_mult * self._snap.features[self._atr_name] if self._snap else math.nan
-        if self._stop_kind == "percent":
-            return self._stop_percent * price
-        return math.nan
+        atr = self._snap.features[self._atr_name] if self._snap and self._stop_kind == kernel.STOP_ATR else math.nan
+        return kernel.stop_distance(self._stop_kind, self._atr_mult, atr, self._stop_percent, price)
 
     def size(self, equity: float, price: float, stop_distance: float) -> tuple[float, str]:
         """Return (qty, reason if refused)."""
@@ -137,7 +134,7 @@ class RiskManager(Component):
             q = 0.0
         if target != 0 and q == 0:
             price = self._snap.bar.close if self._snap else math.nan
-            equity = self.balance + self.qty * (price - self.avg)
+            equity = kernel.marked(self.balance, self.qty, self.avg, price)
             stop = self._stop_distance(price)
             qty, reason = self.size(equity, price, stop)
             if reason:
@@ -152,11 +149,9 @@ class RiskManager(Component):
         if not (stop_distance > 0):
             return NO_EVENTS
         side = "sell" if pos.qty > 0 else "buy"
-        sign = 1.0 if pos.qty > 0 else -1.0
         qty = abs(pos.qty)
-        out: list[ev.Event] = [self._intent(pos, "sl", side, qty, "stop", trigger=pos.avg_price - sign * stop_distance,
-                                            reduce_only=True)]
+        trigger, take_profit = kernel.protective_prices(pos.qty, pos.avg_price, stop_distance, self._tp_rr)
+        out: list[ev.Event] = [self._intent(pos, "sl", side, qty, "stop", trigger=trigger, reduce_only=True)]
         if self._tp_rr:
-            out.append(self._intent(pos, "tp", side, qty, "limit", price=pos.avg_price + sign * self._tp_rr * stop_distance,
-                                    reduce_only=True))
+            out.append(self._intent(pos, "tp", side, qty, "limit", price=take_profit, reduce_only=True))
         return tuple(out)

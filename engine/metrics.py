@@ -25,20 +25,6 @@ def bar_returns(equity: np.ndarray, initial: float) -> np.ndarray:
     return equity / prev - 1.0
 
 
-def sharpe(returns: np.ndarray, periods_per_year: float) -> float:
-    if len(returns) < 2:
-        return math.nan
-    sd = returns.std(ddof=1)
-    return float(returns.mean() / sd * math.sqrt(periods_per_year)) if sd > 0 else math.nan
-
-
-def sortino(returns: np.ndarray, periods_per_year: float) -> float:
-    if len(returns) < 2:
-        return math.nan
-    downside = math.sqrt(float(np.mean(np.minimum(returns, 0.0) ** 2)))
-    return float(returns.mean() / downside * math.sqrt(periods_per_year)) if downside > 0 else math.nan
-
-
 def drawdown(equity: np.ndarray, times: np.ndarray) -> tuple[float, int]:
     """Return (max drawdown as a negative fraction, longest time from a peak to its recovery, in ns).
 
@@ -58,37 +44,84 @@ def drawdown(equity: np.ndarray, times: np.ndarray) -> tuple[float, int]:
     return float((equity / peak - 1.0).min()), longest
 
 
-def summarize(times: np.ndarray, equity: np.ndarray, position: np.ndarray, initial: float, bar_ns: int,
-              trades: Sequence[Trade], fees: float, funding: float) -> dict[str, float | int]:
-    """All headline metrics of a run."""
+STATS = np.dtype([
+    ("bars", np.int64), ("final_equity", np.float64),
+    ("ret_mean", np.float64), ("ret_m2", np.float64), ("down_sq", np.float64),  # bar returns: mean, sum of squared
+    ("max_dd", np.float64), ("dd_ns", np.int64), ("exposed", np.int64),        # deviations, sum of squared losses
+    ("trades", np.int64), ("wins", np.int64), ("win_sum", np.float64), ("loss_sum", np.float64),
+    ("pnl_sum", np.float64), ("held_ns", np.int64),
+    ("fees", np.float64), ("funding", np.float64), ("liquidations", np.int64),
+])
+"""What every metric of a run is computed from: the sweep's compiled loop keeps it as it goes (it keeps no
+curve), a replay computes it from its curve and trades; ``from_stats`` is the one place metrics are defined."""
+
+NAMES = ("return_pct", "annualised_return", "sharpe", "sortino", "calmar", "max_drawdown", "max_drawdown_duration_days",
+         "total_trades", "trades_per_year", "win_rate", "profit_factor", "expectancy", "avg_holding_hours", "exposure",
+         "fees_paid", "funding_paid", "final_equity", "bars")
+"""The one vocabulary of run metrics: artifacts, reports, the experiments table and validation. Returns,
+drawdowns, rates and exposure are fractions (0.05 is 5%); PnL, fees and funding are in the quote currency."""
+
+
+def from_stats(st: np.void, initial: float, bar_ns: int) -> dict[str, float | int]:
+    """Every headline metric of a run from its statistics (a ``STATS`` record)."""
+    bars = int(st["bars"])
     periods = YEAR_NS / bar_ns
-    rets = bar_returns(equity, initial)
-    total = float(equity[-1] / initial - 1.0) if len(equity) else 0.0
-    years = len(equity) * bar_ns / YEAR_NS
+    total = float(st["final_equity"] / initial - 1.0)
+    years = bars * bar_ns / YEAR_NS
     cagr = (1.0 + total) ** (1.0 / years) - 1.0 if years > 0 and total > -1 else math.nan
-    max_dd, dd_ns = drawdown(equity, times)
-    pnls = np.array([t.pnl for t in trades])
-    wins, losses = pnls[pnls > 0], pnls[pnls < 0]
-    held = np.array([t.exit_time - t.entry_time for t in trades], dtype=np.int64)
+    sd = math.sqrt(st["ret_m2"] / (bars - 1)) if bars > 1 and st["ret_m2"] > 0 else 0.0
+    down = math.sqrt(st["down_sq"] / bars) if bars > 1 else 0.0
+    trades = int(st["trades"])
+    max_dd = float(st["max_dd"])
+    loss = float(st["loss_sum"])
     return {
-        "total_return": total,
-        "annualized_return": cagr,
-        "sharpe": sharpe(rets, periods),
-        "sortino": sortino(rets, periods),
+        "return_pct": total,
+        "annualised_return": cagr,
+        "sharpe": float(st["ret_mean"] / sd * math.sqrt(periods)) if sd > 0 else math.nan,
+        "sortino": float(st["ret_mean"] / down * math.sqrt(periods)) if down > 0 else math.nan,
         "calmar": cagr / abs(max_dd) if max_dd < 0 else math.nan,
         "max_drawdown": max_dd,
-        "max_drawdown_duration_days": dd_ns / DAY,
-        "trades": len(trades),
-        "win_rate": float(len(wins) / len(pnls)) if len(pnls) else math.nan,
-        "profit_factor": float(wins.sum() / -losses.sum()) if len(losses) and losses.sum() < 0 else math.nan,
-        "expectancy": float(pnls.mean()) if len(pnls) else math.nan,
-        "avg_holding_hours": float(held.mean() / 3.6e12) if len(held) else math.nan,
-        "exposure": float(np.mean(position != 0)) if len(position) else 0.0,
-        "fees_paid": fees,
-        "funding_paid": funding,
-        "final_equity": float(equity[-1]) if len(equity) else initial,
-        "bars": len(equity),
+        "max_drawdown_duration_days": int(st["dd_ns"]) / DAY,
+        "total_trades": trades,
+        "trades_per_year": trades / years if years > 0 else math.nan,
+        "win_rate": float(st["wins"] / trades) if trades else math.nan,
+        "profit_factor": float(st["win_sum"] / -loss) if loss < 0 else math.nan,
+        "expectancy": float(st["pnl_sum"] / trades) if trades else math.nan,
+        "avg_holding_hours": int(st["held_ns"]) / trades / 3.6e12 if trades else math.nan,
+        "exposure": int(st["exposed"]) / bars if bars else 0.0,
+        "fees_paid": float(st["fees"]),
+        "funding_paid": float(st["funding"]),
+        "final_equity": float(st["final_equity"]),
+        "bars": bars,
     }
+
+
+def curve_stats(times: np.ndarray, equity: np.ndarray, position: np.ndarray, initial: float,
+                trades: Sequence[Trade], fees: float, funding: float) -> np.void:
+    """A run's ``STATS`` from its curve (each bar's close time, equity and position) and closed trades."""
+    st = np.zeros((), dtype=STATS)[()]
+    rets = bar_returns(equity, initial)
+    n = len(equity)
+    st["bars"] = n
+    st["final_equity"] = equity[-1] if n else initial
+    if n:
+        mean = rets.mean()
+        st["ret_mean"], st["ret_m2"] = mean, ((rets - mean) ** 2).sum()
+        st["down_sq"] = (np.minimum(rets, 0.0) ** 2).sum()
+    st["max_dd"], st["dd_ns"] = drawdown(equity, times)
+    st["exposed"] = int(np.count_nonzero(position))
+    pnls = np.array([t.pnl for t in trades])
+    st["trades"], st["wins"] = len(pnls), int(np.count_nonzero(pnls > 0))
+    st["win_sum"], st["loss_sum"], st["pnl_sum"] = pnls[pnls > 0].sum(), pnls[pnls < 0].sum(), pnls.sum()
+    st["held_ns"] = sum(t.exit_time - t.entry_time for t in trades)
+    st["fees"], st["funding"] = fees, funding
+    return st
+
+
+def summarize(times: np.ndarray, equity: np.ndarray, position: np.ndarray, initial: float, bar_ns: int,
+              trades: Sequence[Trade], fees: float, funding: float) -> dict[str, float | int]:
+    """All headline metrics of a run from its curve and trades."""
+    return from_stats(curve_stats(times, equity, position, initial, trades, fees, funding), initial, bar_ns)
 
 
 def sum_accounts(members: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], initials: Sequence[float]

@@ -21,10 +21,10 @@ from tradebus.engine.artifacts import atomic_write
 from tradebus.engine.trades import Trade
 
 _LABELS = {
-    "total_return": ("Total return", "pct"), "annualized_return": ("Annualised return", "pct"),
+    "return_pct": ("Total return", "pct"), "annualised_return": ("Annualised return", "pct"),
     "sharpe": ("Sharpe", "num"), "sortino": ("Sortino", "num"), "calmar": ("Calmar", "num"),
     "max_drawdown": ("Max drawdown", "pct"), "max_drawdown_duration_days": ("Longest drawdown (days)", "num"),
-    "trades": ("Trades", "int"), "win_rate": ("Win rate", "pct"), "profit_factor": ("Profit factor", "num"),
+    "total_trades": ("Trades", "int"), "trades_per_year": ("Trades per year", "num"), "win_rate": ("Win rate", "pct"), "profit_factor": ("Profit factor", "num"),
     "expectancy": ("Expectancy per trade", "money"), "avg_holding_hours": ("Average holding (hours)", "num"),
     "exposure": ("Exposure", "pct"), "fees_paid": ("Fees paid", "money"), "funding_paid": ("Funding paid", "money"),
     "final_equity": ("Final equity", "money"), "bars": ("Bars", "int"),
@@ -102,8 +102,8 @@ td {{ text-align: right; font-variant-numeric: tabular-nums; }} td.text {{ text-
     atomic_write(path, page.encode())
 
 
-_COMPARED = (("total_return", "pct"), ("annualized_return", "pct"), ("sharpe", "num"), ("max_drawdown", "pct"),
-             ("trades", "int"), ("win_rate", "pct"), ("profit_factor", "num"), ("exposure", "pct"))
+_COMPARED = (("return_pct", "pct"), ("annualised_return", "pct"), ("sharpe", "num"), ("max_drawdown", "pct"),
+             ("total_trades", "int"), ("win_rate", "pct"), ("profit_factor", "num"), ("exposure", "pct"))
 
 
 @dataclass

@@ -135,8 +135,8 @@ def combine(members: list[sim.KernelRun], initials: list[float], bar_ns: int) ->
     and its initial capital before its first."""
     times, equity, exposed = sum_accounts([(m.times, m.curve[:, 2], m.curve[:, 3]) for m in members], initials)
     trades = sorted((t for m in members for t in m.trades), key=lambda t: (t.exit_time, t.entry_time))
-    fees = sum(float(m.stats[sim.M_FEES]) for m in members)
-    funding = sum(float(m.stats[sim.M_FUNDING]) for m in members)
+    fees = sum(float(m.stats["fees"]) for m in members)
+    funding = sum(float(m.stats["funding"]) for m in members)
     total = float(sum(initials))
     metrics = summarize(times, equity, exposed, total, bar_ns, trades, fees, funding)
     return Run(times, equity, metrics, total)

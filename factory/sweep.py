@@ -30,6 +30,7 @@ from tradebus import __version__
 from tradebus.components import composable
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timeframe, parse_config, parse_model, read_yaml
+from tradebus.engine.metrics import from_stats
 from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
@@ -197,7 +198,7 @@ def run_trial(config: SystemConfig, window: str, mem: MemoryMarket) -> tuple[dic
     """Metrics and block statistics of one trial."""
     m = load_market(config, window, mem)
     stats, blocks = sim.run_stats(config, m)
-    metrics = scoring.metrics_from_stats(stats, config.initial_capital, tf_ns(config.timeframe))
+    metrics = from_stats(stats, config.initial_capital, tf_ns(config.timeframe))
     return metrics, blocks.ravel().tolist()
 
 

@@ -31,13 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig, parse_config, parse_model, read_yaml
-from tradebus.factory import overfit, scoring, sim
+from tradebus.factory import overfit, sim
 from tradebus.factory.experiments import Experiment, Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import data_id, run_trial
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine import metrics
-from tradebus.engine.metrics import YEAR_NS
+from tradebus.engine.metrics import YEAR_NS, from_stats
 from tradebus.engine.market import base_key, load_market
 
 class Disqualify(BaseModel):
@@ -196,7 +196,7 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
     test = "test" if train != "test" else "hygiene"
     # The train run once, with its curve: its metrics are the sweep's, its bar returns feed the DSR.
     k_train = sim.run_kernel(config, load_market(config, train, mem))
-    m_train = scoring.metrics_from_stats(k_train.stats, config.initial_capital, tf_ns(config.timeframe))
+    m_train = from_stats(k_train.stats, config.initial_capital, tf_ns(config.timeframe))
     m_test = run_trial(config, test, mem)[0]
     details["holdout"] = {"train_window": train, "test_window": test, "train": _brief(m_train), "test": _brief(m_test),
                           "degradation": m_train["annualised_return"] - m_test["annualised_return"]}

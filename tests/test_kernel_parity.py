@@ -20,7 +20,8 @@ from tradebus.bus import events as ev
 from tradebus.components import strategies
 from tradebus.components.timeframes import HOUR, MINUTE
 from tradebus.configs.schema import parse_config
-from tradebus.factory import scoring, sim
+from tradebus.engine.metrics import NAMES, from_stats
+from tradebus.factory import sim
 from tradebus.replay.backtest import run_replay
 from tradebus.replay.importer import read_file
 from tradebus.replay.runner import MD_TYPES
@@ -137,14 +138,14 @@ def assert_identical(replayed, kernel: sim.KernelRun) -> None:
     diff = {k: (replayed.metrics[k], kernel.metrics[k]) for k in replayed.metrics
             if not _same(replayed.metrics[k], kernel.metrics[k])}
     assert not diff
-    # What a sweep keeps (running sums, no per-bar arrays) agrees with the full metrics to rounding.
-    fast = scoring.metrics_from_stats(kernel.stats, replayed.config.initial_capital, 5 * MINUTE)
-    full = replayed.metrics
-    for mine, theirs in [("return_pct", "total_return"), ("annualised_return", "annualized_return"),
-                         ("max_drawdown", "max_drawdown"), ("total_trades", "trades"), ("win_rate", "win_rate"),
-                         ("profit_factor", "profit_factor"), ("sharpe", "sharpe"), ("sortino", "sortino"),
-                         ("exposure", "exposure"), ("fees_paid", "fees_paid"), ("funding_paid", "funding_paid")]:
-        assert fast[mine] == pytest.approx(full[theirs], rel=1e-9, abs=1e-12, nan_ok=True), mine
+    # What a sweep keeps (running sums, no per-bar arrays) gives every metric, to rounding; counts and
+    # durations exactly.
+    fast = from_stats(kernel.stats, replayed.config.initial_capital, 5 * MINUTE)
+    assert set(fast) == set(NAMES) == set(replayed.metrics) - {"open_trades"}
+    for name in NAMES:
+        assert fast[name] == pytest.approx(replayed.metrics[name], rel=1e-9, abs=1e-12, nan_ok=True), name
+    for name in ("total_trades", "bars", "max_drawdown_duration_days", "avg_holding_hours"):
+        assert _same(fast[name], replayed.metrics[name]), name
 
 
 def assert_same_events(skipping, stepping) -> None:
@@ -206,6 +207,6 @@ def test_kernel_equals_replay_on_real_bybit_data(tmp_path, strategy):
         })
         m_slice = load_market(cfg, "hygiene", m)
         replayed = run_replay(cfg, "hygiene", m, market=m_slice)
-        assert replayed.metrics["trades"] > 50
+        assert replayed.metrics["total_trades"] > 50
         assert_identical(replayed, sim.run_kernel(cfg, m_slice))
         assert_same_events(replayed, run_replay(cfg, "hygiene", m, market=m_slice, keep_market_data=True))

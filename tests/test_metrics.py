@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tradebus.components.timeframes import DAY, HOUR
-from tradebus.engine.metrics import bar_returns, drawdown, sharpe, sortino, summarize
+from tradebus.engine.metrics import bar_returns, drawdown, summarize
 from tradebus.engine.trades import Trade
 
 PERIODS = 365 * 24  # hourly bars in a 365-day year
@@ -31,10 +31,14 @@ def test_bar_returns_start_from_initial_capital(curve):
 
 
 def test_sharpe_and_sortino_match_empyrical(curve):
-    _, _, returns = curve
+    times, equity, _ = curve
+    returns = bar_returns(equity, 10_000)
 
-    assert sharpe(returns, PERIODS) == pytest.approx(empyrical.sharpe_ratio(returns, annualization=PERIODS), rel=1e-10)
-    assert sortino(returns, PERIODS) == pytest.approx(empyrical.sortino_ratio(returns, annualization=PERIODS), rel=1e-10)
+    m = summarize(times, equity, np.ones(len(equity)), 10_000, HOUR, [], 0.0, 0.0)
+
+    assert m["sharpe"] == pytest.approx(empyrical.sharpe_ratio(returns, annualization=PERIODS), rel=1e-10)
+    assert m["sortino"] == pytest.approx(empyrical.sortino_ratio(returns, annualization=PERIODS), rel=1e-10)
+    assert m["max_drawdown"] == pytest.approx(empyrical.max_drawdown(returns), rel=1e-10)
 
 
 def test_max_drawdown_matches_empyrical_and_duration_is_measured(curve):
@@ -67,18 +71,18 @@ def test_summary_trade_statistics_by_hand():
 
     m = summarize(times, equity, np.array([1.0, 0, -1, 0]), 10_000.0, DAY, trades, fees=0.0, funding=0.0)
 
-    assert m["trades"] == 3 and m["win_rate"] == pytest.approx(2 / 3)
+    assert m["total_trades"] == 3 and m["win_rate"] == pytest.approx(2 / 3)
     assert m["profit_factor"] == pytest.approx(30 / 5) and m["expectancy"] == pytest.approx(25 / 3)
     assert m["avg_holding_hours"] == pytest.approx((10 + 2 + 4) / 3)
     assert m["exposure"] == pytest.approx(0.5)
-    assert m["total_return"] == pytest.approx(0.0025)
+    assert m["return_pct"] == pytest.approx(0.0025)
     years = 4 / 365
-    assert m["annualized_return"] == pytest.approx(1.0025 ** (1 / years) - 1)
-    assert m["calmar"] == pytest.approx(m["annualized_return"] / abs(10_005 / 10_010 - 1))
+    assert m["annualised_return"] == pytest.approx(1.0025 ** (1 / years) - 1)
+    assert m["calmar"] == pytest.approx(m["annualised_return"] / abs(10_005 / 10_010 - 1))
 
 
 def test_metrics_of_an_empty_run_are_defined():
     m = summarize(np.array([0], dtype=np.int64), np.array([100.0]), np.array([0.0]), 100.0, DAY, [], 0.0, 0.0)
 
-    assert m["trades"] == 0 and m["total_return"] == 0.0
+    assert m["total_trades"] == 0 and m["return_pct"] == 0.0
     assert math.isnan(m["win_rate"]) and math.isnan(m["profit_factor"])

@@ -83,8 +83,8 @@ def test_systems_together_trade_as_each_alone_and_the_account_is_their_sum(md, p
     # The account: the systems' equity on the union of their bar times, plus the cash nobody holds.
     at_end = sum(s.curve[-1, 2] for s in result.systems) + 0.1 * 50_000
     assert result.equity[-1] == pytest.approx(at_end, rel=1e-12)
-    assert result.metrics["total_return"] == pytest.approx(at_end / 50_000 - 1, rel=1e-9)
-    assert result.metrics["trades"] == sum(s.metrics["trades"] for s in result.systems)
+    assert result.metrics["return_pct"] == pytest.approx(at_end / 50_000 - 1, rel=1e-9)
+    assert result.metrics["total_trades"] == sum(s.metrics["total_trades"] for s in result.systems)
     net = [e for e in result.events if isinstance(e, ev.PositionChanged) and not e.system]
     assert {e.symbol for e in net} == {"BTCUSDT", "ETHUSDT"}, "the account's net positions are reported"
 
@@ -113,7 +113,7 @@ def test_the_account_caps_apply_across_systems(md, portfolio_file):
     # Alone, a system with 40% of the capital at 0.9 of its own equity is under 0.45x of the account: what is
     # refused is refused because of what the others hold.
     assert {e.system for e in refused} >= {"btc_fast"}
-    assert capped.metrics["trades"] < free.metrics["trades"]
+    assert capped.metrics["total_trades"] < free.metrics["total_trades"]
 
 
 def test_portfolio_cli_writes_the_combined_report_and_refuses_bad_files(md, portfolio_file, tmp_path):

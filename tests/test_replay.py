@@ -55,7 +55,7 @@ def md(tmp_path):
 def test_replay_trades_and_charges_funding(md):
     result = run_replay(parse_config(system()), "hygiene", md)
 
-    assert result.metrics["trades"] > 10
+    assert result.metrics["total_trades"] > 10
     assert result.metrics["funding_paid"] != 0
     types = {type(e) for e in result.events}
     assert {ev.Signal, ev.OrderIntent, ev.OrderAccepted, ev.Fill, ev.PositionChanged, ev.AccountState,
@@ -213,7 +213,7 @@ def test_replay_command_fetches_with_consent_and_writes_everything(tmp_path):
     assert "events appended to the store" in first.stdout
     assert again.returncode == 0 and "already in the store" in again.stdout
     result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["metrics"]["trades"] > 0
+    assert result["metrics"]["total_trades"] > 0
 
 
 def test_training_rows_hold_snapshot_features_and_forward_targets(md, tmp_path):
@@ -338,4 +338,4 @@ def test_replay_applies_the_guard_caps_of_a_limits_file_as_events(md):
     assert states and states[0].state == "halted" and "drawdown" in states[0].reason
     after = [e for e in halted.events if isinstance(e, ev.Fill) and e.ts_event > states[0].ts_event]
     assert not after, "nothing fills after the halt"
-    assert halted.metrics["trades"] < free.metrics["trades"]
+    assert halted.metrics["total_trades"] < free.metrics["total_trades"]

@@ -136,8 +136,8 @@ def test_each_scenario_equals_replays_of_the_configs_it_writes(md, tmp_path):  #
     assert np.array_equal(ens.test.times, times)
     total = sum(np.interp(times, c.times, c.curve[:, 2]) for c in curves)  # same 5m grid: exact lookups
     assert np.allclose(ens.test.equity, total, rtol=1e-12)
-    assert ens.test.metrics["trades"] == sum(c.metrics["trades"] for c in curves)
-    assert ens.test.metrics["total_return"] == pytest.approx(total[-1] / 10_000 - 1, rel=1e-12)
+    assert ens.test.metrics["total_trades"] == sum(c.metrics["total_trades"] for c in curves)
+    assert ens.test.metrics["return_pct"] == pytest.approx(total[-1] / 10_000 - 1, rel=1e-12)
 
     # Sensitivity: every value the job tried for each parameter, each run equal to its own replay.
     shake = by["shake"]
@@ -151,7 +151,7 @@ def test_each_scenario_equals_replays_of_the_configs_it_writes(md, tmp_path):  #
             continue
         variant = parse_config({**best.model_dump(mode="json"),
                                 "strategy": {"id": "sma_cross", "params": {**best.strategy.params, "slow": row["value"]}}})
-        assert row["test"]["return_pct"] == pytest.approx(run_replay(variant, "test", md).metrics["total_return"],
+        assert row["test"]["return_pct"] == pytest.approx(run_replay(variant, "test", md).metrics["return_pct"],
                                                           rel=1e-9, abs=1e-12)
     page = (tmp_path / "out" / "report.html").read_text()
     assert all(n in page for n in by) and "Parameter sensitivity" in page

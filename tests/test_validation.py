@@ -182,15 +182,15 @@ def test_every_validation_run_equals_a_replay_and_the_verdict_is_written_back(md
             d = v.details
             config = parse_config(json.loads(e["config"]))
             test = run_replay(config, "test", md).metrics
-            assert v.test_return == pytest.approx(test["total_return"], rel=1e-9, abs=1e-12)
+            assert v.test_return == pytest.approx(test["return_pct"], rel=1e-9, abs=1e-12)
             assert d["holdout"]["train"]["return_pct"] == pytest.approx(e["return_pct"], rel=1e-9, abs=1e-12)
             fold = d["walk_forward"]["folds"][-1]
-            assert fold["test_return"] == pytest.approx(run_replay(config, fold["test"], md).metrics["total_return"],
+            assert fold["test_return"] == pytest.approx(run_replay(config, fold["test"], md).metrics["return_pct"],
                                                         rel=1e-9, abs=1e-12)
             other = "ETHUSDT" if config.symbol == "BTCUSDT" else "BTCUSDT"
             assert set(d["multi_asset"]["results"]) == {other}
             swapped = config.model_copy(update={"symbol": other})
-            whole = run_replay(swapped, span_window(*history(swapped, md)), md).metrics["total_return"]
+            whole = run_replay(swapped, span_window(*history(swapped, md)), md).metrics["return_pct"]
             assert d["multi_asset"]["results"][other] == pytest.approx(whole, rel=1e-9, abs=1e-12)
             assert d["dsr"]["trials"] == report.trials and 0.0 <= d["dsr"]["value"] <= 1.0
             assert d["dsr"]["bars"] == e["bars"]
