@@ -667,20 +667,32 @@ def _replay_portfolio(path: Path, window: str, out_dir: Optional[Path], events: 
 KEY_PREFIX = {"demo": "TRADEBUS_DEMO", "live": "TRADEBUS_LIVE"}
 
 
+def _daemon_systems(path: Path) -> tuple[str, list]:
+    """(name, system configs) of a system config, or of a portfolio file's systems (capital from their weights)."""
+    from tradebus.configs.portfolio import is_portfolio, load_portfolio
+    from tradebus.configs.schema import load_config, read_yaml
+
+    if is_portfolio(read_yaml(path)):
+        pf = load_portfolio(path)
+        return pf.name, pf.systems
+    config = load_config(path)
+    return config.system, [config]
+
+
 def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optional[str], limits: Optional[Path],
             keys: Optional[Path], rest_url: Optional[str], public_ws: Optional[str], private_ws: Optional[str],
             heartbeat: float) -> None:
     from tradebus.bus.connect import open_bus
     from tradebus.bus.natsserver import NatsServerError
     from tradebus.configs.limits import DEMO_DEFAULTS, load_limits
-    from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.configs.schema import ConfigError
     from tradebus.eventstore.store import StoreError
     from tradebus.live.bybit import Credentials
     from tradebus.live.bybit_public import VenueError
-    from tradebus.live.daemon import EXIT_FAIL_CLOSED, Daemon, DaemonSettings
+    from tradebus.live.daemon import EXIT_FAIL_CLOSED, DaemonGroup, DaemonSettings, check_daemons
 
     try:
-        config = load_config(config_path)
+        name, configs = _daemon_systems(config_path)
         lim = load_limits(limits) if limits else DEMO_DEFAULTS
         creds = Credentials.load(KEY_PREFIX[mode], keys) if mode != "paper" else None
     except (ConfigError, ValueError) as exc:
@@ -691,18 +703,27 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
             _fail("live needs its own API key: TRADEBUS_LIVE_API_KEY is the demo key")
     store_path = store or settings.default_store_path(mode)
 
+    def daemon_settings(bus) -> list[DaemonSettings]:
+        return [DaemonSettings(
+            mode=mode, config=config, creds=creds, limits=lim, store_path=store_path, bus=bus,
+            status_dir=settings.daemons_dir(), rest_url=rest_url, public_ws=public_ws, private_ws=private_ws,
+            heartbeat_s=heartbeat,
+            manifest={"config_path": str(config_path), "limits_path": str(limits) if limits else "demo defaults"})
+            for config in configs]
+
+    try:
+        check_daemons(daemon_settings(None))
+    except ValueError as exc:
+        _fail(f"{config_path}: {exc}")
+
     async def run() -> int:
         stop = _stop_event()
-        async with open_bus("nats", url=nats_url, name=f"tradebus-{mode}-{config.system}") as bus:
-            daemon = Daemon(DaemonSettings(
-                mode=mode, config=config, creds=creds, limits=lim, store_path=store_path, bus=bus,
-                status_dir=settings.daemons_dir(), rest_url=rest_url, public_ws=public_ws,
-                private_ws=private_ws, heartbeat_s=heartbeat,
-                manifest={"config_path": str(config_path), "limits_path": str(limits) if limits else "demo defaults"}))
+        async with open_bus("nats", url=nats_url, name=f"tradebus-{mode}-{name}") as bus:
             feed = " · simulated exchange on the live public feed" if mode == "paper" else ""
-            err.print(f"{mode} daemon {config.system}{feed} · store {store_path} · NATS {getattr(bus, 'url', '')} "
-                      f"(tradebus tail --system {config.system})", style="dim")
-            return await daemon.run(stop)
+            systems = ", ".join(f"{c.system} ({c.symbol} {c.timeframe})" for c in configs)
+            err.print(f"{mode} daemon {systems}{feed} · store {store_path} · NATS {getattr(bus, 'url', '')} "
+                      f"(tradebus tail --system SYSTEM)", style="dim")
+            return await DaemonGroup(daemon_settings(bus)).run(stop)
 
     try:
         code = asyncio.run(run())
@@ -724,18 +745,19 @@ HeartbeatOpt = typer.Option(5.0, "--heartbeat", min=0.1, help="Seconds between h
 
 @app.command()
 def paper(
-    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML."),
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML, or a portfolio file (several systems, one process)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Event store (default $TRADEBUS_HOME/store/paper.sqlite)."),
     nats_url: Optional[str] = NatsUrlOpt, limits: Optional[Path] = LimitsOpt,
     rest_url: Optional[str] = RestOpt, public_ws: Optional[str] = PublicWsOpt, heartbeat: float = HeartbeatOpt,
 ) -> None:
-    """Paper-trade a system on Bybit's live public feed with the simulated exchange until Ctrl-C; no keys."""
+    """Paper-trade a system (or a portfolio's) on Bybit's live public feed with the simulated exchange until
+    Ctrl-C; no keys."""
     _daemon("paper", config_path, store, nats_url, limits, None, rest_url, public_ws, None, heartbeat)
 
 
 @app.command()
 def demo(
-    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML."),
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML, or a portfolio file (several systems, one process)."),
     store: Optional[Path] = typer.Option(None, "--store", help="Event store (default $TRADEBUS_HOME/store/demo.sqlite)."),
     nats_url: Optional[str] = NatsUrlOpt, limits: Optional[Path] = LimitsOpt, keys: Optional[Path] = KeysOpt,
     rest_url: Optional[str] = RestOpt, public_ws: Optional[str] = PublicWsOpt,
@@ -747,9 +769,10 @@ def demo(
 
 @app.command()
 def live(
-    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML."),
+    config_path: Path = typer.Argument(..., metavar="CONFIG", help="System config YAML, or a portfolio file (several systems, one process)."),
     confirm: str = typer.Option("", "--confirm-live", metavar="SYSTEM",
-                                help="The system's id, typed out: live trading spends real money."),
+                                help="The system's id (a portfolio's: its name), typed out: live trading spends "
+                                     "real money."),
     store: Optional[Path] = typer.Option(None, "--store", help="Event store (default $TRADEBUS_HOME/store/live.sqlite)."),
     nats_url: Optional[str] = NatsUrlOpt, limits: Optional[Path] = LimitsOpt, keys: Optional[Path] = KeysOpt,
     rest_url: Optional[str] = RestOpt, public_ws: Optional[str] = PublicWsOpt,
@@ -757,10 +780,10 @@ def live(
 ) -> None:
     """Trade a system with real money on Bybit; needs --confirm-live SYSTEM, --limits and its own key
     (TRADEBUS_LIVE_API_KEY/_SECRET)."""
-    from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.configs.schema import ConfigError
 
     try:
-        system = load_config(config_path).system
+        system = _daemon_systems(config_path)[0]
     except ConfigError as exc:
         _fail(str(exc))
     if confirm != system:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numba as nb
 import numpy as np
 
 from tradebus.components.timeframes import DAY
@@ -62,6 +63,25 @@ NAMES = ("return_pct", "annualised_return", "sharpe", "sortino", "calmar", "max_
 drawdowns, rates and exposure are fractions (0.05 is 5%); PnL, fees and funding are in the quote currency."""
 
 
+@nb.njit(cache=True, nogil=True)
+def add_trade(st, pnl: float, held_ns: int) -> None:
+    """Count a closed trade (its PnL net of costs, and how long it was held) in a ``STATS`` record."""
+    st.trades += 1
+    st.pnl_sum += pnl
+    st.held_ns += held_ns
+    if pnl > 0:
+        st.wins += 1
+        st.win_sum += pnl
+    elif pnl < 0:
+        st.loss_sum += pnl
+
+
+@nb.njit(cache=True, nogil=True)
+def _add_trades(stats: np.ndarray, pnls: np.ndarray, held: np.ndarray) -> None:
+    for k in range(len(pnls)):
+        add_trade(stats[0], pnls[k], held[k])
+
+
 def from_stats(st: np.void, initial: float, bar_ns: int) -> dict[str, float | int]:
     """Every headline metric of a run from its statistics (a ``STATS`` record)."""
     bars = int(st["bars"])
@@ -99,7 +119,8 @@ def from_stats(st: np.void, initial: float, bar_ns: int) -> dict[str, float | in
 def curve_stats(times: np.ndarray, equity: np.ndarray, position: np.ndarray, initial: float,
                 trades: Sequence[Trade], fees: float, funding: float) -> np.void:
     """A run's ``STATS`` from its curve (each bar's close time, equity and position) and closed trades."""
-    st = np.zeros((), dtype=STATS)[()]
+    stats = np.zeros(1, dtype=STATS)
+    st = stats[0]
     rets = bar_returns(equity, initial)
     n = len(equity)
     st["bars"] = n
@@ -110,10 +131,8 @@ def curve_stats(times: np.ndarray, equity: np.ndarray, position: np.ndarray, ini
         st["down_sq"] = (np.minimum(rets, 0.0) ** 2).sum()
     st["max_dd"], st["dd_ns"] = drawdown(equity, times)
     st["exposed"] = int(np.count_nonzero(position))
-    pnls = np.array([t.pnl for t in trades])
-    st["trades"], st["wins"] = len(pnls), int(np.count_nonzero(pnls > 0))
-    st["win_sum"], st["loss_sum"], st["pnl_sum"] = pnls[pnls > 0].sum(), pnls[pnls < 0].sum(), pnls.sum()
-    st["held_ns"] = sum(t.exit_time - t.entry_time for t in trades)
+    _add_trades(stats, np.array([t.pnl for t in trades], dtype=np.float64),
+                np.array([t.exit_time - t.entry_time for t in trades], dtype=np.int64))
     st["fees"], st["funding"] = fees, funding
     return st
 

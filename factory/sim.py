@@ -34,10 +34,10 @@ from tradebus.components import strategies
 from tradebus.components.strategies import HOLD
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig
-from tradebus.engine.metrics import STATS, summarize
+from tradebus.engine.metrics import STATS, add_trade, summarize
 from tradebus.engine.market import MarketSlice
 from tradebus.engine.wiring import feature_tables, strategy_rows
-from tradebus.engine.trades import Trade, trades_from_ledger
+from tradebus.engine.trades import TRADE, Trade, trade_fill, trade_funding, trades_from_ledger
 
 _jit = nb.njit(cache=True, nogil=True)
 f8, i8 = np.float64, np.int64
@@ -61,10 +61,8 @@ LEDGER = np.dtype([("ts", i8), ("kind", i8), ("side", i8), ("qty", f8), ("price"
 FILL, FUNDING = 0, 1
 
 ACCOUNT = np.dtype([("qty", f8), ("avg", f8), ("realized", f8), ("balance", f8), ("liq", f8), ("fees", f8),
-                    ("funding", f8), ("gains", f8), ("liquidations", i8),
-                    # the trade open now, as ``engine.trades`` splits the ledger
-                    ("t_open", np.bool_), ("t_entry", i8), ("t_gross", f8), ("t_fees", f8), ("t_funding", f8)])
-"""The venue's and the portfolio's account of one system: position, cash, and the open trade."""
+                    ("funding", f8), ("gains", f8), ("liquidations", i8)])
+"""The venue's and the portfolio's account of one system: position and cash."""
 
 STEP = np.dtype([("balance", f8), ("qty", f8), ("avg", f8), ("realized", f8), ("fees", f8), ("funding", f8)])
 """The state at the end of each step (what ``Portfolio.curve`` marks)."""
@@ -112,44 +110,27 @@ def _append(ledger: np.ndarray, n: int, ts: int, kind: int, side: int, qty: floa
 
 
 @_jit
-def _book_fill(a, st, ledger: np.ndarray, nl: int, record: bool, ts: int, side: int, qty: float, price: float,
-               fee: float, mm: float) -> int:
-    """Apply one fill to the account (``kernel.book``) and the open trade; append it to the ledger."""
+def _book_fill(a, trades: np.ndarray, st, ledger: np.ndarray, nl: int, record: bool, ts: int, side: int,
+               qty: float, price: float, fee: float, mm: float) -> int:
+    """Apply one fill to the account (``kernel.book``) and the open trade ``trades[0]`` (``trades.trade_fill``;
+    one it closes lands in ``trades[1]`` and counts in the statistics); append it to the ledger."""
     q0, r0 = a.qty, a.realized
     signed = qty if side > 0 else -qty
     a.qty, a.avg, a.realized, a.balance = K.book(q0, a.avg, r0, a.balance, signed, price, fee)
     a.gains += a.realized - r0  # the portfolio sums realised gains fill by fill
     a.fees += fee
     a.liq = K.liquidation_price(a.qty, a.avg, a.balance, mm)
-    # The trade ledger, as engine.trades.trades_from_ledger splits it.
-    closing = min(abs(q0), qty) if (q0 != 0.0 and (q0 > 0.0) != (signed > 0.0)) else 0.0
-    opening = qty - closing
-    if closing != 0.0:
-        a.t_fees += fee * (closing / qty)
-        a.t_gross += a.realized - r0
-        if a.qty == 0.0 or (a.qty > 0.0) != (q0 > 0.0):
-            pnl = a.t_gross - a.t_fees - a.t_funding
-            st.trades += 1
-            st.pnl_sum += pnl
-            st.held_ns += ts - a.t_entry
-            if pnl > 0:
-                st.wins += 1
-                st.win_sum += pnl
-            elif pnl < 0:
-                st.loss_sum += pnl
-            a.t_open = False
-    if opening > 1e-12 * qty:
-        if not a.t_open:
-            a.t_open, a.t_entry, a.t_gross, a.t_fees, a.t_funding = True, ts, 0.0, 0.0, 0.0
-        a.t_fees += fee * (opening / qty)
+    if trade_fill(trades[0], trades[1:], q0, r0, a.qty, a.avg, a.realized, signed, price, fee, ts, nl):
+        d = trades[1]
+        add_trade(st, d.gross - d.fees - d.funding, d.exit_time - d.entry_time)
     if record:
         _append(ledger, nl, ts, FILL, side, qty, price, fee, 0.0)
     return nl + 1
 
 
 @_jit
-def _fill(book: np.ndarray, j: int, a, st, ledger: np.ndarray, nl: int, record: bool, cfg, ref: float, ts: int,
-          bar_volume: float, taker: bool, protect: np.ndarray, npro: int) -> tuple[int, int]:
+def _fill(book: np.ndarray, j: int, a, trades: np.ndarray, st, ledger: np.ndarray, nl: int, record: bool, cfg,
+          ref: float, ts: int, bar_volume: float, taker: bool, protect: np.ndarray, npro: int) -> tuple[int, int]:
     """Fill order ``j`` of ``book`` against ``ref`` (``kernel.fill_terms``, as SimExchange._fill); queue the
     protection of an entry that completed."""
     r = book[j]
@@ -161,7 +142,7 @@ def _fill(book: np.ndarray, j: int, a, st, ledger: np.ndarray, nl: int, record: 
     if qty == 0.0:
         return nl, npro
     r.rem = K.left_after(r.rem, qty, r.qty)
-    nl = _book_fill(a, st, ledger, nl, record, ts, r.side, qty, price, fee, cfg.mm)
+    nl = _book_fill(a, trades, st, ledger, nl, record, ts, r.side, qty, price, fee, cfg.mm)
     if r.entry and r.rem <= 0.0:
         # RiskManager: protect an entry once its final fill's position is known (that fill's qty and avg).
         pr = protect[npro]
@@ -219,12 +200,16 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
     bar_ns = cfg.bar_ns
     mm = cfg.mm
     initial = cfg.initial
+    # A record is a view that holds no reference to its array, and numba frees an array after its last use:
+    # ``accounts`` is read again after the loop, ``trades`` and ``stats`` are used through their arrays, so
+    # none is freed (its memory reused) while a record still points into it.
     accounts = np.zeros(1, dtype=ACCOUNT)
     a = accounts[0]
     a.balance = initial
     a.liq = math.nan
     stats = np.zeros(1, dtype=STATS)
     st = stats[0]
+    trades = np.zeros(2, dtype=TRADE)  # the open trade, and the last one closed
     state = np.empty(n - first if record else 0, dtype=STEP)
     ledger = np.empty(capacity if record else 0, dtype=LEDGER)
     queue = np.empty(_BOOK, dtype=ORDER)
@@ -262,8 +247,7 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
                 a.balance -= amount
                 a.liq = K.liquidation_price(a.qty, a.avg, a.balance, mm)
                 a.funding += amount
-                if a.t_open:
-                    a.t_funding += amount
+                trade_funding(trades[0], amount)
                 if record:
                     _append(ledger, nl, t, FUNDING, 0, 0.0, 0.0, 0.0, amount)
                 nl += 1
@@ -275,7 +259,7 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
             nq = 0
             head = 0
             while head < nqueue:
-                nl, npro = _fill(queue, head, a, st, ledger, nl, record, cfg, bo, t_open, bv, True, protect, npro)
+                nl, npro = _fill(queue, head, a, trades, st, ledger, nl, record, cfg, bo, t_open, bv, True, protect, npro)
                 if queue[head].rem > 0:
                     pend[nq] = queue[head]
                     nq += 1
@@ -296,7 +280,8 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
                 ref, taker, trig = K.crossed(r.kind, r.side, r.triggered, r.price, r.trigger, bo, bh, bl)
                 r.triggered = trig
                 if not math.isnan(ref):
-                    nl, npro = _fill(rest, j, a, st, ledger, nl, record, cfg, ref, t_close, bv, taker, protect, npro)
+                    nl, npro = _fill(rest, j, a, trades, st, ledger, nl, record, cfg, ref, t_close, bv, taker, protect,
+                                     npro)
                 if rest[j].rem > 0:
                     rest[k] = rest[j]
                     k += 1
@@ -308,7 +293,7 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
         q = a.qty
         if q != 0.0 and K.liquidated(q, a.liq, bh, bl):
             price = K.liquidation_fill(q, a.liq, bo)
-            nl = _book_fill(a, st, ledger, nl, record, t_close, -1 if q > 0.0 else 1, abs(q), price,
+            nl = _book_fill(a, trades, st, ledger, nl, record, t_close, -1 if q > 0.0 else 1, abs(q), price,
                             K.fee(abs(q), price, cfg.taker), mm)
             a.liquidations += 1
             if a.qty == 0.0:
@@ -348,7 +333,8 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
                 side = (-1 if q > 0.0 else 1) if leg == 0 else target
                 if cfg.on_close:
                     _push(single, 0, K.MARKET, side, qty, math.nan, math.nan, leg == 0, leg == 1, stop)
-                    nl, npro = _fill(single, 0, a, st, ledger, nl, record, cfg, bc, t_close, bv, True, protect, npro)
+                    nl, npro = _fill(single, 0, a, trades, st, ledger, nl, record, cfg, bc, t_close, bv, True, protect,
+                                     npro)
                     if a.qty == 0.0:
                         nr = _drop_reduce_only(rest, nr)
                         nq = _drop_reduce_only(pend, nq)
@@ -406,9 +392,10 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
     st.dd_ns = dd_ns
     st.exposed = exposed
     st.final_equity = prev_equity
-    st.fees = a.fees
-    st.funding = a.funding
-    st.liquidations = a.liquidations
+    end = accounts[0]
+    st.fees = end.fees
+    st.funding = end.funding
+    st.liquidations = end.liquidations
     return state, ledger, stats, nl, blocks
 
 

@@ -1,6 +1,8 @@
 """The paper, demo and live daemons: the replay's components, fed by Bybit, recorded to the store, on NATS.
 
-One daemon runs one system on one symbol. Demo and live trade at Bybit; paper trades the live public
+A daemon runs one system on one symbol; ``DaemonGroup`` runs several in one process (one store writer, one
+NATS connection, one private stream for the account; each system its own components, public feed,
+status and kill switch; never two systems on one symbol of one account). Demo and live trade at Bybit; paper trades the live public
 feed against the simulated exchange a replay uses (no keys, nothing sent to the venue), with the same
 store, status, kill switch and restart. Its loop takes one input at a time (a websocket push, a
 request's outcome, a command, a timer) and runs it as a step, exactly as the replay host does: the
@@ -102,8 +104,10 @@ class DaemonSettings:
 
 
 class Daemon:
-    def __init__(self, s: DaemonSettings) -> None:
+    def __init__(self, s: DaemonSettings, store: EventStore | None = None) -> None:
+        """``store``: a writer shared with other daemons of the process (else the daemon opens its own)."""
         self.s = s
+        self._shared_store = store
         c = s.config
         self.config = c
         self.clock = WallClock()
@@ -182,7 +186,7 @@ class Daemon:
 
     async def _setup(self) -> None:
         s, c = self.s, self.config
-        self.store = await asyncio.to_thread(EventStore.open_writer, s.store_path)
+        self.store = self._shared_store or await asyncio.to_thread(EventStore.open_writer, s.store_path)
         stored = await asyncio.to_thread(lambda: list(self.store.read()))
         records = [r.event for r in stored]
         state = projections.rebuild(stored)
@@ -460,8 +464,10 @@ class Daemon:
         self.s.status_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.status_path(), json.dumps(info, indent=1).encode())
 
-    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> int:
-        """Trade until ``stop`` is set; returns the exit code."""
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None,
+                  account: "AccountFeed | None" = None) -> int:
+        """Trade until ``stop`` is set; returns the exit code. ``account``: the private stream shared with the
+        other daemons of the process (else the daemon opens its own)."""
         s, c = self.s, self.config
         loop = asyncio.get_running_loop()
         streams = []
@@ -476,10 +482,13 @@ class Daemon:
                 "code_version": __version__})])
             post = lambda item: self._post(*item)  # noqa: E731 - streams hand over (kind, payload, received)
             if not self.paper:
-                private = private_stream(s.creds, loop, post, url=s.private_ws,
-                                         demo=s.mode == "demo" and not s.private_ws, clock=self.rest.clock)
-                await asyncio.to_thread(private.connect)
-                streams.append(private)
+                if account is None:
+                    private = private_stream(s.creds, loop, post, url=s.private_ws,
+                                             demo=s.mode == "demo" and not s.private_ws, clock=self.rest.clock)
+                    await asyncio.to_thread(private.connect)
+                    streams.append(private)
+                else:
+                    await account.join(self, stop)
                 await self.reconcile(startup=True)
             public = public_stream(c.symbol, c.timeframe, loop, post, url=s.public_ws, clock=self.rest.clock)
             await asyncio.to_thread(public.connect)
@@ -533,5 +542,116 @@ class Daemon:
                                                          "failure": self._failed})])
                 self.write_status("failed" if self._failed else "stopped")
         finally:
+            if self.store is not None and self._shared_store is None:
+                self.store.close()
+
+
+class AccountFeed:
+    """One private stream for the daemons of a process (one account): order, execution and position pushes go
+    to every daemon (each venue component takes its own symbol's); a wallet push becomes one account event,
+    stepped by every daemon (each guard reads it; the store keeps it once, by its id). Connected once every
+    daemon has joined, so none misses a push between its reconciliation and the stream."""
+
+    def __init__(self, daemons: list[Daemon]) -> None:
+        self._daemons = daemons
+        self._joined: set[int] = set()
+        self._all = asyncio.Event()
+        self.stream: Any = None
+        self._keeper = daemons[0]  # whose run the account events belong to
+
+    def _post(self, item: tuple[str, Any, int]) -> None:
+        kind, payload, received = item
+        if kind == "frame" and payload.topic.startswith("wallet"):
+            events = [e for it in payload.data for e in [w.account_event(it, payload.ts, self._keeper._market_stamp)]
+                      if e is not None]
+            item = ("result", events, received)
+        for d in self._daemons:
+            d._post(*item)
+
+    async def join(self, daemon: Daemon, stop: asyncio.Event) -> None:
+        """Wait until every daemon has joined (or ``stop``); the last to join connects the stream."""
+        self._joined.add(id(daemon))
+        if len(self._joined) == len(self._daemons):
+            s = daemon.s
+            self.stream = private_stream(s.creds, asyncio.get_running_loop(), self._post, url=s.private_ws,
+                                         demo=s.mode == "demo" and not s.private_ws, clock=daemon.rest.clock)
+            await asyncio.to_thread(self.stream.connect)
+            self._spawned = asyncio.ensure_future(self.stream.supervise())
+            self._all.set()
+        waits = {asyncio.ensure_future(self._all.wait()), asyncio.ensure_future(stop.wait())}
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            self._spawned.cancel()
+            await asyncio.to_thread(self.stream.close)
+
+
+def check_daemons(settings: list[DaemonSettings]) -> None:
+    """Several systems in one process must differ in id and trade different symbols: one account holds one
+    position per symbol, which two systems cannot share without one closing the other's trades."""
+    seen: dict[str, str] = {}
+    ids: set[str] = set()
+    for s in settings:
+        c = s.config
+        if c.system in ids:
+            raise ValueError(f"system {c.system!r} is listed twice")
+        ids.add(c.system)
+        key = f"{c.venue}:{c.market}:{c.symbol}"
+        if key in seen:
+            raise ValueError(f"systems {seen[key]!r} and {c.system!r} both trade {c.symbol}: one account holds one "
+                             f"position per symbol, so run them on separate accounts (or replay them as a portfolio, "
+                             f"where each keeps a sub-account)")
+        seen[key] = c.system
+
+
+class DaemonGroup:
+    """Several systems in one process, until stopped or until one of them ends (then all stop). They share
+    the first settings' store (one writer), bus and, but for paper, keys and private stream. One system is
+    just its daemon."""
+
+    def __init__(self, settings: list[DaemonSettings]) -> None:
+        check_daemons(settings)
+        self.store = EventStore.open_writer(settings[0].store_path) if len(settings) > 1 else None
+        self.daemons = [Daemon(s, self.store) for s in settings]
+        self._account = AccountFeed(self.daemons) if len(settings) > 1 and settings[0].mode != "paper" else None
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> int:
+        """Returns the worst exit code."""
+        if len(self.daemons) == 1:
+            return await self.daemons[0].run(stop, ready)
+        readies = [asyncio.Event() for _ in self.daemons]
+        inner = asyncio.Event()  # one daemon ending stops the others
+
+        async def one(d: Daemon, r: asyncio.Event) -> int:
+            try:
+                return await d.run(inner, r, self._account)
+            finally:
+                inner.set()
+
+        async def relay() -> None:
+            await stop.wait()
+            inner.set()
+
+        async def all_ready() -> None:
+            for r in readies:
+                await r.wait()
+            if ready is not None:
+                ready.set()
+
+        helpers = [asyncio.ensure_future(relay()), asyncio.ensure_future(all_ready())]
+        try:
+            codes = await asyncio.gather(*(one(d, r) for d, r in zip(self.daemons, readies)), return_exceptions=True)
+        finally:
+            for h in helpers:
+                h.cancel()
+            if self._account is not None:
+                await self._account.close()
             if self.store is not None:
                 self.store.close()
+        for c in codes:
+            if isinstance(c, BaseException):
+                raise c
+        return max(codes)
