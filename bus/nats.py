@@ -152,7 +152,10 @@ class NatsBus:
                 await nc.drain()
             except Exception as exc:  # a dead connection cannot drain; closing is all that is left
                 log.warning("nats drain failed", error=repr(exc))
-                await nc.close()
+                try:
+                    await nc.close()
+                except Exception as exc:  # noqa: BLE001 - the server is gone: nothing is left to close
+                    log.warning("nats close failed", error=repr(exc))
         for sub, _ in self._subs.values():
             sub.end()
         self._subs.clear()

@@ -145,6 +145,9 @@ def _spawn(store_dir: Path, host: str, port: int, jetstream: bool) -> tuple[subp
             stdout=log_file,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            # Its own session: a Ctrl-C in the terminal (SIGINT to the foreground group) reaches tradebus,
+            # which drains its connection and then stops the server, instead of killing both at once.
+            start_new_session=True,
         )
     return proc, ports_dir, log_path
 
