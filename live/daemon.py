@@ -2,11 +2,12 @@
 
 A daemon runs one system on one symbol; ``DaemonGroup`` runs several in one process (one store writer, one
 NATS connection, one private stream for the account; each system its own components, public feed,
-status and kill switch; never two systems on one symbol of one account). Demo and live trade at Bybit; paper trades the live public
-feed against the simulated exchange a replay uses (no keys, nothing sent to the venue), with the same
-store, status, kill switch and restart. Its loop takes one input at a time (a websocket push, a
-request's outcome, a command, a timer) and runs it as a step, exactly as the replay host does: the
-components handle the step's events and everything they cause, in FIFO order. Then, in this order:
+status and kill switch; never two systems on one symbol of one account). Demo and live trade at Bybit;
+paper trades the live public feed against the simulated exchange a replay uses (no keys, nothing sent to
+the venue), with the same store, status, kill switch and restart. Its loop takes one input at a time (a
+websocket push, a request's outcome, a command, a timer) and runs it as a step, exactly as the replay host
+does: the components handle the step's events and everything they cause, in FIFO order. Then, in this
+order:
 
 1. the step's events are appended to the store (one fsynced transaction), market snapshots excepted;
 2. they are published on NATS (``tradebus tail`` follows them; a NATS outage loses nothing stored);
