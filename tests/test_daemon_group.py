@@ -109,6 +109,30 @@ async def test_two_systems_in_one_process_trade_their_own_symbols_on_one_account
     assert sum(e.run == eth.run_id for e in wallets) <= 2
     assert {s["system"] for s in map(_status, (tmp_path / "daemons").glob("*.json"))} == {"livetest", "livetest-eth"}
 
+    # Restarted on the same store, each system folds back its own position and risk state, agrees with the
+    # venue (no fail-closed exit), and trades on.
+    bus = await nats_bus(nats_server)
+    again = DaemonGroup([settings_for(venue, bus, tmp_path), settings_for(venue, bus, tmp_path, config=ETH_CONFIG)])
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(again.run(stop, ready))
+    try:
+        await asyncio.wait_for(ready.wait(), 30)
+        btc2, eth2 = again.daemons
+        for d, symbol in ((btc2, SYMBOL), (eth2, ETH)):
+            assert d.portfolio.positions[symbol].qty == pytest.approx(float(venue.state.positions[symbol].size))
+        assert eth2.guard.state == "halted" and btc2.guard.state == "active", "the kill survives the restart"
+        before = len(creates(venue))
+        for _ in range(8):
+            push_both(venue)
+            await settle(again, 0.15)
+        await settle(again)
+        later = creates(venue)[before:]
+        assert later and all(b["symbol"] == SYMBOL for b in later)
+    finally:
+        stop.set()
+        assert await asyncio.wait_for(task, 30) == 0
+        await bus.close()
+
 
 def _status(path):
     import json
