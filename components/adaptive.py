@@ -29,13 +29,13 @@ from typing import Any, Literal
 
 import numba as nb
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from tradebus.components import strategies
 from tradebus.components.features import Feature, f
+from tradebus.components.strict import StrictModel
 
-class Regime(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Regime(StrictModel):
     indicator: Literal["adx", "chop", "rsi"] = "adx"
     period: int = Field(14, ge=2)
     threshold: float = Field(25.0, ge=0, le=100)

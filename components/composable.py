@@ -37,14 +37,15 @@ from typing import Annotated, Literal, Union
 
 import numba as nb
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tradebus.components import strategies
 from tradebus.components.features import Feature, f
+from tradebus.components.strict import StrictModel
 
 
-class _Block(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Block(StrictModel):
+    pass
 
 
 class _FastSlow(_Block):

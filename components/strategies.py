@@ -16,19 +16,19 @@ from typing import Callable
 
 import numba as nb
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from tradebus.components.features import Feature, f
+from tradebus.components.strict import StrictModel
 
 LONG, SHORT, FLAT, HOLD = 1, -1, 0, 2
 
 _jit = nb.njit(cache=True, nogil=True)
 
 
-class Params(BaseModel):
-    """Base of strategy parameters: strict, immutable, no unknown keys."""
+class Params(StrictModel):
+    """Base of strategy parameters: strict, immutable, no unknown keys, finite numbers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     allow_short: bool = False
 
     def vector(self) -> np.ndarray:

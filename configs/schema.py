@@ -17,10 +17,12 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tradebus.components import strategies
+from tradebus.components.strict import StrictModel
 from tradebus.components.timeframes import TIMEFRAMES, check_resample
+from tradebus.configs import yamlfile
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PRESET_RE = re.compile(r"^(first|last)_(\d{1,2})pct$|^last_(\d{1,5})d$")
@@ -47,8 +49,8 @@ StrategyId = Annotated[str, AfterValidator(_known_strategy)]
 Timeframe = Annotated[str, AfterValidator(_known_timeframe)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(StrictModel):
+    pass
 
 
 class WindowSpec(_Strict):
@@ -190,7 +192,7 @@ def _format(path: Path | str, exc: ValidationError, prefix: str = "") -> list[st
         loc = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if isinstance(got, dict) else f"; got {got!r}"
+        shown = "" if isinstance(got, dict) else f"; got {yamlfile.clip(repr(got), 120)}"
         lines.append(f"{path}: {loc or '(top level)'}: {msg}{shown}")
     return lines
 
@@ -211,16 +213,12 @@ def parse_config(data: Any, source: Path | str = "<config>") -> SystemConfig:
 
 
 def read_yaml(path: Path | str) -> Any:
-    """A YAML file's data; a file that cannot be read or parsed is a ConfigError naming it."""
-    path = Path(path)
+    """A YAML file's data, read under ``configs.yamlfile``'s bounds; a file that cannot be read or parsed is
+    a ConfigError naming it (and the line, where YAML knows it)."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        return yamlfile.read(path)
+    except yamlfile.YamlError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from tradebus.components.strict import StrictModel
 from tradebus.components.adaptive import Regime
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig, dump_yaml, parse_config, parse_model, read_yaml
@@ -54,8 +55,7 @@ from tradebus.engine.market import load_market
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
-class _Scenario(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Scenario(StrictModel):
     name: Name
     enabled: bool = True
 
@@ -87,8 +87,7 @@ class Sensitivity(_Scenario):
 Scenario = Annotated[Union[Single, Ensemble, Adaptive, Sensitivity], Field(discriminator="kind")]
 
 
-class ScenarioFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ScenarioFile(StrictModel):
     job: str
     strategy: str | None = None
     symbol: str | None = None

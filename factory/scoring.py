@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from tradebus.components.strict import StrictModel
 
 
-
-class ScoreSpec(BaseModel):
+class ScoreSpec(StrictModel):
     """How a sweep scores its trials: a weighted sum of metrics, after disqualification."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     min_trades: int = Field(30, ge=0)
     weights: dict[str, float] = Field(default_factory=lambda: {"sharpe": 1.0})
 

@@ -12,14 +12,15 @@ import math
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from scipy.stats import qmc
+
+from tradebus.components.strict import StrictModel
 
 SpaceKind = Literal["grid", "random", "lhs"]
 
 
-class Range(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Range(StrictModel):
     min: float
     max: float
     step: float | None = Field(None, gt=0)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from tradebus import __version__
 from tradebus.components import composable
+from tradebus.components.strict import StrictModel
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timeframe, parse_config, parse_model, read_yaml
 from tradebus.engine.metrics import from_stats
@@ -41,11 +42,10 @@ from tradebus.engine.market import load_market
 DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
 
 
-class Combine(BaseModel):
+class Combine(StrictModel):
     """Composable specs to generate: every ``sizes``-subset of ``entries`` (all must agree), times each
     filter set and each exit set. Blocks are validated when each trial's config is."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     entries: list[dict[str, Any]] = Field(min_length=1)
     sizes: list[int] = Field([1, 2], min_length=1)
     filters: list[list[dict[str, Any]]] = [[]]
@@ -59,8 +59,7 @@ class Combine(BaseModel):
         return v
 
 
-class SweepTask(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class SweepTask(StrictModel):
     strategy: StrategyId
     space: SpaceKind = "grid"
     samples: int = Field(0, ge=0, description="random / lhs: how many draws")
