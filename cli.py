@@ -200,19 +200,31 @@ def publish(
     nats_url: Optional[str] = NatsUrlOpt,
 ) -> None:
     """Publish JSON events to NATS (replays what `tail --json` captured). Validates every line first."""
-    from tradebus.bus import codec
+    from tradebus.bus import codec, subjects
     from tradebus.bus.connect import require_nats_url
-    from tradebus.bus.nats import NatsBus
+    from tradebus.bus.nats import DEFAULT_MAX_PAYLOAD, NatsBus
     from tradebus.bus.natsserver import NatsServerError
+    from tradebus.configs.yamlfile import clip
 
-    text = sys.stdin.read() if str(source) == "-" else source.read_text()
-    events = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    try:
+        text = sys.stdin.read() if str(source) == "-" else source.read_bytes().decode("utf-8")
+    except OSError as exc:
+        _fail(f"{source}: cannot read: {exc.strerror}; nothing published")
+    except UnicodeDecodeError as exc:
+        _fail(f"{source}: not UTF-8 text (byte {exc.start}); nothing published")
+    events, sizes = [], []
+    for n, line in enumerate(text.splitlines(), start=1):  # every line is checked before any is sent
         if line.strip():
             try:
-                events.append(codec.from_json(line))
-            except codec.EventDecodeError as exc:
-                _fail(f"{source}:{n}: {exc}; nothing published")
+                event = codec.from_json(line)
+                subjects.subject_for(event)  # a system or job NATS could not route
+                size = len(codec.encode(event))
+                if size > DEFAULT_MAX_PAYLOAD:
+                    raise ValueError(f"{size:,} bytes encoded; NATS takes at most {DEFAULT_MAX_PAYLOAD:,} by default")
+            except (codec.EventDecodeError, subjects.SubjectError, ValueError) as exc:
+                _fail(f"{source}:{n}: {clip(str(exc))}; nothing published")
+            events.append(event)
+            sizes.append(size)
     try:
         url = require_nats_url(nats_url)
     except NatsServerError as exc:
@@ -220,6 +232,10 @@ def publish(
 
     async def run() -> None:
         async with await NatsBus.connect(url, name="tradebus-publish") as bus:
+            too_big = next((i for i, size in enumerate(sizes) if size > bus.max_payload), None)
+            if too_big is not None:  # this server takes less than the default
+                _fail(f"{source}: event {too_big + 1} is {sizes[too_big]:,} bytes; this server takes at most "
+                      f"{bus.max_payload:,}; nothing published")
             for event in events:
                 await bus.publish(event)
             await bus.flush()

@@ -14,7 +14,7 @@ venue's decimal strings at the edge.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -31,6 +31,10 @@ LifecycleStatus = Literal[
 RunMode = Literal["replay", "paper", "demo", "live", "sweep", "validate", "worker"]
 RunStatus = Literal["ok", "failed", "interrupted"]
 Scalar = Union[str, int, float, bool, None]
+# What a decoded envelope must hold (events built in code are right by construction): an id, and times
+# from the epoch that fit the store's 64-bit integers.
+EventId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Nanos = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 class Event(
@@ -42,9 +46,9 @@ class Event(
 ):
     """The envelope every event carries."""
 
-    id: str
-    ts_event: int
-    ts_init: int
+    id: EventId
+    ts_event: Nanos
+    ts_init: Nanos
     system: str = ""
     run: str = ""
     cause: str = ""

@@ -26,6 +26,7 @@ from tradebus.bus.events import Event
 
 log = structlog.get_logger("tradebus.bus.nats")
 _NATS_PENDING_FLOOR = 8192
+DEFAULT_MAX_PAYLOAD = 1 << 20  # nats-server's max_payload unless configured otherwise
 
 
 async def _round_trip(nc: Client, timeout: float = 10.0) -> None:
@@ -99,6 +100,11 @@ class NatsBus:
 
     async def _on_reconnected(self) -> None:
         log.info("nats reconnected", url=self.url)
+
+    @property
+    def max_payload(self) -> int:
+        """The largest message the server takes (bytes)."""
+        return self._require().max_payload
 
     async def publish(self, event: Event, subject: str | None = None) -> None:
         nc = self._require()

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-import yaml
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
 
 from tradebus.components import strategies
@@ -222,11 +221,6 @@ def read_yaml(path: Path | str) -> Any:
 
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def dump_yaml(data: Any) -> str:
-    """Data as block YAML in the order given (how tradebus writes configs it builds)."""
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
 def parse_model(model: type[M], data: Any, source: Path | str, what: str) -> M:

@@ -112,6 +112,11 @@ def loads(text: str, source: Path | str) -> Any:
         loader.dispose()
 
 
+def dumps(data: Any) -> str:
+    """Data as block YAML in the order given (how tradebus writes configs it builds)."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
+
+
 def read(path: Path | str) -> Any:
     """Read and parse a YAML file under the rules above."""
     path = Path(path)

@@ -383,11 +383,21 @@ class EventStore:
         return self._max_seq()
 
     def info(self) -> StoreInfo:
-        """Summarise the store: size, counts by type and system, range, writer."""
+        """Summarise the store: size, counts by type and system, range, writer. The counts come from one
+        read transaction, so they agree with each other while a writer appends."""
         c = self._conn
-        count, lo, hi = c.execute("SELECT count(*), coalesce(min(seq),0), coalesce(max(seq),0) FROM events").fetchone()
-        first_ts = c.execute("SELECT ts_init FROM events WHERE seq = ?", (lo,)).fetchone()
-        last_ts = c.execute("SELECT ts_init FROM events WHERE seq = ?", (hi,)).fetchone()
+        with self._mutex:
+            c.execute("BEGIN")  # a WAL reader's snapshot lasts until the transaction ends
+            try:
+                count, lo, hi = c.execute(
+                    "SELECT count(*), coalesce(min(seq),0), coalesce(max(seq),0) FROM events").fetchone()
+                first_ts = c.execute("SELECT ts_init FROM events WHERE seq = ?", (lo,)).fetchone()
+                last_ts = c.execute("SELECT ts_init FROM events WHERE seq = ?", (hi,)).fetchone()
+                by_type = dict(c.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY type").fetchall())
+                by_system = dict(c.execute(
+                    "SELECT system, count(*) FROM events GROUP BY system ORDER BY system").fetchall())
+            finally:
+                c.execute("COMMIT")
         wal = Path(str(self.path) + "-wal")
         return StoreInfo(
             path=str(self.path),
@@ -398,8 +408,8 @@ class EventStore:
             last_seq=hi,
             first_ts_init=first_ts[0] if first_ts else None,
             last_ts_init=last_ts[0] if last_ts else None,
-            by_type=dict(c.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY type").fetchall()),
-            by_system=dict(c.execute("SELECT system, count(*) FROM events GROUP BY system ORDER BY system").fetchall()),
+            by_type=by_type,
+            by_system=by_system,
             writer_pid=os.getpid() if self.writable else writer_pid(self.path),
         )
 

@@ -41,7 +41,8 @@ from pydantic import Field, model_validator
 from tradebus.components.strict import StrictModel
 from tradebus.components.adaptive import Regime
 from tradebus.components.timeframes import tf_ns
-from tradebus.configs.schema import SystemConfig, dump_yaml, parse_config, parse_model, read_yaml
+from tradebus.configs.schema import SystemConfig, parse_config, parse_model, read_yaml
+from tradebus.configs.yamlfile import dumps as dump_yaml
 from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Experiment, Tracker
 from tradebus.factory.market import MemoryMarket

@@ -18,6 +18,7 @@ from scipy.stats import qmc
 from tradebus.components.strict import StrictModel
 
 SpaceKind = Literal["grid", "random", "lhs"]
+MAX_POINTS = 2_000_000  # a task's trials, at most (seed 002's full StochRSI grid is 82,944)
 
 
 class Range(StrictModel):
@@ -32,10 +33,17 @@ class Range(StrictModel):
             raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
         return self
 
-    def grid(self) -> list[float | int]:
+    def count(self) -> int:
+        """How many values the stepped range holds (counted, not listed: a tiny step must not fill memory)."""
         if self.step is None:
             raise ValueError("a grid needs a step for every range")
-        n = int(math.floor((self.max - self.min) / self.step + 1e-9)) + 1
+        return int(math.floor((self.max - self.min) / self.step + 1e-9)) + 1
+
+    def grid(self) -> list[float | int]:
+        n = self.count()
+        if n > MAX_POINTS:
+            raise ValueError(f"{n:,} values from min {self.min} to max {self.max} by step {self.step}: at most "
+                             f"{MAX_POINTS:,}")
         return [self._cast(self.min + k * self.step) for k in range(n)]
 
     def at(self, u: float) -> float | int:
@@ -82,4 +90,5 @@ def expand(space: dict[str, Declared], kind: SpaceKind = "grid", samples: int = 
 
 
 def grid_size(space: dict[str, Declared]) -> int:
-    return math.prod(len(_values(d)) for d in space.values())
+    """How many points a grid over ``space`` has (counted, not listed)."""
+    return math.prod(d.count() if isinstance(d, Range) else len(_values(d)) for d in space.values())

@@ -35,9 +35,9 @@ from tradebus.engine.metrics import from_stats
 from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
-from tradebus.factory.space import Declared, SpaceKind, expand
+from tradebus.factory.space import MAX_POINTS, Declared, Range, SpaceKind, expand, grid_size
 from tradebus.engine.marketdata import MarketData
-from tradebus.engine.market import load_market
+from tradebus.engine.market import load_market, resolve_window
 
 DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
 
@@ -74,6 +74,28 @@ class SweepTask(StrictModel):
     def _combine_is_composable(self) -> "SweepTask":
         if self.combine is not None and self.strategy != "composable":
             raise ValueError(f"combine generates composable specs; strategy is {self.strategy!r}, use composable")
+        return self
+
+    @model_validator(mode="after")
+    def _a_space_that_can_be_run(self) -> "SweepTask":
+        """Refused here, before anything runs: a grid over a range without a step, draws without a count, more
+        trials than a sweep should hold, a START:END window that is not one."""
+        if self.space == "grid":
+            unstepped = [k for k, d in self.params.items() if isinstance(d, Range) and d.step is None]
+            if unstepped:
+                raise ValueError(f"params.{unstepped[0]}: a grid needs a step for every range (or use space: "
+                                 f"random or lhs with samples)")
+            points = grid_size(self.params)
+        else:
+            if self.samples <= 0:
+                raise ValueError(f"samples: a {self.space} space needs samples > 0")
+            points = self.samples
+        total = points * len(self.symbols) * len(self.timeframes)
+        if total > MAX_POINTS:
+            raise ValueError(f"{total:,} trials ({points:,} parameter sets x {len(self.symbols)} symbols x "
+                             f"{len(self.timeframes)} timeframes): at most {MAX_POINTS:,} a task")
+        if ":" in self.window:
+            resolve_window(self.window, None, None)
         return self
 
     def specs(self) -> list[dict[str, Any]]:
@@ -163,10 +185,19 @@ class Plan:
 
 
 def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
+    """Every trial of the job. A symbol with no stored candles, or a task none of whose parameter sets makes a
+    valid config (a bad base field, an override out of range), is a ConfigError, not a sweep of nothing."""
     out = Plan([])
     seen: set[str] = set()
+    stored = {k.symbol for k in mem.series}
+    for ti, task in enumerate(job.tasks):
+        missing = sorted(set(task.symbols) - stored)
+        if missing:
+            raise ConfigError(f"job {job.job} task {ti + 1}: no stored candles for {', '.join(missing)}; import or "
+                              f"fetch them first (tradebus data import / data fetch)")
     ids = {s: data_id(mem, s) for s in sorted({s for t in job.tasks for s in t.symbols})}
     for ti, task in enumerate(job.tasks):
+        before = (len(out.trials), len(out.invalid))
         space_ = [{**spec, **v} for spec in task.specs() for v in expand(task.params, task.space, task.samples, task.seed)]
         for values, symbol, tf in itertools.product(space_, task.symbols, task.timeframes):
             try:
@@ -180,6 +211,9 @@ def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
                 continue
             seen.add(tid)
             out.trials.append(Trial(tid, ti, config, task.window, values, ids[symbol]))
+        if len(out.trials) == before[0] and len(out.invalid) > before[1]:
+            raise ConfigError(f"job {job.job} task {ti + 1}: none of its {len(out.invalid) - before[1]:,} parameter "
+                              f"sets makes a valid system config; the first:\n{out.invalid[before[1]][1]}")
     return out
 
 

@@ -78,6 +78,14 @@ _i64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 def _for_type(tp: typing.Any) -> st.SearchStrategy:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:  # msgspec constraints (the envelope's id and times)
+        meta = next((a for a in args[1:] if isinstance(a, msgspec.Meta)), msgspec.Meta())
+        if args[0] is int:
+            low = meta.ge if meta.ge is not None else -(2**63)
+            return st.integers(min_value=low, max_value=meta.le if meta.le is not None else 2**63 - 1)
+        if args[0] is str:
+            return st.text(min_size=meta.min_length or 0, max_size=min(meta.max_length or 20, 20))
+        return _for_type(args[0])
     if tp is float:
         return _finite
     if tp is int:
@@ -107,7 +115,7 @@ def _for_type(tp: typing.Any) -> st.SearchStrategy:
 
 def event_strategy(cls: type[msgspec.Struct]) -> st.SearchStrategy:
     """A strategy producing arbitrary valid instances of one event class."""
-    hints = typing.get_type_hints(cls, include_extras=False)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: _for_type(hints[f.name]) for f in msgspec.structs.fields(cls)}
     return st.builds(cls, **fields)
 

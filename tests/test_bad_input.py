@@ -3,6 +3,8 @@ and the value, a non-zero exit, no traceback, nothing written. Variants of the s
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -89,3 +91,97 @@ def test_the_cli_refuses_without_a_traceback_and_writes_nothing(tmp_path):
     assert not store.exists() and not (tmp_path / "out").exists()
     # The shipped example itself is unchanged by any of this.
     assert yaml.safe_load(EXAMPLE.read_text())["system"] == "sma_cross_btc_5m"
+
+
+async def test_publish_checks_every_line_before_sending_any(tmp_path, nats_server, make):
+    from tradebus.bus import codec
+    from tradebus.bus import events as ev
+    from tradebus.bus.nats import NatsBus
+
+    good = codec.to_json(make.bar(close=1.0)).decode()
+    record = json.loads(good)
+    bad_lines = {
+        "empty id": {**record, "id": ""},
+        "negative time": {**record, "ts_event": -5},
+        "time past int64": {**record, "ts_init": 2**63},
+        "system NATS cannot route": codec.to_builtins(ev.Signal(
+            id="01J0000000000000000000000A", ts_event=1, ts_init=1, system="a b", strategy="s", symbol="X",
+            timeframe="5m", direction="long")),
+        "oversized payload": codec.to_builtins(ev.RunStarted(
+            id="01J0000000000000000000000B", ts_event=1, ts_init=1, system="s", mode="replay",
+            manifest={"blob": "x" * (1 << 20)})),
+    }
+    bus = await NatsBus.connect(nats_server.url)
+    sub = await bus.subscribe("tb.>")
+    try:
+        for name, line in bad_lines.items():
+            feed = tmp_path / "feed.jsonl"
+            feed.write_text(f"{good}\n{json.dumps(line)}\n{good}\n")  # the bad line after a good one
+
+            done = await asyncio.to_thread(run_tradebus, "publish", str(feed), "--nats-url", nats_server.url)
+
+            assert done.returncode != 0, name
+            assert "Traceback" not in done.stderr and len(done.stderr) < 2000, done.stderr
+            assert f"{feed}:2:" in done.stderr and "nothing published" in done.stderr, (name, done.stderr)
+        await bus.flush()
+        with pytest.raises(TimeoutError):
+            await sub.next(0.5)  # not even the good line before the bad one went out
+    finally:
+        await bus.close()
+
+
+JOB = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "sma_cross_quick.yaml"
+
+
+def _job(edit) -> dict:
+    data = yaml.safe_load(JOB.read_text())
+    edit(data)
+    return data
+
+
+JOB_CASES = [
+    ("random without samples", lambda d: d["tasks"][0].update(space="random"), "samples > 0"),
+    ("range without a step", lambda d: d["tasks"][0]["params"].update(fast={"min": 5, "max": 50}), "needs a step"),
+    ("non-finite bound", lambda d: d["tasks"][0]["params"].update(fast={"min": float("nan"), "max": 50, "step": 5}),
+     "finite"),
+    ("200 million trials", lambda d: d["tasks"][0]["params"].update(fast={"min": 1, "max": 10_000, "step": 1},
+                                                                    slow={"min": 2, "max": 10_000, "step": 1}),
+     "at most 2,000,000"),
+    ("a range of 10**18 values", lambda d: d["tasks"][0]["params"].update(fast={"min": 0, "max": 1e9, "step": 1e-9}),
+     "at most 2,000,000"),
+    ("reversed window", lambda d: d["tasks"][0].update(window="2025-06-01:2025-01-01"), "END must be after START"),
+]
+
+
+@pytest.mark.parametrize("name,edit,says", JOB_CASES, ids=[c[0] for c in JOB_CASES])
+def test_a_bad_sweep_job_is_refused_when_read(name, edit, says):
+    from tradebus.factory.sweep import parse_job
+
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=says):
+        parse_job(_job(edit), "job.yaml")
+    assert time.perf_counter() - t0 < 2
+
+
+PLAN_CASES = [
+    ("a base field that does not exist", lambda d: d["base"].update(nonsense=1), "none of its", "nonsense"),
+    ("a negative fee through a dotted name", lambda d: d["tasks"][0]["params"].update(**{"costs.taker_fee": -0.1}),
+     "none of its", "taker_fee"),
+    ("a symbol with no candles", lambda d: d["tasks"][0].update(symbols=["NOPEUSDT"]), "NOPEUSDT", "data import"),
+]
+
+
+@pytest.mark.parametrize("name,edit,first,second", PLAN_CASES, ids=[c[0] for c in PLAN_CASES])
+def test_a_job_that_would_run_nothing_is_refused_before_it_runs(name, edit, first, second):
+    from tradebus.engine.marketdata import SeriesKey
+    from tradebus.factory.market import MemoryMarket
+    from tradebus.factory.sweep import parse_job, plan
+
+    from .test_marketdata import synthetic
+
+    mem = MemoryMarket({SeriesKey("bybit", "linear", s, "5m"): synthetic(2_000, seed=i)
+                        for i, s in enumerate(("BTCUSDT", "ETHUSDT"))})
+    job = parse_job(_job(edit), "job.yaml")
+    with pytest.raises(ConfigError) as err:
+        plan(job, mem)
+    assert first in str(err.value) and second in str(err.value), str(err.value)

@@ -156,3 +156,25 @@ def test_rebuild_after_writer_stopped_twice_prints_same_state_hash(tmp_path, wri
         assert a["state_hash"] == state_hash(rebuild(store.read()))
     assert json.loads(info.stdout)["writer_pid"] is None
     follower.close()
+
+
+def test_store_info_is_one_snapshot_while_a_writer_appends(tmp_path, writers):
+    # Arrange: a writer child appending continuously.
+    path = tmp_path / "events.sqlite"
+    w = writers(path, "concurrent-info", pause=0.002)
+    w.wait_for("READY")
+    w.wait_for("ACK")
+    reader = EventStore.open_reader(path)
+    seen = []
+    try:
+        # Act: summarise the store over and over while it grows.
+        for _ in range(150):
+            seen.append(reader.info())
+    finally:
+        reader.close()
+
+    # Assert: within each summary, every count agrees; across them, the store grew.
+    for info in seen:
+        assert info.count == info.last_seq == sum(info.by_type.values()) == sum(info.by_system.values()), info
+    assert seen[-1].count > seen[0].count, "the writer appended while the store was summarised"
+    assert w.proc.poll() is None, w.stderr()
