@@ -35,7 +35,7 @@ from pybit.unified_trading import HTTP, WebSocket
 from tradebus.components.timeframes import BYBIT_INTERVAL
 from tradebus.log import register_secret
 from tradebus.live import bybit_wire as w
-from tradebus.live.bybit_public import BybitPublic, VenueClock
+from tradebus.live.bybit_public import BybitPublic, VenueClock, VenueError
 
 log = structlog.get_logger("tradebus.bybit")
 
@@ -170,6 +170,10 @@ class BybitRest(BybitPublic):
 SUBSCRIBE_WAIT_S = 10.0
 
 
+class AuthRefused(VenueError):
+    """The venue refused the API key (a wrong key or secret, or one without the permissions needed)."""
+
+
 class _Socket(WebSocket):
     """pybit's WebSocket, pointed at ``url`` when given, signing auth with venue time, reporting opens,
     and hardened where pybit lets one message kill the stream for good:
@@ -186,6 +190,7 @@ class _Socket(WebSocket):
         self._url = url
         self._venue_clock = clock
         self._opened = on_open
+        self.auth_refused = ""  # the venue's reply to a refused auth
         super().__init__(**kwargs)
 
     def _connect(self, url: str) -> None:
@@ -205,7 +210,8 @@ class _Socket(WebSocket):
         if message.get("success") is True:
             self.auth = True
             return
-        log.error("websocket auth refused; the socket is closed and rebuilt", reply=message.get("ret_msg"))
+        self.auth_refused = str(message.get("ret_msg") or "refused")
+        log.error("websocket auth refused; the socket is closed and rebuilt", reply=self.auth_refused)
         threading.Thread(target=self.exit, daemon=True).start()  # not on the socket's own thread
 
     def subscribe(self, topic: str, callback: Callable, symbol: Any = False) -> None:
@@ -274,6 +280,10 @@ class Stream:
             except ConnectionError:
                 ws.exit()
                 if attempt == attempts - 1:
+                    refused = getattr(ws, "auth_refused", "")
+                    if refused:  # not the network: the key itself
+                        raise AuthRefused(f"the venue refused the API key on the {self.name} stream ({refused}): "
+                                          "check the key and secret (environment or --keys)") from None
                     raise
                 continue
             self._ws = ws

@@ -512,6 +512,11 @@ class Daemon:
             self._failed = str(exc)
             log.error("fail closed: not trading", reason=str(exc))
             return EXIT_FAIL_CLOSED
+        except VenueError as exc:  # the venue said no (a refused key, a failed request): its words suffice
+            self._failed = str(exc)
+            status = "failed"
+            log.error("daemon stopped by the venue", error=str(exc))
+            raise
         except Exception as exc:
             self._failed = f"{type(exc).__name__}: {exc}"
             status = "failed"

@@ -185,3 +185,19 @@ def test_a_job_that_would_run_nothing_is_refused_before_it_runs(name, edit, firs
     with pytest.raises(ConfigError) as err:
         plan(job, mem)
     assert first in str(err.value) and second in str(err.value), str(err.value)
+
+
+def test_a_key_the_venue_refuses_is_one_line_not_a_traceback(tmp_path):
+    from .livekit import start_venue
+
+    venue = start_venue(history=120, tf="5m")
+    try:
+        done = run_tradebus("demo", str(EXAMPLE), "--store", str(tmp_path / "demo.sqlite"), "--rest-url",
+                            venue.rest.url, "--public-ws", venue.ws.public_url, "--private-ws", venue.ws.private_url,
+                            env={"TRADEBUS_HOME": str(tmp_path / "home"), "TRADEBUS_DEMO_API_KEY": "key-not-known",
+                                 "TRADEBUS_DEMO_API_SECRET": "secret-not-known"})
+    finally:
+        venue.close()
+    assert done.returncode != 0 and "Traceback" not in done.stderr and len(done.stderr) < 3000, done.stderr
+    assert done.stderr.rstrip().splitlines()[-1].startswith("error: the venue refused the API key"), done.stderr
+    assert "secret-not-known" not in done.stderr + done.stdout

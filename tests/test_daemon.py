@@ -170,13 +170,13 @@ def test_live_never_starts_without_the_typed_confirmation_and_a_limits_file(tmp_
 
 
 async def test_refused_websocket_auth_fails_the_connect_instead_of_hanging(venue):
-    from tradebus.live.bybit import Credentials, VenueClock, private_stream
+    from tradebus.live.bybit import AuthRefused, Credentials, VenueClock, private_stream
 
     got: list = []
     stream = private_stream(Credentials(API_KEY, "not-the-secret-at-all"), asyncio.get_running_loop(), got.append,
                             url=venue.ws.private_url, clock=VenueClock())
     t0 = time.monotonic()
-    with pytest.raises(ConnectionError):
+    with pytest.raises(AuthRefused, match="refused the API key"):
         await asyncio.to_thread(stream.connect)
     assert time.monotonic() - t0 < 30
     auths = [f for f in venue.state.frames_in if f.get("op") == "auth"]
