@@ -52,7 +52,7 @@ class _Loader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class says so
                 break
             if first is not None:
-                raise ConstructorError("while reading a mapping", node.start_mark,
+                raise ConstructorError(None, None,
                                        f"key {clip(repr(key), 80)} is given twice (first on line {first.line + 1})",
                                        key_node.start_mark)
             seen[key] = key_node.start_mark
