@@ -52,7 +52,8 @@ def test_a_bad_config_is_one_clear_error(tmp_path, name, text, says):
         load_config(path)
 
     message = str(err.value)
-    assert time.perf_counter() - t0 < 2, "refused at once, not after expanding anything"
+    # A hang guard, not a speed test: expanding the bomb would take minutes and gigabytes.
+    assert time.perf_counter() - t0 < 60, "refused without expanding anything"
     assert message.startswith(str(path)) and len(message) < 1500, message
     for part in says:
         assert part in message, f"{part!r} not in: {message}"
@@ -160,7 +161,7 @@ def test_a_bad_sweep_job_is_refused_when_read(name, edit, says):
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=says):
         parse_job(_job(edit), "job.yaml")
-    assert time.perf_counter() - t0 < 2
+    assert time.perf_counter() - t0 < 60  # a hang guard: listing 10**18 range values would never end
 
 
 PLAN_CASES = [
