@@ -202,7 +202,7 @@ def publish(
     """Publish JSON events to NATS (replays what `tail --json` captured). Validates every line first."""
     from tradebus.bus import codec, subjects
     from tradebus.bus.connect import require_nats_url
-    from tradebus.bus.nats import DEFAULT_MAX_PAYLOAD, NatsBus
+    from tradebus.bus.nats import NatsBus
     from tradebus.bus.natsserver import NatsServerError
     from tradebus.configs.yamlfile import clip
 
@@ -212,19 +212,15 @@ def publish(
         _fail(f"{source}: cannot read: {exc.strerror}; nothing published")
     except UnicodeDecodeError as exc:
         _fail(f"{source}: not UTF-8 text (byte {exc.start}); nothing published")
-    events, sizes = [], []
-    for n, line in enumerate(text.splitlines(), start=1):  # every line is checked before any is sent
+    lines = []  # (line number, event, encoded size): every line is checked before any is sent
+    for n, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 event = codec.from_json(line)
                 subjects.subject_for(event)  # a system or job NATS could not route
-                size = len(codec.encode(event))
-                if size > DEFAULT_MAX_PAYLOAD:
-                    raise ValueError(f"{size:,} bytes encoded; NATS takes at most {DEFAULT_MAX_PAYLOAD:,} by default")
-            except (codec.EventDecodeError, subjects.SubjectError, ValueError) as exc:
+            except (codec.EventDecodeError, subjects.SubjectError) as exc:
                 _fail(f"{source}:{n}: {clip(str(exc))}; nothing published")
-            events.append(event)
-            sizes.append(size)
+            lines.append((n, event, len(codec.encode(event))))
     try:
         url = require_nats_url(nats_url)
     except NatsServerError as exc:
@@ -232,16 +228,16 @@ def publish(
 
     async def run() -> None:
         async with await NatsBus.connect(url, name="tradebus-publish") as bus:
-            too_big = next((i for i, size in enumerate(sizes) if size > bus.max_payload), None)
-            if too_big is not None:  # this server takes less than the default
-                _fail(f"{source}: event {too_big + 1} is {sizes[too_big]:,} bytes; this server takes at most "
-                      f"{bus.max_payload:,}; nothing published")
-            for event in events:
+            for n, _, size in lines:
+                if size > bus.max_payload:
+                    _fail(f"{source}:{n}: {size:,} bytes encoded; the server takes at most {bus.max_payload:,}; "
+                          "nothing published")
+            for _, event, _ in lines:
                 await bus.publish(event)
             await bus.flush()
 
     asyncio.run(run())
-    out.print(f"published {len(events):,} events to {url}")
+    out.print(f"published {len(lines):,} events to {url}")
 
 
 # --- store ---------------------------------------------------------------------------------------

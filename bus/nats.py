@@ -26,7 +26,6 @@ from tradebus.bus.events import Event
 
 log = structlog.get_logger("tradebus.bus.nats")
 _NATS_PENDING_FLOOR = 8192
-DEFAULT_MAX_PAYLOAD = 1 << 20  # nats-server's max_payload unless configured otherwise
 
 
 async def _round_trip(nc: Client, timeout: float = 10.0) -> None:

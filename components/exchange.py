@@ -35,6 +35,8 @@ from tradebus.components.base import NO_EVENTS, Component, Gate, Stamper, is_com
 
 _SIDE = {"buy": 1, "sell": -1}
 _NEVER = 2**63 - 1  # a funding time no bar reaches
+_NO_ORDERS = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.bool_), np.empty(0),
+              np.empty(0))
 
 
 @dataclass
@@ -181,9 +183,11 @@ class SimExchange(Component):
         i = self._funding_i
         funding_next = self._funding_t[i] if i < len(self._funding_t) else _NEVER
         rest = self._resting
-        return (funding_next, np.array([o.kind for o in rest], dtype=np.int64),
-                np.array([o.side for o in rest], dtype=np.int64), np.array([o.triggered for o in rest], dtype=np.bool_),
-                np.array([o.price for o in rest]), np.array([o.trigger for o in rest]), self.position, self._liq_price)
+        book = _NO_ORDERS if not rest else (
+            np.array([o.kind for o in rest], dtype=np.int64), np.array([o.side for o in rest], dtype=np.int64),
+            np.array([o.triggered for o in rest], dtype=np.bool_), np.array([o.price for o in rest]),
+            np.array([o.trigger for o in rest]))
+        return (funding_next, *book, self.position, self._liq_price)
 
     # -- fills ---------------------------------------------------------------------------------
 

@@ -115,7 +115,12 @@ class Portfolio(Component):
         stamps = np.array([initial[0], *(c[0] for c in self.changes)], dtype=np.int64)
         at = np.searchsorted(stamps, step_times, side="right") - 1
         state = log[at]
-        qty, avg, balance = state[:, 1], state[:, 2], state[:, 3]
-        unrealized = np.where(qty != 0, (closes - avg) * qty, 0.0)
-        return np.column_stack((closes, balance, balance + unrealized, qty, unrealized, state[:, 4], state[:, 5],
-                                state[:, 6]))
+        return marked_curve(closes, state[:, 3], state[:, 1], state[:, 2], state[:, 4], state[:, 5], state[:, 6])
+
+
+def marked_curve(closes: np.ndarray, balance: np.ndarray, qty: np.ndarray, avg: np.ndarray, realized: np.ndarray,
+                 fees: np.ndarray, funding: np.ndarray) -> np.ndarray:
+    """Per step: close, balance, equity, qty, unrealised, realised, fees, funding, from the state at each step's
+    end marked at its close (the replay's portfolio and the compiled loop alike)."""
+    unrealized = np.where(qty != 0, (closes - avg) * qty, 0.0)
+    return np.column_stack((closes, balance, balance + unrealized, qty, unrealized, realized, fees, funding))

@@ -9,7 +9,6 @@ sweep engine is to call the same function over whole arrays, so the two can only
 
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -84,18 +83,6 @@ def for_params(strategy_id: str, params: Params) -> StrategyDef:
     """The definition that runs these parameters (a composable spec's own compiled step)."""
     defn = get(strategy_id)
     return defn.specialize(params) if defn.specialize is not None else defn
-
-
-def inline_decide(fn: Callable, defn: StrategyDef, name: str) -> Callable:
-    """``fn`` compiled with ``defn``'s decision step in place of its global ``_decide``.
-
-    A loop over bars is written once; each strategy gets its own compilation in which ``_decide`` is that
-    strategy's step, so LLVM sees through the call (a decision passed as an argument costs ~55 ns a bar,
-    inlined ~10 ns). Not cached on disk: the copies share one code object.
-    """
-    scope = dict(fn.__globals__, _decide=nb.njit(inline="always")(defn.decide.py_func))
-    body = types.FunctionType(fn.__code__, scope, name, fn.__defaults__)
-    return nb.njit(nogil=True)(body)
 
 
 DECIDE = nb.types.int64(nb.types.float64[::1], nb.types.float64[::1], nb.types.int64, nb.types.float64[::1])

@@ -17,12 +17,13 @@ FIFO dispatch applies them. Per traded bar:
 
 A test proves the two drivers agree exactly (fills, funding, equity at every bar) for every built-in
 strategy over several parameter sets and cost models. The replay stays the reference: anything
-The loop cannot express (several symbols, several systems) runs through it.
+the loop cannot express (several symbols, several systems) runs through it.
 """
 
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from tradebus.components import kernel as K
 from tradebus.components import strategies
+from tradebus.components.portfolio import marked_curve
 from tradebus.components.strategies import HOLD
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig
@@ -403,10 +405,17 @@ _SIMULATORS: dict[str, Callable] = {}
 
 
 def simulator(defn: strategies.StrategyDef) -> Callable:
-    """``_simulate`` compiled for one strategy, its decision step inlined (process-wide, compiled once)."""
+    """``_simulate`` compiled for one strategy, its decision step inlined (process-wide, compiled once).
+
+    The loop's code is written once; each strategy gets its own compilation in which the global
+    ``_decide`` is that strategy's step, so LLVM sees through the call (a decision passed as an argument
+    costs ~55 ns a bar, inlined ~10 ns). Not cached on disk: the copies share one code object.
+    """
     fn = _SIMULATORS.get(defn.id)
     if fn is None:
-        fn = _SIMULATORS[defn.id] = strategies.inline_decide(_simulate, defn, f"simulate_{defn.id}")
+        scope = dict(_simulate.__globals__, _decide=nb.njit(inline="always")(defn.decide.py_func))
+        body = types.FunctionType(_simulate.__code__, scope, f"simulate_{defn.id}", _simulate.__defaults__)
+        fn = _SIMULATORS[defn.id] = nb.njit(nogil=True)(body)
     return fn
 
 
@@ -432,7 +441,7 @@ class KernelRun:
 
     times: np.ndarray  # each traded bar's close
     curve: np.ndarray  # artifacts.CURVE_COLUMNS[1:], as Portfolio.curve
-    ledger: list[tuple[str, int, float, float, float, float]]  # replay.trades.Ledger
+    ledger: list[tuple[str, int, float, float, float, float]]  # engine.trades.Ledger
     trades: list[Trade]
     open_trades: list[Trade]
     metrics: dict
@@ -481,10 +490,8 @@ def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:
     bar_ns = tf_ns(config.timeframe)
     times = cd["open_time"][m.first:] + bar_ns
     closes = cd["close"][m.first:]
-    qty, avg, balance = state["qty"], state["avg"], state["balance"]
-    unrealized = np.where(qty != 0, (closes - avg) * qty, 0.0)
-    curve = np.column_stack((closes, balance, balance + unrealized, qty, unrealized, state["realized"],
-                             state["fees"], state["funding"]))
+    curve = marked_curve(closes, state["balance"], state["qty"], state["avg"], state["realized"], state["fees"],
+                         state["funding"])
     rows_out = [(config.symbol, t, (q if side > 0 else -q) if kind == FILL else 0.0, price, fee, amount)
                 for t, kind, side, q, price, fee, amount in ledger.tolist()]
     trades, open_trades = trades_from_ledger(rows_out, bar_ns)

@@ -117,12 +117,12 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
     seconds = time.perf_counter() - t0
     if progress is not None:
         progress(total, total)
-    times, curve, trades, open_trades, metrics = outcome(config, m, w.portfolio, collector.events)
+    times, curve, trades, open_trades, metrics = outcome(config, m, w.core.portfolio, collector.events)
     finished = ev.RunFinished(id=ids.next(m.end), ts_event=m.end, ts_init=m.end, system=config.system, run=run,
                               cause=started.id, status="ok", summary=artifacts.clean(metrics))
     collector(finished)
     return ReplayResult(run, config, window, m, metrics, trades, open_trades, times, curve, collector.events, man,
-                        seconds, (w.own, w.higher))
+                        seconds, w.core.tables)
 
 
 def outcome(config: SystemConfig, m: MarketSlice, portfolio: Portfolio, events: list[ev.Event]

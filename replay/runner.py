@@ -22,18 +22,14 @@ from tradebus import __version__
 from tradebus.bus import events as ev
 from tradebus.components.base import SimClock, Stamper
 from tradebus.components.exchange import SimExchange
-from tradebus.components.portfolio import Portfolio
 from tradebus.components.strategies import decision_function
-from tradebus.components.strategy_host import StrategyHost
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.engine.market import MarketSlice, day
 from tradebus.engine.marketdata import Columns
-from tradebus.engine.guard import RiskGuard
 from tradebus.engine.quiet import decisions, next_active
-from tradebus.engine.snapshot import FeatureTable
-from tradebus.engine.wiring import build_core, simulated_venue
+from tradebus.engine.wiring import Core, build_core, simulated_venue
 
 MD_TYPES = (ev.BarClosed, ev.Snapshot)
 
@@ -113,9 +109,9 @@ def active_steps(config: SystemConfig, m: MarketSlice, run: str, w: "Wiring",
     step = tf_ns(config.timeframe)
     open_t, o, h, low, close, volume, turnover = (c["open_time"], c["open"], c["high"], c["low"], c["close"],
                                                   c["volume"], _turnover(c))
-    rows = w.rows
+    rows = w.core.rows
     n, i = len(open_t), m.first
-    exchange, host, guard = w.exchange, w.host, w.guard
+    exchange, host, guard = w.exchange, w.core.host, w.core.guard
     wants = None
     while i < n:
         j = i
@@ -159,14 +155,12 @@ def portfolio_steps(systems: list[tuple[SystemConfig, MarketSlice]], run: str
 @dataclass
 class Wiring:
     clock: SimClock
-    components: list
+    core: Core
     exchange: SimExchange
-    guard: RiskGuard
-    host: StrategyHost
-    portfolio: Portfolio
-    rows: np.ndarray  # the strategy's feature row of every loaded bar
-    own: FeatureTable
-    higher: list[FeatureTable]
+
+    @property
+    def components(self) -> list:
+        return self.core.components(self.exchange)
 
 
 def wire(config: SystemConfig, m: MarketSlice, run: str, limits: Limits | None = None) -> Wiring:
@@ -177,9 +171,7 @@ def wire(config: SystemConfig, m: MarketSlice, run: str, limits: Limits | None =
     core = build_core(config, stamp, m.candles, m.start, limits or Limits())
     exchange = simulated_venue(config, stamp("exchange"), core.guard, m.funding, m.marks)
     exchange.skip_funding_before(m.start)
-    own, higher = core.tables
-    return Wiring(clock, core.components(exchange), exchange, core.guard, core.host, core.portfolio, core.rows, own,
-                  higher)
+    return Wiring(clock, core, exchange)
 
 
 def run_id_for(config: SystemConfig, m: MarketSlice, window: str, limits: Limits | None = None) -> str:

@@ -90,8 +90,8 @@ def test_the_cli_refuses_without_a_traceback_and_writes_nothing(tmp_path):
         assert "Traceback" not in done.stderr and len(done.stderr) < 2000, done.stderr
         assert says[0] in done.stderr, done.stderr
     assert not store.exists() and not (tmp_path / "out").exists()
-    # The shipped example itself is unchanged by any of this.
-    assert yaml.safe_load(EXAMPLE.read_text())["system"] == "sma_cross_btc_5m"
+    home = tmp_path / "home"  # nor anything in the data home (market data, experiments, runs)
+    assert not home.exists() or not [p for p in home.rglob("*") if p.is_file()], list(home.rglob("*"))
 
 
 async def test_publish_checks_every_line_before_sending_any(tmp_path, nats_server, make):

@@ -5,9 +5,13 @@ symbol of one account are refused before anything starts."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 
 import pytest
+import yaml
 
 from tradebus.bus import events as ev
 from tradebus.components.timeframes import tf_ns
@@ -56,19 +60,39 @@ async def settle(group: DaemonGroup, quiet: float = 0.3) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_two_systems_in_one_process_trade_their_own_symbols_on_one_account(venue, nats_server, tmp_path):
+async def trade(group: DaemonGroup, venue, bars: int) -> list[dict]:
+    """Close ``bars`` bars of both symbols, letting the group settle after each; the order creates they caused."""
+    before = len(creates(venue))
+    for _ in range(bars):
+        push_both(venue)
+        await settle(group, 0.15)
+    await settle(group)
+    return creates(venue)[before:]
+
+
+@asynccontextmanager
+async def running_group(venue, nats_server, tmp_path) -> AsyncIterator[tuple[DaemonGroup, object]]:
+    """The BTC and ETH systems in one group on one store, trading until the block ends; then they must stop
+    with exit code 0."""
     bus = await nats_bus(nats_server)
     group = DaemonGroup([settings_for(venue, bus, tmp_path), settings_for(venue, bus, tmp_path, config=ETH_CONFIG)])
-    btc, eth = group.daemons
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(group.run(stop, ready))
     try:
         await asyncio.wait_for(ready.wait(), 30)
-        for _ in range(16):
-            push_both(venue)
-            await settle(group, 0.15)
-        await settle(group)
-        sent = {s: sum(b["symbol"] == s for b in creates(venue)) for s in (SYMBOL, ETH)}
+        yield group, bus
+    finally:
+        stop.set()
+        code = await asyncio.wait_for(task, 30)
+        await bus.close()
+    assert code == 0
+
+
+async def test_two_systems_in_one_process_trade_their_own_symbols_on_one_account(venue, nats_server, tmp_path):
+    async with running_group(venue, nats_server, tmp_path) as (group, bus):
+        btc, eth = group.daemons
+        sent = await trade(group, venue, 16)
+        sent = {s: sum(b["symbol"] == s for b in sent) for s in (SYMBOL, ETH)}
         assert sent[SYMBOL] >= 2 and sent[ETH] >= 2, f"both systems trade: {sent}"
 
         # The kill switch of one system halts that one only.
@@ -77,18 +101,8 @@ async def test_two_systems_in_one_process_trade_their_own_symbols_on_one_account
         while eth.guard.state != "halted" and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert eth.guard.state == "halted" and btc.guard.state == "active"
-        before = len(creates(venue))
-        for _ in range(8):
-            push_both(venue)
-            await settle(group, 0.15)
-        await settle(group)
-        later = creates(venue)[before:]
+        later = await trade(group, venue, 8)
         assert later and all(b["symbol"] == SYMBOL for b in later), "BTC trades on, halted ETH sends nothing"
-    finally:
-        stop.set()
-        code = await asyncio.wait_for(task, 30)
-        await bus.close()
-    assert code == 0
 
     # One store holds both systems, each with its own symbol's fills and the venue's position.
     path = tmp_path / "demo.sqlite"
@@ -107,42 +121,21 @@ async def test_two_systems_in_one_process_trade_their_own_symbols_on_one_account
     assert len(pushed) >= len(fills) // 2
     assert len({(e.ts_event, e.balance, e.equity) for e in pushed}) == len(pushed)
     assert sum(e.run == eth.run_id for e in wallets) <= 2
-    assert {s["system"] for s in map(_status, (tmp_path / "daemons").glob("*.json"))} == {"livetest", "livetest-eth"}
+    statuses = [json.loads(f.read_text()) for f in (tmp_path / "daemons").glob("*.json")]
+    assert {s["system"] for s in statuses} == {"livetest", "livetest-eth"}
 
     # Restarted on the same store, each system folds back its own position and risk state, agrees with the
     # venue (no fail-closed exit), and trades on.
-    bus = await nats_bus(nats_server)
-    again = DaemonGroup([settings_for(venue, bus, tmp_path), settings_for(venue, bus, tmp_path, config=ETH_CONFIG)])
-    stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(again.run(stop, ready))
-    try:
-        await asyncio.wait_for(ready.wait(), 30)
+    async with running_group(venue, nats_server, tmp_path) as (again, _):
         btc2, eth2 = again.daemons
         for d, symbol in ((btc2, SYMBOL), (eth2, ETH)):
             assert d.portfolio.positions[symbol].qty == pytest.approx(float(venue.state.positions[symbol].size))
         assert eth2.guard.state == "halted" and btc2.guard.state == "active", "the kill survives the restart"
-        before = len(creates(venue))
-        for _ in range(8):
-            push_both(venue)
-            await settle(again, 0.15)
-        await settle(again)
-        later = creates(venue)[before:]
+        later = await trade(again, venue, 8)
         assert later and all(b["symbol"] == SYMBOL for b in later)
-    finally:
-        stop.set()
-        assert await asyncio.wait_for(task, 30) == 0
-        await bus.close()
-
-
-def _status(path):
-    import json
-
-    return json.loads(path.read_text())
 
 
 def test_two_systems_on_one_symbol_of_one_account_are_refused(tmp_path):
-    import yaml
-
     for name, symbol in (("a", SYMBOL), ("b", SYMBOL)):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({**CONFIG, "system": f"sys-{name}", "symbol": symbol}))
     (tmp_path / "pf.yaml").write_text(yaml.safe_dump({
