@@ -162,12 +162,13 @@ def record(
     from tradebus.bus.connect import require_nats_url
     from tradebus.bus.nats import NatsBus
     from tradebus.bus.natsserver import NatsServerError
-    from tradebus.eventstore.recorder import Recorder
+    from tradebus.eventstore.recorder import EVENT_STREAM, CaptureError, Recorder, capture_filter
     from tradebus.eventstore.store import EventStore, StoreError
 
     try:
         url = require_nats_url(nats_url)
         pat = subjects.qualify(pattern)
+        capture_filter(pat)
         st = EventStore.open_writer(store or settings.default_store_path())
     except (ValueError, NatsServerError, StoreError) as exc:
         _fail(str(exc))
@@ -175,23 +176,37 @@ def record(
     async def run() -> None:
         stop = _stop_event()
         bus = await NatsBus.connect(url, name="tradebus-record")
-        recorder = Recorder(bus, st, pattern=pat)
-        await recorder.start()
-        err.print(f"recording {pat} from {url} into {st.path} (seq {st.last_seq:,})", style="dim")
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({stopping, recorder.task}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        await bus.close()  # drains in-flight messages into the recorder's queue first
         try:
-            await recorder.stop()
-        except Exception as exc:  # the recorder died: say so and exit non-zero, nothing is hidden
-            _fail(f"recorder stopped: {exc!r}; last committed seq {recorder.last_seq:,}")
-        err.print(f"recorded {recorder.appended:,} events ({recorder.duplicates:,} already stored); last seq {recorder.last_seq:,}")
+            recorder = Recorder(bus, st, pattern=pat)
+            await recorder.start()
+            if recorder.gap is not None:
+                err.print(f"[red]gap[/]: stream {EVENT_STREAM} dropped seq {recorder.gap[0]:,}..{recorder.gap[1]:,}"
+                          " (its age or size limit) before this store recorded them; noted in the quarantine")
+            err.print(f"recording {pat} from {url} (stream {EVENT_STREAM}, consumer {recorder.durable})"
+                      f" into {st.path} (seq {st.last_seq:,})", style="dim")
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopping, recorder.task}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            try:
+                await recorder.stop()
+            except Exception as exc:  # the recorder died: say so and exit non-zero, nothing is hidden
+                _fail(f"recorder stopped: {exc!r}; last committed seq {recorder.last_seq:,};"
+                      " what it had not committed stays in the stream for the next recorder")
+        finally:
+            await bus.close()
+        note = f", {recorder.quarantined:,} quarantined" if recorder.quarantined else ""
+        err.print(f"recorded {recorder.appended:,} events ({recorder.duplicates:,} already stored{note});"
+                  f" last seq {recorder.last_seq:,}")
 
     try:
         asyncio.run(run())
+    except CaptureError as exc:
+        _fail(str(exc))
     finally:
         st.close()
+
+
+PUBLISH_WINDOW = 256
 
 
 @app.command()
@@ -204,7 +219,9 @@ def publish(
     from tradebus.bus.connect import require_nats_url
     from tradebus.bus.nats import NatsBus
     from tradebus.bus.natsserver import NatsServerError
+    from tradebus.bus.base import BusError
     from tradebus.configs.yamlfile import clip
+    from tradebus.eventstore.recorder import EVENT_STREAM, ensure_event_stream
 
     try:
         text = sys.stdin.read() if str(source) == "-" else source.read_bytes().decode("utf-8")
@@ -226,18 +243,41 @@ def publish(
     except NatsServerError as exc:
         _fail(str(exc))
 
-    async def run() -> None:
+    async def run() -> tuple[int, int]:
         async with await NatsBus.connect(url, name="tradebus-publish") as bus:
             for n, _, size in lines:
                 if size > bus.max_payload:
                     _fail(f"{source}:{n}: {size:,} bytes encoded; the server takes at most {bus.max_payload:,}; "
                           "nothing published")
-            for _, event, _ in lines:
-                await bus.publish(event)
-            await bus.flush()
+            await ensure_event_stream(bus)
+            kept = stored = 0
+            window: list = []
 
-    asyncio.run(run())
-    out.print(f"published {len(lines):,} events to {url}")
+            async def settle() -> None:  # the window's acks, awaited together
+                nonlocal kept, stored
+                try:
+                    stored += sum(await asyncio.gather(*(bus.publish_durable(e) for e in window)))
+                except BusError as exc:
+                    _fail(f"{exc}; {kept:,} events were acknowledged before it. Publishing the file again is"
+                          " safe: the stream and the store skip what they hold")
+                kept += len(window)
+                window.clear()
+
+            for _, event, _ in lines:  # in the file's order
+                if subjects.captured(subjects.subject_for(event)):
+                    window.append(event)
+                    if len(window) == PUBLISH_WINDOW:
+                        await settle()
+                else:  # sweep work and results: their own streams, if a sweep made them
+                    await settle()
+                    await bus.publish(event)
+            await settle()
+            await bus.flush()
+            return kept, stored
+
+    kept, stored = asyncio.run(run())
+    out.print(f"published {len(lines):,} events to {url}: {kept:,} acknowledged by stream {EVENT_STREAM}"
+              f" ({kept - stored:,} it already held)")
 
 
 # --- store ---------------------------------------------------------------------------------------
@@ -272,6 +312,8 @@ def store_info(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(Fa
     table.add_row("writer", f"pid {info.writer_pid}" if info.writer_pid else "none running")
     table.add_row("by type", ", ".join(f"{k} {v:,}" for k, v in info.by_type.items()) or "-")
     table.add_row("by system", ", ".join(f"{k or '-'} {v:,}" for k, v in info.by_system.items()) or "-")
+    table.add_row("quarantined", f"[red]{info.quarantined:,}[/] (see `tradebus store quarantine`)"
+                  if info.quarantined else "none")
     out.print(table)
 
 
@@ -280,12 +322,36 @@ def store_verify(store: Optional[Path] = StoreOpt) -> None:
     """Check every event: integrity, gapless seq, CRCs, decoding. Exit 1 on any problem."""
     with _open_reader(store) as st:
         report = st.verify()
+    if report.quarantined:
+        err.print(f"[yellow]{report.quarantined:,} received message(s) quarantined[/] instead of stored"
+                  " (see `tradebus store quarantine`)")
     if report.ok:
         out.print(f"[green]ok[/]: {report.count:,} events, seq gapless, every CRC and payload valid")
         return
     for problem in report.problems[:50]:
         err.print(f"[red]{problem}[/]")
     _fail(f"{len(report.problems)} problem(s) in {report.count:,} events")
+
+
+@store_app.command("quarantine")
+def store_quarantine(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json"),
+                     limit: int = typer.Option(100, "--limit", min=1)) -> None:
+    """List what the recorder received and could not store (poisoned events, capture gaps), with why."""
+    from tradebus import console as fmt
+
+    with _open_reader(store) as st:
+        rows = st.quarantined(limit)
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row.__dict__) + "\n")
+        return
+    if not rows:
+        out.print("quarantine is empty")
+        return
+    table = Table("received", "subject", "event id", "bytes", "reason")
+    for row in rows:
+        table.add_row(fmt.fmt_ns(row.ts), row.subject or "-", row.event_id or "-", f"{row.size:,}", row.reason)
+    out.print(table)
 
 
 @store_app.command("export")

@@ -16,9 +16,10 @@ import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import SlowConsumerError as NatsSlowConsumerError
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 
 from tradebus.bus import codec, subjects
 from tradebus.bus.base import DEFAULT_MAXSIZE, BusClosedError, BusError, SlowConsumerError, Subscription
@@ -168,36 +169,59 @@ class NatsBus:
     # -- JetStream: durable streams and work queues ---------------------------------------------
 
     async def ensure_stream(self, name: str, subjects: list[str], *, work_queue: bool = False,
-                            max_age: float | None = None) -> None:
-        """Create a JetStream stream, or bring an existing one to this configuration. A work queue keeps
-        each message until one consumer acknowledges it; otherwise messages stay until ``max_age``."""
+                            max_age: float | None = None, max_bytes: int | None = None) -> None:
+        """Create a file-backed JetStream stream, or bring an existing one to this configuration. A work
+        queue keeps each message until one consumer acknowledges it; otherwise messages stay until
+        ``max_age`` or until the stream holds ``max_bytes`` (the oldest go first)."""
         js = self._require().jetstream()
-        config = StreamConfig(name=name, subjects=subjects, max_age=max_age,
+        config = StreamConfig(name=name, subjects=subjects, max_age=max_age, max_bytes=max_bytes,
+                              storage=StorageType.FILE,
                               retention=RetentionPolicy.WORK_QUEUE if work_queue else RetentionPolicy.LIMITS)
         try:
             await js.add_stream(config)
         except BadRequestError:  # exists with another configuration
             await js.update_stream(config)
 
-    async def publish_durable(self, event: Event, subject: str | None = None) -> bool:
+    async def publish_durable(self, event: Event, subject: str | None = None, *, timeout: float = 5.0) -> bool:
         """Publish into a stream and wait until the server has stored it. The event id is the message id,
-        so publishing the same event again within the stream's duplicate window stores nothing (False)."""
+        so publishing the same event again within the stream's duplicate window stores nothing (False).
+        Raises ``BusError`` when no stream takes the subject or no ack came within ``timeout``: the
+        event may or may not be stored, and publishing it again is safe."""
         js = self._require().jetstream()
-        ack = await js.publish(subject or subjects.subject_for(event), codec.encode(event),
-                               headers={"Nats-Msg-Id": event.id})
+        try:
+            ack = await js.publish(subject or subjects.subject_for(event), codec.encode(event),
+                                   timeout=timeout, headers={"Nats-Msg-Id": event.id})
+        except (NatsTimeoutError, asyncio.TimeoutError, NoRespondersError) as exc:
+            raise BusError(f"no stream acknowledged event {event.id}: {exc!r}") from None
         return not ack.duplicate
 
-    async def pull(self, stream: str, durable: str, subject: str, *, ack_wait: float = 30.0,
-                   max_deliver: int = -1) -> "Puller":
+    async def pull(self, stream: str, durable: str, subject: str | None, *, ack_wait: float = 30.0,
+                   max_deliver: int = -1, max_ack_pending: int = -1) -> "Puller":
         """A durable pull consumer: every process pulling with the same ``durable`` shares its messages,
-        each delivered to one of them; one not acknowledged within ``ack_wait`` is delivered again."""
+        each delivered to one of them; one not acknowledged within ``ack_wait`` is delivered again.
+        ``subject`` None: the whole stream."""
         js = self._require().jetstream()
         config = ConsumerConfig(durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=ack_wait, max_deliver=max_deliver, max_ack_pending=-1)
+                                ack_wait=ack_wait, max_deliver=max_deliver, max_ack_pending=max_ack_pending)
         await js.add_consumer(stream, config)
         puller = Puller(self, await js.pull_subscribe_bind(durable=durable, stream=stream))
         self._pullers.append(puller)
         return puller
+
+    async def lost_before_delivery(self, stream: str, durable: str) -> tuple[int, int] | None:
+        """The stream sequences (first, last) that the stream's limits removed after ``durable`` last got
+        a message and before it got the next one, or None. A new consumer has lost nothing (it never
+        claimed what came before it); a filtered one may not have wanted all of them (an upper bound)."""
+        js = self._require().jetstream()
+        try:
+            consumer = await js.consumer_info(stream, durable)
+        except NotFoundError:
+            return None
+        first = (await js.stream_info(stream)).state.first_seq
+        delivered = consumer.delivered.stream_seq if consumer.delivered else 0
+        if delivered and delivered + 1 < first:
+            return delivered + 1, first - 1
+        return None
 
     async def __aenter__(self) -> "NatsBus":
         return self
@@ -207,16 +231,24 @@ class NatsBus:
 
 
 class WorkItem:
-    """A message pulled from a stream: its event, and how to settle it."""
+    """A message pulled from a stream: its event (None with ``error`` when it is not one), and how to
+    settle it."""
 
-    def __init__(self, msg: Msg, event: Event) -> None:
+    def __init__(self, msg: Msg, event: Event | None, error: str = "") -> None:
         self._msg = msg
         self.event = event
+        self.error = error
+        self.subject = msg.subject
+        self.data = msg.data
         self.deliveries = msg.metadata.num_delivered
 
     async def ack(self) -> None:
-        """Done: never deliver it again."""
+        """Done: never deliver it again (waits for the server's confirmation)."""
         await self._msg.ack_sync()
+
+    async def ack_nowait(self) -> None:
+        """Done, without waiting: a lost acknowledgement only means one more delivery."""
+        await self._msg.ack()
 
     async def nak(self, delay: float | None = None) -> None:
         """Not done here: deliver it again (to anyone) now or after ``delay`` seconds."""
@@ -244,9 +276,10 @@ class Puller:
         except Exception as exc:  # already gone with its connection
             log.debug("pull subscription close", error=repr(exc))
 
-    async def fetch(self, n: int = 1, timeout: float = 1.0) -> list[WorkItem]:
+    async def fetch(self, n: int = 1, timeout: float = 1.0, *, keep_invalid: bool = False) -> list[WorkItem]:
         """Up to ``n`` messages, waiting at most ``timeout`` for the first; [] when there are none. A
-        message that is not a valid event is terminated (it would fail every time) and logged."""
+        message that is not a valid event is terminated (it would fail every time) and logged, or with
+        ``keep_invalid`` returned with its ``error`` for the caller to settle."""
         self._bus._require()
         try:
             msgs = await self._psub.fetch(n, timeout=timeout)  # type: ignore[attr-defined]
@@ -254,12 +287,20 @@ class Puller:
             # nats-py raises its own TimeoutError, and a bare asyncio one when the deadline runs out
             # between its two pull requests (seen under load: it ended a queued sweep's coordinator).
             return []
+        except (NoRespondersError, ServiceUnavailableError) as exc:
+            # A restarted server answers before its JetStream is back: wait and ask again.
+            log.warning("stream not available yet", error=repr(exc))
+            await asyncio.sleep(min(timeout, 0.5))
+            return []
         out = []
         for msg in msgs:
             try:
                 out.append(WorkItem(msg, codec.decode(msg.data)))
             except codec.EventDecodeError as exc:
                 self._bus.decode_errors += 1
+                if keep_invalid:
+                    out.append(WorkItem(msg, None, str(exc)))
+                    continue
                 log.error("terminated a stream message that is not a valid event", subject=msg.subject, error=str(exc))
                 await msg.term()
         return out

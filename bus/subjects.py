@@ -35,6 +35,8 @@ PREFIX = "tb"
 ROOTS = ("md", "fc", "sig", "ord", "fill", "pos", "acct", "life", "risk", "run", "hb", "work", "res")
 ALL = f"{PREFIX}.>"
 NO_SYSTEM = "_"
+# Sweep work and results live in their own streams; everything else is captured by the event stream.
+CAPTURED = tuple(f"{PREFIX}.{root}.>" for root in ROOTS if root not in ("work", "res"))
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -84,6 +86,11 @@ assert set(_BY_TYPE) == set(ev.EVENT_TYPES), "every event type needs a subject"
 def subject_for(event: ev.Event) -> str:
     """Return the subject an event is published on."""
     return _BY_TYPE[type(event)](event)
+
+
+def captured(subject: str) -> bool:
+    """Whether the event stream keeps ``subject``."""
+    return any(matches(pattern, subject) for pattern in CAPTURED)
 
 
 def sweep_work(job: str = "*") -> str:

@@ -13,22 +13,28 @@ Guarantees:
   and stores nothing of the batch;
 - nothing updates or deletes rows (triggers refuse it, even through raw SQL);
 - one writer per store, enforced with a lock file (``StoreLockedError`` names the holder's pid);
-- each payload carries a CRC-32 that every read checks: corruption raises ``StoreCorruptError``.
+- each payload carries a CRC-32 that every read checks: corruption raises ``StoreCorruptError``;
+- a capture that must not stop (the recorder) appends with ``quarantine=True``: an event conflicting
+  with a stored id, or a message that is no event at all, goes to the ``quarantine`` table with its
+  reason in the same transaction, instead of failing the batch. Quarantine rows are keyed by a hash of
+  what was received, so a poison message redelivered is quarantined once.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import sqlite3
 import threading
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple, Sequence
 
-from tradebus.bus import codec
+from tradebus.bus import codec, subjects
 from tradebus.bus.events import Event, tag_of
 
 FORMAT = "tradebus-events"
@@ -63,6 +69,17 @@ _INSERT = (
 )
 
 
+# Added after version 1 shipped; a writer creates it on open, readers treat its absence as empty.
+_QUARANTINE = """CREATE TABLE IF NOT EXISTS quarantine (
+        key      TEXT    PRIMARY KEY,
+        ts       INTEGER NOT NULL,
+        subject  TEXT    NOT NULL,
+        event_id TEXT    NOT NULL,
+        reason   TEXT    NOT NULL,
+        payload  BLOB    NOT NULL
+    )"""
+
+
 class StoreError(RuntimeError):
     """Base class of event store errors."""
 
@@ -80,13 +97,36 @@ class EventIdConflict(StoreError):
 
 
 @dataclass(frozen=True)
+class Rejected:
+    """Something received that cannot be stored as an event: kept in quarantine with the reason."""
+
+    subject: str
+    payload: bytes
+    reason: str
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
 class AppendResult:
-    """What one ``append`` did: the seq range it wrote and the ids it found already stored."""
+    """What one ``append`` did: the seq range it wrote, the ids it found already stored, and (with
+    ``quarantine=True``) how many it quarantined instead."""
 
     first_seq: int
     last_seq: int
     appended: int
     duplicates: tuple[str, ...] = ()
+    quarantined: int = 0
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """One quarantine row."""
+
+    ts: int
+    subject: str
+    event_id: str
+    reason: str
+    size: int
 
 
 class Record(NamedTuple):
@@ -109,12 +149,14 @@ class StoreInfo:
     by_type: dict[str, int] = field(default_factory=dict)
     by_system: dict[str, int] = field(default_factory=dict)
     writer_pid: int | None = None
+    quarantined: int = 0
 
 
 @dataclass
 class VerifyReport:
     count: int
     problems: list[str]
+    quarantined: int = 0
 
     @property
     def ok(self) -> bool:
@@ -204,6 +246,7 @@ class EventStore:
                     conn.execute("PRAGMA synchronous = FULL")
                     if fresh:
                         _create(conn)
+                    conn.execute(_QUARANTINE)
             except sqlite3.DatabaseError as exc:
                 raise StoreCorruptError(f"{path}: not a readable tradebus event store ({exc})") from None
             store = cls(path, conn, lock_fd)
@@ -244,11 +287,15 @@ class EventStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def append(self, events: Sequence[Event]) -> AppendResult:
-        """Append a batch atomically and durably; return once it is fsynced."""
+    def append(self, events: Sequence[Event], *, quarantine: bool = False,
+               rejected: Sequence[Rejected] = ()) -> AppendResult:
+        """Append a batch atomically and durably; return once it is fsynced.
+
+        ``quarantine``: an event whose id is stored (or earlier in the batch) with other content is put in
+        quarantine instead of failing the batch; ``rejected`` goes there too, in the same transaction."""
         if not self.writable:
             raise StoreError(f"{self.path} is open read-only")
-        if not events:
+        if not events and not rejected:
             return AppendResult(self._last_seq + 1, self._last_seq, 0)
         rows = []
         for e in events:
@@ -265,37 +312,68 @@ class EventStore:
                 after = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
                 appended = after - before
                 duplicates: tuple[str, ...] = ()
+                conflicts: list[Rejected] = []
                 if appended != len(rows):
-                    duplicates = self._check_duplicates(rows, before)
+                    duplicates, conflicts = self._check_duplicates(rows, before)
+                    if conflicts and not quarantine:
+                        raise self._conflict(conflicts[0].event_id)
+                held = [*rejected, *conflicts]
+                if held:
+                    conn.executemany("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO NOTHING",
+                                     [_quarantine_row(r) for r in held])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             self._last_seq = after
-        return AppendResult(before + 1, after, appended, duplicates)
+        return AppendResult(before + 1, after, appended, duplicates, len(held))
 
-    def _check_duplicates(self, rows: list[tuple], before: int) -> tuple[str, ...]:
-        """Return the ids in ``rows`` that were already stored; raise if any differs in content."""
+    def _check_duplicates(self, rows: list[tuple], before: int) -> tuple[tuple[str, ...], list[Rejected]]:
+        """Sort the rows the insert skipped: already stored with the same content (duplicates), or with
+        other content (conflicts, each returned as a ``Rejected``)."""
         seen: dict[str, bytes] = {}
         dup: list[str] = []
+        conflicts: list[Rejected] = []
+
+        def conflict(eid: str, payload: bytes, stored_seq: str) -> None:
+            conflicts.append(Rejected(subject=subjects.subject_for(codec.decode(payload)), payload=payload, event_id=eid,
+                                      reason=f"id {eid} is already stored {stored_seq} with different content"))
+
+        ids: list[str] = []
         for row in rows:
             eid, payload = row[0], row[7]
             if eid in seen:  # repeated within this batch
-                dup.append(eid)
-                if seen[eid] != payload:
-                    raise self._conflict(eid)
+                if seen[eid] == payload:
+                    dup.append(eid)
+                else:
+                    conflict(eid, payload, "earlier in the same batch")
             else:
                 seen[eid] = payload
-        ids = list(seen)
+                ids.append(eid)
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, payload FROM events WHERE seq <= ? AND id IN ({marks})"
-            for eid, stored in self._conn.execute(query, (before, *chunk)):
-                dup.append(eid)
-                if bytes(stored) != seen[eid]:
-                    raise self._conflict(eid)
-        return tuple(dict.fromkeys(dup))
+            query = f"SELECT seq, id, payload FROM events WHERE seq <= ? AND id IN ({marks})"
+            for seq, eid, stored in self._conn.execute(query, (before, *chunk)):
+                if bytes(stored) == seen[eid]:
+                    dup.append(eid)
+                else:
+                    conflict(eid, seen[eid], f"at seq {seq}")
+        return tuple(dict.fromkeys(dup)), conflicts
+
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        """The quarantine, oldest first (at most ``limit`` rows)."""
+        if not self._has_quarantine():
+            return []
+        rows = self._conn.execute(
+            "SELECT ts, subject, event_id, reason, length(payload) FROM quarantine ORDER BY ts, key LIMIT ?", (limit,))
+        return [Quarantined(*row) for row in rows]
+
+    def _has_quarantine(self) -> bool:
+        return "quarantine" in _tables(self._conn)
+
+    def _quarantine_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM quarantine").fetchone()[0] if self._has_quarantine() else 0
 
     def _conflict(self, event_id: str) -> EventIdConflict:
         return EventIdConflict(
@@ -396,6 +474,7 @@ class EventStore:
                 by_type = dict(c.execute("SELECT type, count(*) FROM events GROUP BY type ORDER BY type").fetchall())
                 by_system = dict(c.execute(
                     "SELECT system, count(*) FROM events GROUP BY system ORDER BY system").fetchall())
+                quarantined = self._quarantine_count()
             finally:
                 c.execute("COMMIT")
         wal = Path(str(self.path) + "-wal")
@@ -411,6 +490,7 @@ class EventStore:
             by_type=by_type,
             by_system=by_system,
             writer_pid=os.getpid() if self.writable else writer_pid(self.path),
+            quarantined=quarantined,
         )
 
     def verify(self) -> VerifyReport:
@@ -443,10 +523,11 @@ class EventStore:
                     problems.append(f"seq {seq}: indexed columns disagree with the payload")
                 ids[eid] += 1
             problems.extend(f"id {eid} stored {n} times" for eid, n in ids.items() if n > 1)
+            quarantined = self._quarantine_count()
         except sqlite3.DatabaseError as exc:
             problems.append(f"sqlite error: {exc}")
-            count = -1
-        return VerifyReport(count=count, problems=problems)
+            count, quarantined = -1, 0
+        return VerifyReport(count=count, problems=problems, quarantined=quarantined)
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -466,6 +547,12 @@ class EventStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _quarantine_row(r: Rejected) -> tuple:
+    # What was received, not why: a poison message redelivered in another batch is one row.
+    key = hashlib.sha256(b"\0".join((r.subject.encode(), r.event_id.encode(), r.payload)))
+    return (key.hexdigest(), time.time_ns(), r.subject, r.event_id, r.reason, r.payload)
 
 
 def _release_lock(fd: int) -> None:

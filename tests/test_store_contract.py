@@ -1,4 +1,4 @@
-"""The event store's contract: append, idempotence, reads, append-only, recorder."""
+"""The event store's contract: append, idempotence, quarantine, reads, append-only."""
 
 from __future__ import annotations
 
@@ -7,10 +7,7 @@ import sqlite3
 import msgspec
 import pytest
 
-from tradebus.bus import subjects
-from tradebus.bus.local import LocalBus
-from tradebus.eventstore.recorder import Recorder
-from tradebus.eventstore.store import EventIdConflict, EventStore, StoreError, StoreLockedError
+from tradebus.eventstore.store import EventIdConflict, EventStore, Rejected, StoreError, StoreLockedError
 from tradebus.tests.samples import FIVE_MIN, T0, one_of_each
 
 
@@ -156,52 +153,31 @@ def test_info_counts_by_type_and_system(store, make):
     assert info.by_system == {"": 2, "alpha": 1}
 
 
-async def test_recorder_appends_everything_published_in_order(store, make):
-    async with LocalBus() as bus:
-        recorder = Recorder(bus, store)
-        await recorder.start()
-        sent = [make.bar(close=float(i)) for i in range(3_000)] + one_of_each()
+def test_quarantine_takes_a_conflict_and_a_rejected_message_and_appends_the_rest(store, make):
+    stored = make.bar(close=1.0)
+    store.append([stored])
+    impostor = msgspec.structs.replace(stored, close=2.0)
+    fresh = make.bar()
 
-        for e in sent:
-            await bus.publish(e)
-        await recorder.sync(len(sent))
-        await recorder.stop()
+    result = store.append([impostor, fresh], quarantine=True,
+                          rejected=[Rejected(subject="tb.sig.x", payload=b"\xc1junk", reason="not an event")])
+    again = store.append([impostor], quarantine=True)  # redelivered: quarantined once
 
-    assert [r.event for r in store.read()] == sent
-    assert recorder.appended == len(sent)
-
-
-async def test_recorder_skips_events_already_stored(store, make):
-    already = [make.bar() for _ in range(3)]
-    store.append(already)
-    async with LocalBus() as bus:
-        recorder = Recorder(bus, store)
-        await recorder.start()
-        fresh = make.bar()
-        for e in [*already, fresh]:
-            await bus.publish(e)
-        await recorder.sync(4)
-        await recorder.stop()
-
-    assert recorder.duplicates == 3
-    assert [r.event for r in store.read()] == [*already, fresh]
+    assert (result.appended, result.quarantined, again.appended) == (1, 2, 0)
+    assert [r.event for r in store.read()] == [stored, fresh]
+    rows = store.quarantined()
+    assert sorted((r.subject, r.event_id) for r in rows) == [("tb.md.bar.bybit.BTCUSDT.5m", stored.id),
+                                                             ("tb.sig.x", "")]
+    assert any("already stored at seq 1 with different content" in r.reason for r in rows)
+    assert store.info().quarantined == 2 and store.verify().quarantined == 2 and store.verify().ok
 
 
-async def test_recorder_over_nats_records_another_connections_events(store, make, nats_server):
-    from tradebus.bus.nats import NatsBus
+def test_a_conflict_within_one_batch_is_quarantined_after_the_first(store, make):
+    first = make.bar(close=1.0)
+    second = msgspec.structs.replace(first, close=2.0)
 
-    publisher = await NatsBus.connect(nats_server.url)
-    listener = await NatsBus.connect(nats_server.url)
-    recorder = Recorder(listener, store, pattern=subjects.ALL)
-    await recorder.start()
-    sent = [make.bar(close=float(i)) for i in range(500)]
+    result = store.append([first, second], quarantine=True)
 
-    for e in sent:
-        await publisher.publish(e)
-    await publisher.flush()
-    await recorder.sync(len(sent))
-    await recorder.stop()
-    await publisher.close()
-    await listener.close()
-
-    assert [r.event for r in store.read()] == sent
+    assert (result.appended, result.quarantined) == (1, 1)
+    assert [r.event for r in store.read()] == [first]
+    assert "earlier in the same batch" in store.quarantined()[0].reason
