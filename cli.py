@@ -419,20 +419,24 @@ def data_import(
     """Import market data files; re-importing the same data changes nothing."""
     from tradebus.components.timeframes import TimeframeError
     from tradebus.replay.importer import ImportFormatError, read_file
-    from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
+    from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey, validate
 
-    try:
+    try:  # every file read and checked before anything is written; then one transaction for all
         keys = [SeriesKey(venue, market, symbol or f.stem.upper(), timeframe, kind) for f in files]
         loaded = [(key, f, read_file(f, kind)) for key, f in zip(keys, files)]
     except (ImportFormatError, MarketDataError, TimeframeError) as exc:
         _fail(f"{exc}; nothing imported")
-    with MarketData.open(db) as md:
-        for key, path, cols in loaded:
-            try:
-                new = md.write(key, cols)
-            except MarketDataError as exc:
-                _fail(f"{path}: {exc}")
-            out.print(f"{key}: {len(cols['open_time']):,} rows from {path.name}, {new:,} new")
+    for key, path, cols in loaded:
+        problems = validate(cols, key)
+        if problems:
+            _fail(f"{path}: {key}: {'; '.join(problems)}; nothing imported")
+    try:
+        with MarketData.open(db) as md:
+            new = md.write_all([(key, cols) for key, _, cols in loaded])
+    except MarketDataError as exc:
+        _fail(f"{exc}; nothing imported")
+    for (key, path, cols), n in zip(loaded, new):
+        out.print(f"{key}: {len(cols['open_time']):,} rows from {path.name}, {n:,} new")
 
 
 @data_app.command("fetch")

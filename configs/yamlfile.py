@@ -100,16 +100,18 @@ _Loader.yaml_implicit_resolvers = {
 
 def loads(text: str, source: Path | str) -> Any:
     """Parse YAML text under the rules above; a YamlError names ``source``."""
-    loader = _Loader(text)
-    loader.name = str(source)  # the marks of error messages name the file
+    loader = None
     try:
+        loader = _Loader(text)  # its reader refuses control characters here already
+        loader.name = str(source)  # the marks of error messages name the file
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         raise YamlError(f"{source}: not valid YAML: {clip(str(exc))}") from None
     except (ValueError, RecursionError) as exc:  # a constructor's own error on a value it cannot build
         raise YamlError(f"{source}: not valid YAML: {clip(str(exc))}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def dumps(data: Any) -> str:

@@ -152,34 +152,41 @@ class MarketData(duck.Database):
 
     def write(self, key: SeriesKey, cols: Columns) -> int:
         """Validate and upsert rows of one series atomically; return how many rows were new."""
-        values = VALUE_COLUMNS[key.kind]
-        cols = dict(cols)
-        if key.kind == "candles" and "turnover" not in cols:
-            cols["turnover"] = np.zeros(len(cols["open_time"]))
-        problems = validate(cols, key)
-        if problems:
-            raise MarketDataError(f"{key}: " + "; ".join(problems) + "; nothing was written")
-        if len(cols["open_time"]) == 0:
-            return 0
-        frame = {"open_time": np.asarray(cols["open_time"], dtype=np.int64)}
-        frame.update({name: np.asarray(cols[name], dtype=np.float64) for name in values})
-        table = _TABLE[key.kind]
-        names = ", ".join(values)
-        before = self._count(key)
+        return self.write_all([(key, cols)])[0]
+
+    def write_all(self, series: list[tuple[SeriesKey, Columns]]) -> list[int]:
+        """Validate every series, then upsert them all in one transaction: all or nothing. Return how many
+        rows were new in each."""
+        ready = []
+        for key, cols in series:
+            cols = dict(cols)
+            if key.kind == "candles" and "turnover" not in cols:
+                cols["turnover"] = np.zeros(len(cols["open_time"]))
+            problems = validate(cols, key)
+            if problems:
+                raise MarketDataError(f"{key}: " + "; ".join(problems) + "; nothing was written")
+            frame = {"open_time": np.asarray(cols["open_time"], dtype=np.int64)}
+            frame.update({name: np.asarray(cols[name], dtype=np.float64) for name in VALUE_COLUMNS[key.kind]})
+            ready.append((key, frame))
+        before = [self._count(key) for key, _ in ready]
         self._con.execute("BEGIN TRANSACTION")
         try:
-            self._con.register("incoming", frame)
-            self._con.execute(
-                f"INSERT OR REPLACE INTO {table} (venue, market, symbol, timeframe, open_time, {names})"
-                f" SELECT ?, ?, ?, ?, open_time, {names} FROM incoming",
-                [key.venue, key.market, key.symbol, key.timeframe],
-            )
-            self._con.unregister("incoming")
+            for key, frame in ready:
+                if len(frame["open_time"]) == 0:
+                    continue
+                names = ", ".join(VALUE_COLUMNS[key.kind])
+                self._con.register("incoming", frame)
+                self._con.execute(
+                    f"INSERT OR REPLACE INTO {_TABLE[key.kind]} (venue, market, symbol, timeframe, open_time, {names})"
+                    f" SELECT ?, ?, ?, ?, open_time, {names} FROM incoming",
+                    [key.venue, key.market, key.symbol, key.timeframe],
+                )
+                self._con.unregister("incoming")
             self._con.execute("COMMIT")
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
-        return self._count(key) - before
+        return [self._count(key) - n for (key, _), n in zip(ready, before)]
 
     # -- reading --------------------------------------------------------------------------------
 

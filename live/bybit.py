@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import os
 import threading
 import time
@@ -59,23 +60,45 @@ class Credentials:
         if key and secret:
             return cls(key, secret)
         if file is not None:
-            try:
-                text = file.read_text()
-            except OSError as exc:
-                raise ValueError(f"key file {file}: {exc.strerror}") from None
-            try:
-                data = json.loads(text)
-                key, secret = str(data["key"]), str(data["secret"])
-            except (ValueError, KeyError, TypeError):
-                lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-                if len(lines) != 2:
-                    raise ValueError(f"key file {file}: expected JSON {{\"key\", \"secret\"}} or two lines "
-                                     "(key, then secret)") from None
-                key, secret = lines
+            key, secret = _read_key_file(file)
             if file.stat().st_mode & 0o077:
                 log.warning("key file is readable by other users; chmod 600 it", file=str(file))
             return cls(key, secret)
         raise ValueError(f"no API key: set {prefix}_API_KEY and {prefix}_API_SECRET, or pass --keys FILE")
+
+
+KEY_FILE_MAX = 4096
+_KEY_CHARS = re.compile(r"^[A-Za-z0-9_\-+/=.]{1,256}$")
+
+
+def _read_key_file(file: Path) -> tuple[str, str]:
+    """The (key, secret) in ``file``: JSON ``{"key", "secret"}`` or two lines. Errors name the file and
+    what is wrong, never a value."""
+    try:
+        with open(file, "rb") as fh:
+            raw = fh.read(KEY_FILE_MAX + 1)
+    except OSError as exc:
+        raise ValueError(f"key file {file}: {exc.strerror}") from None
+    if len(raw) > KEY_FILE_MAX:
+        raise ValueError(f"key file {file}: larger than {KEY_FILE_MAX:,} bytes; it should hold a key and a secret")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"key file {file}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+        key, secret = data["key"], data["secret"]
+    except (ValueError, KeyError, TypeError):
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        if len(lines) != 2:
+            raise ValueError(f"key file {file}: expected JSON {{\"key\", \"secret\"}} or two lines "
+                             f"(key, then secret); found {len(lines)} non-empty line(s)") from None
+        key, secret = lines
+    for name, value in (("key", key), ("secret", secret)):
+        if not isinstance(value, str) or not _KEY_CHARS.match(value):
+            raise ValueError(f"key file {file}: the {name} must be 1-256 letters, digits or _-+/=. characters"
+                             " (its value is not shown)")
+    return key, secret
 
 
 class _SignedHTTP(HTTP):
