@@ -214,7 +214,8 @@ def publish(
     source: Path = typer.Argument(Path("-"), help="JSON events, one per line (as `tail --json` prints); - for stdin."),
     nats_url: Optional[str] = NatsUrlOpt,
 ) -> None:
-    """Publish JSON events to NATS (replays what `tail --json` captured). Validates every line first."""
+    """Publish JSON events (what `tail --json` prints); every line is checked first, and it returns once the
+    event stream holds each."""
     from tradebus.bus import codec, subjects
     from tradebus.bus.connect import require_nats_url
     from tradebus.bus.nats import NatsBus

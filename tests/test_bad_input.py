@@ -151,6 +151,7 @@ JOB_CASES = [
     ("a range of 10**18 values", lambda d: d["tasks"][0]["params"].update(fast={"min": 0, "max": 1e9, "step": 1e-9}),
      "at most 2,000,000"),
     ("reversed window", lambda d: d["tasks"][0].update(window="2025-06-01:2025-01-01"), "END must be after START"),
+    ("impossible window", lambda d: d["tasks"][0].update(window="2025-02-30:2025-06-01"), "2025-02-30"),
 ]
 
 
