@@ -42,9 +42,9 @@ class Event(
     frozen=True,
     kw_only=True,
     tag_field="type",
-    forbid_unknown_fields=True,
 ):
-    """The envelope every event carries."""
+    """The envelope every event carries. Unknown fields are ignored on decode (a newer writer's added
+    fields must not stop an older reader); ``codec.from_json`` refuses them in what people write."""
 
     id: EventId
     ts_event: Nanos
@@ -265,7 +265,7 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="heartbeat"):
 # --- research -------------------------------------------------------------------------------------
 
 
-class TrialSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TrialSpec(msgspec.Struct, frozen=True, kw_only=True):
     """One sweep trial: its id, the window it runs over, and its whole validated system config (JSON)."""
 
     id: str
@@ -273,7 +273,7 @@ class TrialSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     config: dict[str, Any]
 
 
-class TrialOutcome(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class TrialOutcome(msgspec.Struct, frozen=True, kw_only=True):
     """What a trial produced: its metrics and block statistics, or why it failed."""
 
     id: str
