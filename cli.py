@@ -1077,6 +1077,9 @@ def sweep(
     secs = time.perf_counter() - t0
     out.print(f"job {job.job}: {report.trials:,} trials ({report.invalid:,} refused combinations not counted); "
               f"ran {report.ran:,}, already done {report.skipped:,}, failed {len(report.failed):,} in {secs:.1f}s{note}")
+    if report.stale:
+        out.print(f"{report.stale:,} earlier trials of {job.job} were computed by other code or on other data:"
+                  " kept in the table, no longer counted or listed")
     for tid, why in report.failed[:5]:
         out.print(f"  failed {tid[:12]}: {why}")
     if top:

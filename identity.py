@@ -22,10 +22,11 @@ DECIDES = ("bus", "components", "configs", "engine", "factory", "replay")
 
 
 @functools.cache
-def code_digest() -> str:
-    """16 hex characters of SHA-256 over the deciding source files (by relative path) and library versions."""
+def code_digest(root: Path = PACKAGE) -> str:
+    """16 hex characters of SHA-256 over the deciding source files under ``root`` (by relative path) and
+    the library versions; computed once per process."""
     h = hashlib.sha256(f"numpy {numpy.__version__} numba {numba.__version__}".encode())
-    for path in sorted(p for folder in DECIDES for p in (PACKAGE / folder).rglob("*.py")):
-        h.update(b"\0" + path.relative_to(PACKAGE).as_posix().encode() + b"\0")
+    for path in sorted(p for folder in DECIDES for p in (root / folder).rglob("*.py")):
+        h.update(b"\0" + path.relative_to(root).as_posix().encode() + b"\0")
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

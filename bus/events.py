@@ -283,8 +283,8 @@ class TrialOutcome(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class SweepTask(Event, frozen=True, kw_only=True, tag="sweep.task"):
-    """A batch of a sweep job's trials for any worker to run. ``data`` holds the hash of each symbol's
-    stored series the trials were planned on; a worker whose candles differ refuses them."""
+    """A batch of a sweep job's trials for any worker to run. ``data`` maps each set of stored series the
+    trials read (``sweep.reads_label``) to the hash they were planned on; a worker whose differ refuses them."""
 
     job: str
     venue: str

@@ -95,6 +95,20 @@ def base_key(config: SystemConfig, md: MarketData) -> SeriesKey:
     return SeriesKey(config.venue, config.market, config.symbol, config.timeframe)
 
 
+def funding_keys(config: SystemConfig) -> tuple[SeriesKey, ...]:
+    """The funding and mark series a run reads when its costs charge funding (none otherwise)."""
+    if not (config.costs.funding and config.market == "linear"):
+        return ()
+    return (SeriesKey(config.venue, config.market, config.symbol, "-", "funding"),
+            SeriesKey(config.venue, config.market, config.symbol, "1h", "mark"))
+
+
+def series_read(config: SystemConfig, md: MarketData) -> tuple[SeriesKey, ...]:
+    """Every stored series a run of ``config`` reads: what its identity hashes, and nothing else (another
+    timeframe, or funding for a run that charges none, changes no run)."""
+    return (base_key(config, md), *funding_keys(config))
+
+
 def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlice:
     """Load the window plus warm-up; raise MissingDataError naming the command that fills any gap."""
     key = base_key(config, md)
@@ -135,11 +149,8 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
     higher = {tf: resample(base, key.timeframe, tf) for tf in config.all_higher_timeframes()}
     first = int(np.searchsorted(candles["open_time"], start))
     funding = marks = None
-    if config.costs.funding and config.market == "linear":
-        fkey = SeriesKey(config.venue, config.market, config.symbol, "-", "funding")
-        funding = md.read(fkey, start, end)
-        mkey = SeriesKey(config.venue, config.market, config.symbol, "1h", "mark")
-        marks = md.read(mkey, start, end)
+    if keys := funding_keys(config):
+        funding, marks = (md.read(k, start, end) for k in keys)
     return MarketSlice(start, end, candles, first, higher, funding, marks, str(key), requested)
 
 

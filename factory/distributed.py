@@ -37,7 +37,7 @@ from tradebus.bus.nats import NatsBus, WorkItem
 from tradebus.configs.schema import parse_config
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
-from tradebus.factory.sweep import Collector, Outcome, Pending, SweepJob, SweepReport, data_id, pending, run_trials
+from tradebus.factory.sweep import Collector, DataIds, Outcome, Pending, SweepJob, SweepReport, pending, run_trials
 from tradebus.engine.marketdata import MarketData
 
 log = structlog.get_logger("tradebus.worker")
@@ -56,14 +56,14 @@ async def ensure_streams(bus: NatsBus) -> None:
 def task_events(work: Pending, batch: int) -> list[SweepTask]:
     """The job's pending trials as work-queue tasks; a task's id hashes its trials, so it is the same on
     every resubmission of the same work."""
-    data = {t.config.symbol: t.data_id for t in work.todo}  # hashed once, when the job was planned
+    data = {t.reads: t.data_id for t in work.todo}  # hashed once, when the job was planned
     now = time.time_ns()
     out = []
     for trials in work.batches(batch):
         key = hashlib.sha256(json.dumps([work.job.job, [t.id for t in trials]]).encode()).hexdigest()[:26]
         out.append(SweepTask(
             id=f"swt-{key}", ts_event=now, ts_init=now, system=work.job.job, job=work.job.job, venue=work.venue,
-            market=work.market, data={s: data[s] for s in sorted({t.config.symbol for t in trials})},
+            market=work.market, data={r: data[r] for r in sorted({t.reads for t in trials})},
             trials=[TrialSpec(id=t.id, window=t.window, config=t.config.model_dump(mode="json")) for t in trials]))
     return out
 
@@ -130,26 +130,27 @@ class _Markets:
 
     def __init__(self, md: MarketData) -> None:
         self._md = md
-        self._cache: dict[tuple[str, str, tuple[str, ...]], tuple[MemoryMarket, dict[str, str]]] = {}
+        self._cache: dict[tuple[str, str, tuple[str, ...]], DataIds] = {}
 
-    def get(self, venue: str, market: str, symbols: list[str]) -> tuple[MemoryMarket, dict[str, str]]:
+    def get(self, venue: str, market: str, symbols: list[str]) -> DataIds:
         key = (venue, market, tuple(sorted(symbols)))
         if key not in self._cache:
-            mem = MemoryMarket.load(self._md, venue, market, list(key[2]))
-            self._cache[key] = mem, {s: data_id(mem, s) for s in key[2]}
+            self._cache[key] = DataIds(MemoryMarket.load(self._md, venue, market, list(key[2])))
         return self._cache[key]
 
 
 def run_task(task: SweepTask, markets: _Markets, worker: str) -> tuple[list[TrialOutcome], bool]:
     """Every trial of a task, or for each the reason it cannot run here; and whether this worker refused
-    the task (its candles differ from the coordinator's)."""
-    mem, ours = markets.get(task.venue, task.market, list(task.data))
-    differ = sorted(s for s, d in task.data.items() if ours.get(s) != d)
+    the task (the series its trials read differ from the coordinator's)."""
+    batch = [(t.id, parse_config(t.config, f"task {task.id} trial {t.id}"), t.window) for t in task.trials]
+    ids = markets.get(task.venue, task.market, sorted({c.symbol for _, c, _ in batch}))
+    ours = dict(ids.of(c) for _, c, _ in batch)
+    differ = sorted(r for r, d in task.data.items() if ours.get(r) != d)
     if differ:
-        why = (f"worker {worker}: its stored candles of {', '.join(differ)} differ from the coordinator's "
+        why = (f"worker {worker}: its stored {' and '.join(differ)} differ from the coordinator's "
                "(import the same data on every worker)")
         return [TrialOutcome(id=t.id, error=why) for t in task.trials], True
-    batch = [(t.id, parse_config(t.config, f"task {task.id} trial {t.id}"), t.window) for t in task.trials]
+    mem = ids.mem
     return [TrialOutcome(id=tid, metrics={k: float(v) for k, v in (m or {}).items()}, blocks=b, error=e)
             for tid, m, b, e in run_trials(batch, mem)], False
 

@@ -1,9 +1,12 @@
 """The experiments table (DuckDB, in the data home): every trial the factory ran, and what it concluded.
 
 One row per trial, keyed by a hash of everything that decides its result (strategy, parameters and
-config overrides, symbol, timeframe, window, the candles' hash, cost model, fill rule, code version):
-running the same trial again is a lookup, not a second row. A sweep records its job and how many
-trials the job counted (the deflated Sharpe needs it); validation later fills the status columns.
+config overrides, symbol, timeframe, window, the hash of the series it reads, cost model, fill rule, and
+the digest of the code that computes it): running the same trial again is a lookup, not a second row,
+and after a change to that code or those series it is a new trial. Each sweep records its job's plan
+(``job_plans``): the trials it counts now. Rows of older code or data stay in the table but leave the
+job's counts (the deflated Sharpe's N and spread, CSCV's matrix) and the default listings; validation
+later fills the status columns.
 """
 
 from __future__ import annotations
@@ -82,7 +85,10 @@ def _clean(v: Any) -> Any:
 class Tracker(duck.Database):
     """The experiments table: record trials, query them."""
 
-    SCHEMA = (f"CREATE TABLE IF NOT EXISTS experiments ({', '.join(f'{k} {t}' for k, t in COLUMNS.items())})",)
+    SCHEMA = (f"CREATE TABLE IF NOT EXISTS experiments ({', '.join(f'{k} {t}' for k, t in COLUMNS.items())})",
+              # Each job's trials as last planned: rows of older code or data stay, but only these count.
+              "CREATE TABLE IF NOT EXISTS job_plans (job_id VARCHAR PRIMARY KEY, trial_ids VARCHAR[],"
+              " planned_at TIMESTAMP)")
 
     @classmethod
     def open(cls, path: Path | str | None = None, *, read_only: bool = False) -> "Tracker":
@@ -114,6 +120,11 @@ class Tracker(duck.Database):
             self._con.execute("ROLLBACK")
             raise
         return self.count() - before
+
+    def record_plan(self, job: str, trial_ids: list[str]) -> None:
+        """Make ``trial_ids`` the job's trials: what its selection statistics count from now on."""
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        self._con.execute("INSERT OR REPLACE INTO job_plans VALUES (?, ?, ?)", [job, trial_ids, now])
 
     def update_validation(self, exp_id: str, status: str, details: dict[str, Any], *, test_return: float | None = None,
                           train_period: str | None = None, test_period: str | None = None) -> None:
@@ -154,8 +165,11 @@ class Tracker(duck.Database):
 
     def top(self, n: int = 10, *, validated_only: bool = True, min_trades: int = 0, job: str | None = None,
             strategy: str | None = None, symbol: str | None = None, timeframe: str | None = None) -> list[Experiment]:
-        """Best by score; by default only trials that passed validation."""
+        """Best by score; by default only trials that passed validation. Rows of older code or data (no
+        longer in their job's plan) are not listed."""
         where, params = ["score IS NOT NULL", "total_trades >= ?"], [min_trades]
+        if self._has_plans():
+            where.append("(job_id NOT IN (SELECT job_id FROM job_plans) OR id IN (SELECT unnest(trial_ids) FROM job_plans))")
         if validated_only:
             where.append("validation_status = 'passed'")
         for col, val in (("job_id", job), ("strategy", strategy), ("symbol", symbol), ("timeframe", timeframe)):
@@ -165,20 +179,51 @@ class Tracker(duck.Database):
         return self._rows(f"SELECT * FROM experiments WHERE {' AND '.join(where)} ORDER BY score DESC, id LIMIT ?",
                           [*params, n])
 
+    def _has_plans(self) -> bool:
+        return bool(self._con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'job_plans'").fetchone()[0])
+
+    def _plan(self, job: str) -> list[str] | None:
+        if not self._has_plans():
+            return None
+        row = self._con.execute("SELECT trial_ids FROM job_plans WHERE job_id = ?", [job]).fetchone()
+        return None if row is None else list(row[0])
+
+    def _of_job(self, job: str) -> tuple[str, list[Any]]:
+        """WHERE clause for a job's current trials: its last plan's, else (a table from before plans were
+        kept) every row recorded under the job."""
+        if self._plan(job) is None:
+            return "job_id = ?", [job]
+        return "id IN (SELECT unnest(trial_ids) FROM job_plans WHERE job_id = ?)", [job]
+
     def job_trials(self, job: str) -> int:
-        """The trial count a job recorded (its largest, if it was rerun with more)."""
+        """The job's trial count: its last plan's (the deflated Sharpe's N)."""
+        plan = self._plan(job)
+        if plan is not None:
+            return len(plan)
         n = self._con.execute("SELECT max(job_trials) FROM experiments WHERE job_id = ?", [job]).fetchone()[0]
         return int(n or 0)
 
+    def stale(self, job: str) -> int:
+        """Rows recorded under the job that its last plan no longer holds (older code or data)."""
+        plan = self._plan(job)
+        if plan is None:
+            return 0
+        return self._con.execute(
+            "SELECT count(*) FROM experiments WHERE job_id = ? AND id NOT IN"
+            " (SELECT unnest(trial_ids) FROM job_plans WHERE job_id = ?)", [job, job]).fetchone()[0]
+
     def job_sharpes(self, job: str) -> list[float | None]:
-        """The annualised Sharpe ratio of every trial of a job (the DSR's spread of trials)."""
-        return [r[0] for r in self._con.execute("SELECT sharpe FROM experiments WHERE job_id = ?", [job]).fetchall()]
+        """The annualised Sharpe ratio of every current trial of a job (the DSR's spread of trials)."""
+        where, params = self._of_job(job)
+        return [r[0] for r in self._con.execute(f"SELECT sharpe FROM experiments WHERE {where}", params).fetchall()]
 
     def block_stats(self, job: str, symbol: str, timeframe: str, window: str) -> list[np.ndarray]:
-        """Per trial of a job on one series and window: its (blocks, 3) statistics, for CSCV."""
+        """Per current trial of a job on one series and window: its (blocks, 3) statistics, for CSCV."""
+        where, params = self._of_job(job)
         rows = self._con.execute(
-            "SELECT block_stats FROM experiments WHERE job_id = ? AND symbol = ? AND timeframe = ? AND train_period = ?"
-            " AND len(block_stats) > 0 ORDER BY id", [job, symbol, timeframe, window]).fetchall()
+            f"SELECT block_stats FROM experiments WHERE {where} AND symbol = ? AND timeframe = ? AND train_period = ?"
+            " AND len(block_stats) > 0 ORDER BY id", [*params, symbol, timeframe, window]).fetchall()
         return [np.asarray(r[0], dtype=np.float64).reshape(-1, 3) for r in rows]
 
     def parameter_values(self, job: str, strategy: str, symbol: str, timeframe: str) -> dict[str, list[Any]]:

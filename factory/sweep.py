@@ -26,7 +26,6 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tradebus import __version__
 from tradebus.components import composable
 from tradebus.components.strict import StrictModel
 from tradebus.components.timeframes import tf_ns
@@ -36,8 +35,9 @@ from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.space import MAX_POINTS, Declared, Range, SpaceKind, expand, grid_size
-from tradebus.engine.marketdata import MarketData
-from tradebus.engine.market import load_market, resolve_window
+from tradebus.engine.marketdata import MarketData, SeriesKey
+from tradebus.engine.market import load_market, resolve_window, series_read
+from tradebus.identity import code_digest
 
 DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
 
@@ -129,7 +129,8 @@ class Trial:
     config: SystemConfig
     window: str
     varied: dict[str, Any]
-    data_id: str
+    data_id: str  # hash of the series it reads
+    reads: str  # which series those are (reads_label)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -154,22 +155,46 @@ def trial_config(job: SweepJob, task: SweepTask, symbol: str, timeframe: str, va
 
 
 def trial_id(config: SystemConfig, window: str, data_id: str) -> str:
-    """What decides a trial's result, hashed: the config (its system name aside), window, data, code."""
+    """What decides a trial's result, hashed: the config (its system name aside), window, the series it
+    reads, and the code that computes it."""
     body = config.canonical()
     body.pop("system")
-    key = msgspec.json.encode({"config": body, "window": window, "data": data_id, "code": __version__}, order="sorted")
+    key = msgspec.json.encode({"config": body, "window": window, "data": data_id, "code": code_digest()},
+                              order="sorted")
     return hashlib.sha256(key).hexdigest()[:32]
 
 
-def data_id(mem: MemoryMarket, symbol: str) -> str:
-    """A hash of every stored series of a symbol (the slice a trial reads follows from it and the config)."""
+def reads_label(keys: tuple[SeriesKey, ...]) -> str:
+    """The series a trial reads, as one line (a queued task's data map is keyed by it)."""
+    return "; ".join(map(str, keys))
+
+
+def data_id(mem: MemoryMarket, keys: tuple[SeriesKey, ...]) -> str:
+    """A hash of the whole stored series a trial reads (``engine.market.series_read``); the slice it takes
+    follows from them and the config. Nothing else stored for the symbol enters it."""
     h = hashlib.sha256()
-    for key in sorted((k for k in mem.series if k.symbol == symbol), key=str):
+    for key in keys:
         h.update(str(key).encode())
-        for name in sorted(mem.series[key]):
+        cols = mem.series.get(key, {})
+        for name in sorted(cols):
             h.update(name.encode())
-            h.update(np.ascontiguousarray(mem.series[key][name]).tobytes())
+            h.update(np.ascontiguousarray(cols[name]).tobytes())
     return h.hexdigest()
+
+
+class DataIds:
+    """``data_id`` of each distinct set of series, hashed once however many trials read it."""
+
+    def __init__(self, mem: MemoryMarket) -> None:
+        self.mem = mem
+        self._ids: dict[tuple[SeriesKey, ...], str] = {}
+
+    def of(self, config: SystemConfig) -> tuple[str, str]:
+        """(label, data id) of what ``config`` reads."""
+        keys = series_read(config, self.mem)
+        if keys not in self._ids:
+            self._ids[keys] = data_id(self.mem, keys)
+        return reads_label(keys), self._ids[keys]
 
 
 @dataclass
@@ -195,7 +220,7 @@ def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
         if missing:
             raise ConfigError(f"job {job.job} task {ti + 1}: no stored candles for {', '.join(missing)}; import or "
                               f"fetch them first (tradebus data import / data fetch)")
-    ids = {s: data_id(mem, s) for s in sorted({s for t in job.tasks for s in t.symbols})}
+    ids = DataIds(mem)
     for ti, task in enumerate(job.tasks):
         before = (len(out.trials), len(out.invalid))
         space_ = [{**spec, **v} for spec in task.specs() for v in expand(task.params, task.space, task.samples, task.seed)]
@@ -205,12 +230,13 @@ def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
             except ConfigError as exc:
                 out.invalid.append((values, str(exc)))
                 continue
-            tid = trial_id(config, task.window, ids[symbol])
+            reads, did = ids.of(config)
+            tid = trial_id(config, task.window, did)
             if tid in seen:  # the same trial twice would be run twice and counted twice in the DSR's N
                 out.repeated += 1
                 continue
             seen.add(tid)
-            out.trials.append(Trial(tid, ti, config, task.window, values, ids[symbol]))
+            out.trials.append(Trial(tid, ti, config, task.window, values, did, reads))
         if len(out.trials) == before[0] and len(out.invalid) > before[1]:
             raise ConfigError(f"job {job.job} task {ti + 1}: none of its {len(out.invalid) - before[1]:,} parameter "
                               f"sets makes a valid system config; the first:\n{out.invalid[before[1]][1]}")
@@ -263,6 +289,7 @@ class SweepReport:
     ran: int
     failed: list[tuple[str, str]]
     invalid: int
+    stale: int = 0  # rows of the job from older code or data: kept, no longer counted
 
 
 def experiment_rows(job: SweepJob, plan_: Plan, results: list[Outcome], by_id: dict[str, Trial]) -> list[dict[str, Any]]:
@@ -283,7 +310,7 @@ def experiment_rows(job: SweepJob, plan_: Plan, results: list[Outcome], by_id: d
                                        "trades_per_year", "win_rate", "profit_factor", "sharpe", "sortino", "bars")},
             "score": value, "disqualified": why, "block_stats": blocks,
             "train_period": trial.window, "cost_model": json.dumps(config.costs.model_dump(mode="json"), sort_keys=True),
-            "fill": config.fill, "data_sha256": trial.data_id, "code_version": __version__,
+            "fill": config.fill, "data_sha256": trial.data_id, "code_version": code_digest(),
         })
     return rows
 
@@ -313,6 +340,7 @@ def pending(job: SweepJob, md: MarketData, tracker: Tracker) -> Pending:
     venue, market = job.base.get("venue", "bybit"), job.base.get("market", "linear")
     mem = MemoryMarket.load(md, venue, market, sorted({s for t in job.tasks for s in t.symbols}))
     p = plan(job, mem)
+    tracker.record_plan(job.job, [t.id for t in p.trials])  # what the job counts now (the DSR's N)
     done = tracker.existing(t.id for t in p.trials)
     todo = [t for t in p.trials if t.id not in done]
     # Trials of one strategy and symbol together: each worker compiles a strategy's loop once.
@@ -340,7 +368,8 @@ class Collector:
 
     def report(self) -> SweepReport:
         w = self.work
-        return SweepReport(w.job.job, w.plan.count, len(w.done), self.finished, self.failed, len(w.plan.invalid))
+        return SweepReport(w.job.job, w.plan.count, len(w.done), self.finished, self.failed, len(w.plan.invalid),
+                           self.tracker.stale(w.job.job))
 
 
 def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int | None = None, batch: int = 32,

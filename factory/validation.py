@@ -34,7 +34,7 @@ from tradebus.configs.schema import SystemConfig, parse_config, parse_model, rea
 from tradebus.factory import overfit, sim
 from tradebus.factory.experiments import Experiment, Tracker
 from tradebus.factory.market import MemoryMarket
-from tradebus.factory.sweep import data_id, run_trial
+from tradebus.factory.sweep import DataIds, run_trial
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine import metrics
 from tradebus.engine.metrics import YEAR_NS, from_stats
@@ -181,8 +181,8 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
     config = parse_config(json.loads(exp["config"]), f"experiment {exp['id']}")
     train = exp["train_period"] or "hygiene"
     details: dict[str, Any] = {}
-    if exp["data_sha256"] and exp["data_sha256"] != data_id(mem, config.symbol):
-        details["data_changed"] = "the stored candles changed since the sweep ran this trial"
+    if exp["data_sha256"] and exp["data_sha256"] != DataIds(mem).of(config)[1]:
+        details["data_changed"] = "the stored series this trial reads changed since the sweep ran it"
     first, end = history(config, mem)
     periods = YEAR_NS / tf_ns(config.timeframe)
 

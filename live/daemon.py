@@ -40,6 +40,7 @@ import numpy as np
 import structlog
 
 from tradebus import __version__
+from tradebus.identity import code_digest
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.bus.base import Bus
@@ -480,7 +481,7 @@ class Daemon:
                 **s.manifest, "run": self.run_id, "system": c.system, "config": c.model_dump(mode="json"),
                 "config_hash": c.config_hash(), "limits": s.limits.model_dump(mode="json", by_alias=True),
                 "venue": "simulated" if self.paper else self.rest.endpoint, "feed": self.rest.endpoint,
-                "code_version": __version__})])
+                "code_version": __version__, "code_digest": code_digest()})])
             post = lambda item: self._post(*item)  # noqa: E731 - streams hand over (kind, payload, received)
             if not self.paper:
                 if account is None:

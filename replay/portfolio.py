@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tradebus import __version__
+from tradebus.identity import code_digest
 from tradebus.bus import events as ev
 from tradebus.bus.ids import IdGenerator
 from tradebus.components.base import SimClock, Stamper
@@ -90,7 +91,7 @@ def _run(pf: Portfolio, window: str, md: MarketData, limits: Limits, keep_market
     components.insert(0, book)
     man = {"run": run, "portfolio": pf.name, "window": window, "start": day(start), "end": day(end),
            "initial_capital": pf.initial_capital, "weights": dict(zip((c.system for c in pf.systems), pf.weights)),
-           "limits": limits.model_dump(mode="json", by_alias=True), "code_version": __version__,
+           "limits": limits.model_dump(mode="json", by_alias=True), "code_version": __version__, "code_digest": code_digest(),
            "systems": [manifest(c, m, window, rid, "local", limits) for c, m, rid in zip(pf.systems, markets, run_ids)]}
     collector = Collector(keep_market_data)
     ids = IdGenerator(f"{run}:runner")

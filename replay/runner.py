@@ -19,6 +19,7 @@ import numpy as np
 from msgspec.structs import replace
 
 from tradebus import __version__
+from tradebus.identity import code_digest
 from tradebus.bus import events as ev
 from tradebus.components.base import SimClock, Stamper
 from tradebus.components.exchange import SimExchange
@@ -175,8 +176,9 @@ def wire(config: SystemConfig, m: MarketSlice, run: str, limits: Limits | None =
 
 
 def run_id_for(config: SystemConfig, m: MarketSlice, window: str, limits: Limits | None = None) -> str:
-    """A run id that is a pure function of config, window, data, caps and code: a rerun is the same run."""
-    key = f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash}|{__version__}"
+    """A run id that is a pure function of config, window, data, caps and code: a rerun is the same run,
+    and a rerun after a change to the code that decides results is a new one."""
+    key = f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash}|{code_digest()}"
     if limits is not None and limits != Limits():
         key += "|" + limits.model_dump_json(by_alias=True)
     digest = hashlib.sha256(key.encode()).hexdigest()
@@ -202,6 +204,7 @@ def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: s
         "fill": config.fill,
         "limits": (limits or Limits()).model_dump(mode="json", by_alias=True),
         "code_version": __version__,
+        "code_digest": code_digest(),
     }
 
 
