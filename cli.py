@@ -18,16 +18,30 @@ from rich.table import Table
 from tradebus import __version__, settings
 from tradebus.log import configure_logging
 
-app = typer.Typer(help="tradebus: event-sourced trading system and strategy factory.", no_args_is_help=True)
-store_app = typer.Typer(help="Inspect, verify, export and query the event store.", no_args_is_help=True)
-data_app = typer.Typer(help="Historical market data: import, fetch, list, check.", no_args_is_help=True)
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(help="tradebus: event-sourced trading system and strategy factory.", no_args_is_help=True,
+                  context_settings=HELP)
+store_app = typer.Typer(help="Inspect, verify, export and query the event store.", no_args_is_help=True,
+                        context_settings=HELP)
+data_app = typer.Typer(help="Historical market data: import, fetch, list, check.", no_args_is_help=True,
+                       context_settings=HELP)
 app.add_typer(store_app, name="store")
 app.add_typer(data_app, name="data")
-experiments_app = typer.Typer(help="The experiments table: what the factory tried and what held up.", no_args_is_help=True)
+experiments_app = typer.Typer(help="The experiments table: what the factory tried and what held up.",
+                              no_args_is_help=True, context_settings=HELP)
 app.add_typer(experiments_app, name="experiments")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _console(stderr: bool) -> Console:
+    """A terminal gets its width; a pipe or file gets whole lines (full ids, no cut table cells) unless
+    COLUMNS says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not stream.isatty() and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=4096 if piped else None)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
 
 StoreOpt = typer.Option(None, "--store", help="Event store file (default: $TRADEBUS_HOME/store/events.sqlite).")
 NatsUrlOpt = typer.Option(None, "--nats-url", envvar="TRADEBUS_NATS_URL", help="NATS server URL.")
@@ -295,7 +309,7 @@ def _open_reader(store: Optional[Path]):
 
 
 @store_app.command("info")
-def store_info(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def store_info(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON.")) -> None:
     """Summarise the store (safe while a writer runs)."""
     from tradebus import console as fmt
 
@@ -335,8 +349,8 @@ def store_verify(store: Optional[Path] = StoreOpt) -> None:
 
 
 @store_app.command("quarantine")
-def store_quarantine(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json"),
-                     limit: int = typer.Option(100, "--limit", min=1)) -> None:
+def store_quarantine(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON."),
+                     limit: int = typer.Option(100, "--limit", min=1, help="At most this many rows.")) -> None:
     """List what the recorder received and could not store (poisoned events, capture gaps), with why."""
     from tradebus import console as fmt
 
@@ -360,7 +374,7 @@ def store_export(
     dest: Path = typer.Argument(..., help="Output file."),
     fmt_name: str = typer.Option("parquet", "--format", help="parquet, csv or jsonl."),
     store: Optional[Path] = StoreOpt,
-    system: Optional[str] = typer.Option(None, "--system"),
+    system: Optional[str] = typer.Option(None, "--system", help="Only this system's events."),
     types: Optional[list[str]] = typer.Option(None, "--type", help="Event type tag (repeatable)."),
 ) -> None:
     """Export events to Parquet/CSV/JSONL through DuckDB."""
@@ -410,8 +424,8 @@ def _parse_day(value: str, flag: str) -> int:
 @data_app.command("import")
 def data_import(
     files: list[Path] = typer.Argument(..., help="Parquet, CSV or Arrow/feather files."),
-    venue: str = typer.Option("bybit", "--venue"),
-    market: str = typer.Option("linear", "--market"),
+    venue: str = typer.Option("bybit", "--venue", help="Venue the data is from."),
+    market: str = typer.Option("linear", "--market", help="linear (USDT perpetuals), inverse or spot."),
     symbol: Optional[str] = typer.Option(None, "--symbol", help="Default: each file's name (BTCUSDT.parquet -> BTCUSDT)."),
     timeframe: str = typer.Option("5m", "--timeframe", help="Bar length of the file's rows (ignored for funding)."),
     kind: str = typer.Option("candles", "--kind", help="candles, mark or funding."),
@@ -442,16 +456,16 @@ def data_import(
 
 @data_app.command("fetch")
 def data_fetch(
-    symbol: str = typer.Option(..., "--symbol"),
+    symbol: str = typer.Option(..., "--symbol", help="e.g. BTCUSDT."),
     start: str = typer.Option(..., "--start", help="UTC date, e.g. 2025-01-01."),
     end: str = typer.Option(..., "--end", help="UTC date (exclusive)."),
-    timeframe: str = typer.Option("5m", "--timeframe"),
+    timeframe: str = typer.Option("5m", "--timeframe", help="Candle length, e.g. 5m, 1h."),
     candles: bool = typer.Option(True, "--candles/--no-candles", help="Fetch trade candles."),
     mark: bool = typer.Option(False, "--mark", help="Also fetch mark-price candles."),
-    mark_timeframe: str = typer.Option("1h", "--mark-timeframe"),
+    mark_timeframe: str = typer.Option("1h", "--mark-timeframe", help="Mark-price candle length (funding is charged on 1h marks)."),
     funding: bool = typer.Option(False, "--funding", help="Also fetch funding rates."),
-    venue: str = typer.Option("bybit", "--venue"),
-    market: str = typer.Option("linear", "--market"),
+    venue: str = typer.Option("bybit", "--venue", help="Venue the data is from."),
+    market: str = typer.Option("linear", "--market", help="linear (USDT perpetuals), inverse or spot."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="TRADEBUS_BYBIT_ENDPOINT",
                                            help="REST base URL (default Bybit mainnet)."),
     db: Optional[Path] = MarketOpt,
@@ -562,7 +576,9 @@ def strategies() -> None:
 
     table = Table("strategy", "what it does", "params (default)")
     for sid, defn in sorted(REGISTRY.items()):
-        params = ", ".join(f"{name}={field.default!r}" for name, field in defn.params.model_fields.items())
+        params = ", ".join(f"{name}={field.get_default(call_default_factory=True)!r}" if not field.is_required()
+                           else f"{name} (required)"
+                           for name, field in defn.params.model_fields.items())
         table.add_row(sid, defn.description, params)
     out.print(table)
 
@@ -602,7 +618,8 @@ def replay(
     no_store: bool = typer.Option(False, "--no-store", help="Do not append the run's events to the event store."),
     limits_path: Optional[Path] = typer.Option(None, "--limits", help="Risk limits the guard enforces (default: none)."),
     db: Optional[Path] = MarketOpt,
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="TRADEBUS_BYBIT_ENDPOINT", hidden=True),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", envvar="TRADEBUS_BYBIT_ENDPOINT", hidden=True,
+                                           help="Bybit REST base URL for --fetch (default mainnet)."),
 ) -> None:
     """Backtest a system config with the same components that trade live; write artifacts and a report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -932,8 +949,8 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
 def kill(
     system: Optional[str] = typer.Argument(None, help="The system to halt."),
     all_: bool = typer.Option(False, "--all", help="Halt every system trading in the account."),
-    reason: str = typer.Option("", "--reason"),
-    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store"),
+    reason: str = typer.Option("", "--reason", help="Why: recorded in the risk event."),
+    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store", help="The daemon's store, used when no daemon answers over NATS."),
     wait: float = typer.Option(5.0, "--wait", help="Seconds to wait for the daemon's answer."),
 ) -> None:
     """Kill switch: halt a system (cancel its open orders, no new ones) until `tradebus resume`."""
@@ -944,16 +961,16 @@ def kill(
 def resume(
     system: Optional[str] = typer.Argument(None, help="The system to resume."),
     all_: bool = typer.Option(False, "--all", help="Lift an account-wide halt."),
-    reason: str = typer.Option("", "--reason"),
-    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store"),
-    wait: float = typer.Option(5.0, "--wait"),
+    reason: str = typer.Option("", "--reason", help="Why: recorded in the risk event."),
+    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store", help="The daemon's store, used when no daemon answers over NATS."),
+    wait: float = typer.Option(5.0, "--wait", help="Seconds to wait for the daemon's answer."),
 ) -> None:
     """Lift a halt (kill switch, drawdown, failed reconciliation): the system trades again."""
     _command(system, all_, "active", reason, nats_url, store, wait)
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json")) -> None:
+def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON.")) -> None:
     """The paper, demo and live daemons on this machine: alive, position, equity, risk state."""
     from tradebus.console import fmt_ns
     from tradebus.eventstore.store import writer_pid
@@ -995,7 +1012,7 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @app.command()
-def rebuild(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def rebuild(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON.")) -> None:
     """Replay the store through the projections; print a summary and the state hash."""
     from tradebus.eventstore.projections import rebuild as fold
     from tradebus.eventstore.projections import state_hash
@@ -1081,9 +1098,12 @@ def sweep(
         out.print(f"{report.stale:,} earlier trials of {job.job} were computed by other code or on other data:"
                   " kept in the table, no longer counted or listed")
     for tid, why in report.failed[:5]:
-        out.print(f"  failed {tid[:12]}: {why}")
+        out.print(f"  failed {tid}: {why}")
     if top:
         _experiments_table(top, f"best of {job.job} by score (not yet validated)")
+    if report.failed:  # the table keeps what finished; the exit code says the job is not whole
+        _fail(f"{len(report.failed):,} of {report.ran:,} trials run failed (first reasons above); the"
+              f" {report.ran - len(report.failed):,} that finished are in the table", code=2)
 
 
 async def _queued_sweep(job, md, tracker, nats_url, batch, idle_timeout, progress):
@@ -1217,39 +1237,56 @@ def scenarios(
     out.print(f"report: {target / 'report.html'}")
 
 
-def _experiments_table(rows, title: str) -> None:
+def _experiments_table(rows, title: str, as_json: bool = False) -> None:
+    """Rows as a table (full ids: they are what `experiments show` and `validate` take), or JSON lines."""
+    if as_json:
+        for e in rows:
+            sys.stdout.write(json.dumps(_experiment_json(e), default=str) + "\n")
+        return
     table = Table(title=title)
-    for col in ("id", "strategy", "symbol", "tf", "parameters", "return", "sharpe", "max dd", "trades", "score", "status"):
+    table.add_column("id", no_wrap=True)
+    for col in ("strategy", "symbol", "tf", "parameters", "return", "sharpe", "max dd", "trades", "score", "status"):
         table.add_column(col)
     for e in rows:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         params = " ".join(f"{k}={v}" for k, v in e.params.items())
-        table.add_row(e["id"][:12], e["strategy"], e["symbol"], e["timeframe"], params,
+        table.add_row(e["id"], e["strategy"], e["symbol"], e["timeframe"], params,
                       fmt(e["return_pct"], "+.1%"), fmt(e["sharpe"], ".2f"), fmt(e["max_drawdown"], ".1%"),
                       str(e["total_trades"]), fmt(e["score"], ".3f"), e["validation_status"] or "-")
     out.print(table)
 
 
+def _experiment_json(e) -> dict:
+    """A row for machines: JSON columns parsed, block statistics left out (`store query` has them)."""
+    row = {k: v for k, v in e.row.items() if k != "block_stats"}
+    for k in ("parameters", "config", "cost_model", "validation_details"):
+        if isinstance(row.get(k), str):
+            row[k] = json.loads(row[k])
+    return row
+
+
 @experiments_app.command("top")
 def experiments_top(
-    n: int = typer.Option(10, "-n", min=1),
+    n: int = typer.Option(10, "-n", min=1, help="How many."),
     all_: bool = typer.Option(False, "--all", help="Include trials not validated (default: passed only)."),
-    job: Optional[str] = typer.Option(None, "--job"),
-    strategy: Optional[str] = typer.Option(None, "--strategy"),
-    symbol: Optional[str] = typer.Option(None, "--symbol"),
+    job: Optional[str] = typer.Option(None, "--job", help="Only this sweep job's trials."),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="Only this strategy."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Only this symbol."),
     experiments: Optional[Path] = ExperimentsOpt,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per trial."),
 ) -> None:
     """Best trials by score: validated ones only unless --all."""
     with _read_experiments(experiments) as tracker:
         rows = tracker.top(n, validated_only=not all_, job=job, strategy=strategy, symbol=symbol)
-    if not rows:
+    if not rows and not as_json:
         out.print("no trials match" + ("" if all_ else " (none has passed validation yet; --all shows every trial)"))
         return
-    _experiments_table(rows, "top experiments" + (" (all)" if all_ else " (validated)"))
+    _experiments_table(rows, "top experiments" + (" (all)" if all_ else " (validated)"), as_json)
 
 
 @experiments_app.command("failures")
-def experiments_failures(strategy: str = typer.Argument(...), n: int = typer.Option(20, "-n", min=1),
+def experiments_failures(strategy: str = typer.Argument(..., help="Strategy id (see `tradebus strategies`)."),
+                         n: int = typer.Option(20, "-n", min=1, help="How many."),
                          experiments: Optional[Path] = ExperimentsOpt) -> None:
     """What did not work for a strategy: disqualified, rejected or losing trials."""
     with _read_experiments(experiments) as tracker:
@@ -1262,8 +1299,11 @@ def experiments_failures(strategy: str = typer.Argument(...), n: int = typer.Opt
 
 @experiments_app.command("show")
 def experiments_show(exp_id: str = typer.Argument(..., help="Experiment id (a unique prefix is enough)."),
-                     experiments: Optional[Path] = ExperimentsOpt) -> None:
-    """Every column of one trial."""
+                     experiments: Optional[Path] = ExperimentsOpt,
+                     as_json: bool = typer.Option(False, "--json", help="The row as one JSON object.")) -> None:
+    """Every column of one trial (returns and drawdowns as percentages)."""
+    from tradebus import console as fmt
+
     with _read_experiments(experiments) as tracker:
         try:
             e = tracker.get(exp_id)
@@ -1271,15 +1311,18 @@ def experiments_show(exp_id: str = typer.Argument(..., help="Experiment id (a un
             _fail(str(exc))
     if e is None:
         _fail(f"no experiment {exp_id!r}")
+    if as_json:
+        sys.stdout.write(json.dumps(_experiment_json(e), default=str) + "\n")
+        return
     table = Table(show_header=False, title=f"experiment {e['id']}")
     for k, v in e.row.items():
         if k != "block_stats":
-            table.add_row(k, str(v))
+            table.add_row(k, fmt.metric(k, v))
     out.print(table)
 
 
 @experiments_app.command("summary")
-def experiments_summary(n: int = typer.Option(10, "-n", min=1), experiments: Optional[Path] = ExperimentsOpt) -> None:
+def experiments_summary(n: int = typer.Option(10, "-n", min=1, help="How many of the best trials it names."), experiments: Optional[Path] = ExperimentsOpt) -> None:
     """The concise text an LLM research prompt gets."""
     with _read_experiments(experiments) as tracker:
         out.print(tracker.summary_for_llm(n))

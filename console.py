@@ -12,6 +12,21 @@ def fmt_ns(ts: int) -> str:
     return datetime.fromtimestamp(ts / 1e9, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
 
+# Metrics held as fractions (engine.metrics): shown as percentages, 1.35 -> +135.00%.
+FRACTIONS = frozenset({"return_pct", "annualised_return", "max_drawdown", "win_rate", "test_return_pct"})
+
+
+def metric(name: str, value: object) -> str:
+    """One experiments-table value as a person reads it."""
+    if value is None:
+        return "-"
+    if name in FRACTIONS and isinstance(value, (int, float)):
+        return f"{value:+.2%}" if name.endswith("return") or name.endswith("return_pct") else f"{value:.2%}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:.10g}"
 

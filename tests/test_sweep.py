@@ -158,6 +158,26 @@ def test_sweep_and_experiments_commands(md, tmp_path):
     bad = run_tradebus("sweep", str(tmp_path / "missing.yaml"), *args)
     assert bad.returncode == 1 and "cannot read" in bad.stderr
 
+    # Piped (no COLUMNS): whole ids that paste into `experiments show`, and the same rows as JSON.
+    piped = {"COLUMNS": ""}
+    rows = [json.loads(line) for line in run_tradebus(
+        "experiments", "top", "--all", "-n", "3", "--json", "--experiments", str(tmp_path / "e.duckdb")).stdout.splitlines()]
+    table = run_tradebus("experiments", "top", "--all", "-n", "3", "--experiments", str(tmp_path / "e.duckdb"),
+                         env=piped).stdout
+    assert len(rows) == 3 and all(r["id"] in table for r in rows) and "\u2026" not in table
+    best = rows[0]
+    shown = run_tradebus("experiments", "show", best["id"], "--experiments", str(tmp_path / "e.duckdb")).stdout
+    as_json = json.loads(run_tradebus("experiments", "show", best["id"], "--json", "--experiments",
+                                      str(tmp_path / "e.duckdb")).stdout)
+    assert as_json["id"] == best["id"] and as_json["parameters"] == best["parameters"]
+    assert f"{best['return_pct']:+.2%}" in shown and f"{best['max_drawdown']:.2%}" in shown
+
+    # A job whose every trial fails (no candles in its window) ends non-zero, saying so.
+    path.write_text(json.dumps(job(job="t-none", tasks=[{**job()["tasks"][0], "window": "2031-01-01:2031-02-01"}])))
+    failed = run_tradebus("sweep", str(path), "--workers", "1", *args)
+    assert failed.returncode == 2 and "14 of 14 trials run failed" in failed.stderr, failed.stderr
+    assert "Traceback" not in failed.stderr
+
 
 def test_repeated_random_draws_are_one_trial(md):
     # 40 draws over 3 x 2 integer values: at most 6 distinct trials, each run and counted (DSR's N) once.
