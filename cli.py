@@ -914,15 +914,17 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
             await bus.publish(cmd)
             await bus.flush()
             deadline = time.monotonic() + wait
+            answered = False
             while time.monotonic() < deadline:
                 try:
                     answer = await sub.next(max(0.05, deadline - time.monotonic()))
                 except (asyncio.TimeoutError, TimeoutError):
                     break
-                if answer.cause == cmd.id:  # the guard answers every command, changed or not
+                if answer.cause == cmd.id:  # every guard answers every command, changed or not
                     out.print(f"{answer.system or 'all systems'}: {answer.previous} -> {answer.state} ({answer.reason})")
-                    return True
-            return False
+                    if not answered:  # other daemons (and a system's own scope) answer within moments
+                        answered, deadline = True, min(deadline, time.monotonic() + 1.0)
+            return answered
 
     answered = False
     if url:
@@ -932,6 +934,8 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
             err.print(f"NATS at {url} unreachable ({exc}); writing to the store instead", style="yellow")
     if answered:
         return
+    if store is not None and not store.exists():
+        _fail(f"no daemon answered and there is no store at {store}: nothing to record the command in")
     paths = [store] if store else [p for p in (settings.default_store_path(m) for m in ("paper", "demo", "live"))
                                    if p.exists()]
     if not paths:
@@ -942,7 +946,8 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
                 st.append([cmd])
         except StoreError as exc:
             _fail(f"{path}: {exc}; a daemon holds the store but did not answer over NATS — stop it with SIGTERM")
-        out.print(f"no daemon answered; recorded in {path}: {cmd.system or 'all systems'} -> {state} at next start")
+        what = cmd.system or ("all systems (each system's own halt too)" if state == "active" else "all systems")
+        out.print(f"no daemon answered; recorded in {path}: {what} -> {state} at next start")
 
 
 @app.command()

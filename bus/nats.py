@@ -10,6 +10,7 @@ too, so no drop is ever silent.
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import urlparse
 
 import nats
 import structlog
@@ -27,6 +28,17 @@ from tradebus.bus.events import Event
 
 log = structlog.get_logger("tradebus.bus.nats")
 _NATS_PENDING_FLOOR = 8192
+
+
+async def _reachable(url: str) -> None:
+    """Open a TCP connection to the server and read its INFO greeting (raises OSError if nothing answers)."""
+    parsed = urlparse(url if "://" in url else f"nats://{url}")
+    reader, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222)
+    try:
+        if not (await reader.read(5)).startswith(b"INFO"):
+            raise OSError(f"{url} is not a NATS server")
+    finally:
+        writer.close()
 
 
 async def _round_trip(nc: Client, timeout: float = 10.0) -> None:
@@ -55,6 +67,12 @@ class NatsBus:
     async def connect(cls, url: str, *, name: str = "tradebus", connect_timeout: float = 5.0) -> "NatsBus":
         """Connect to the NATS server at ``url``."""
         bus = cls()
+        # nats-py retries a first connection that fails forever when reconnecting is allowed: try it once,
+        # bounded, so a wrong URL is an error rather than a hang.
+        try:
+            await asyncio.wait_for(_reachable(url), connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise BusError(f"cannot connect to NATS at {url}: {exc!r}") from None
         try:
             bus._nc = await nats.connect(
                 servers=[url],

@@ -279,8 +279,16 @@ class RiskGuard(Component):
                 scope.day = change.ts_event // DAY_NS
             return NO_EVENTS
         sticky = change.state != "active"
-        if change.state == "active":
-            scope.peak = math.nan  # a person resumed: measure drawdown from here
-            scope.day = -1
-        out = self._set(scope, change.state, change.reason, change.ts_event, change.id, sticky=sticky, answer=True)
-        return out + (self._check(scope, change.ts_event, change.id) if change.state == "active" else NO_EVENTS)
+        # `resume --all` lifts every halt, the system's own too: "all systems -> active" must be true.
+        scopes = [scope]
+        if change.state == "active" and scope.name == "global" and self._scopes["system"].state != "active":
+            scopes.append(self._scopes["system"])
+        out: tuple[ev.Event, ...] = ()
+        for sc in scopes:
+            if change.state == "active":
+                sc.peak = math.nan  # a person resumed: measure drawdown from here
+                sc.day = -1
+            out += self._set(sc, change.state, change.reason, change.ts_event, change.id, sticky=sticky, answer=True)
+            if change.state == "active":
+                out += self._check(sc, change.ts_event, change.id)
+        return out

@@ -49,6 +49,7 @@ from tradebus.components.base import COMMAND, Stamper, WallClock, is_command
 from tradebus.components.timeframes import BYBIT_INTERVAL, tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
+from tradebus.console import describe
 from tradebus.eventstore import projections
 from tradebus.eventstore.store import EventStore
 from tradebus.live import bybit_wire as w
@@ -85,6 +86,20 @@ def _sent(timing: Latency | None) -> None:
 
 class FailClosed(RuntimeError):
     """Local state and the venue's disagree in a way the daemon cannot explain."""
+
+
+# What a person watching the daemon's log wants to see of each step (bars, snapshots and heartbeats are
+# for `tradebus tail`).
+_JOURNAL = (ev.OrderIntent, ev.OrderAccepted, ev.OrderRejected, ev.OrderCancelled, ev.OrderExpired, ev.Fill,
+            ev.FundingPaid, ev.PositionChanged, ev.RiskStateChanged, ev.RunStarted, ev.RunFinished)
+
+
+def journal(event: ev.Event) -> None:
+    """Log one stored event a person should see: orders, fills, positions, risk changes, run start and end."""
+    if not isinstance(event, _JOURNAL):
+        return
+    bad = isinstance(event, ev.OrderRejected) or isinstance(event, ev.RiskStateChanged) and event.state != "active"
+    (log.warning if bad else log.info)(ev.tag_of(event), system=event.system or "account", detail=describe(event))
 
 
 @dataclass
@@ -243,6 +258,8 @@ class Daemon:
             await asyncio.to_thread(self.store.append, durable)
             self.stored += len(durable)
         stored_ns = time.perf_counter_ns()
+        for event in durable:
+            journal(event)
         for event in done:
             await self._publish(event)
         requests = self._take_outbox()
@@ -497,7 +514,11 @@ class Daemon:
             streams.append(public)
             for coro in (*(st.supervise() for st in streams), self._heartbeat(), self._commands()):
                 self._spawn(coro)
-            log.info("daemon trading", system=c.system, mode=s.mode, run=self.run_id)
+            log.info("daemon trading", system=c.system, mode=s.mode, run=self.run_id, risk=self.guard.state)
+            if self.guard.state != "active":
+                log.warning(f"{c.system} STARTS {self.guard.state.upper()}: no new orders"
+                            + (" (reduce-only)" if self.guard.state == "reducing" else "")
+                            + f" until `tradebus resume {c.system}`", reason=self.guard.reason())
             if ready is not None:
                 ready.set()
             stopper = asyncio.ensure_future(stop.wait())

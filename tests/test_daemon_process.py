@@ -110,6 +110,8 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
         venue.state.drop_private, venue.state.ack_delay = 0, 0.0
         await _push(venue, 3, pause=0.05)  # bars close while nobody watches
 
+        journal = "\n".join(first.log.drain())  # what a person watching the daemon saw
+        assert "order.intent" in journal and "fill" in journal and killed_link in journal, journal[-2000:]
         await asyncio.sleep(0.5)  # what tail has still to print
         seen = [json.loads(line) for line in tail_out.drain()]
         types = {e["type"] for e in seen}
@@ -143,6 +145,24 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
             second.proc.kill()
             second.proc.wait(10)
     assert _status()["status"] == "stopped"
+    assert "run.finished" in "\n".join(second.log.drain())  # the shutdown is logged too
+
+    # A kill recorded while no daemon runs: the next start says loudly that it is halted, and
+    # `resume --all` lifts the system's own halt as well as the account's, answering for each.
+    killed = run_tradebus("kill", SYSTEM, "--store", str(store), "--nats-url", "nats://127.0.0.1:1")
+    assert killed.returncode == 0 and f"{SYSTEM} -> halted at next start" in killed.stdout, killed.stdout
+    third = DaemonProc(*args)
+    try:
+        third.log.wait_for(f"{SYSTEM} STARTS HALTED", timeout=90)
+        resumed = run_tradebus("resume", "--all")
+        assert resumed.returncode == 0, resumed.stderr
+        assert "all systems: active -> active" in resumed.stdout and f"{SYSTEM}: halted -> active" in resumed.stdout
+        third.proc.send_signal(signal.SIGTERM)
+        assert third.proc.wait(30) == 0
+    finally:
+        if third.proc.poll() is None:
+            third.proc.kill()
+            third.proc.wait(10)
 
     links = [b["orderLinkId"] for b in creates(venue)]
     assert links.count(killed_link) == 1, "the order in flight at the kill was not sent again"
@@ -152,7 +172,7 @@ async def test_sigkill_mid_order_then_restart_leaves_the_store_equal_to_the_venu
     with EventStore.open_reader(store) as st:
         never_sent = [r.event for r in st.read() if isinstance(r.event, ev.OrderRejected)]
     assert [(e.order_id, e.code) for e in never_sent] == [(killed_link.replace("-exit", "-entry"), "not_sent")]
-    assert state.by_type["run.started"] == 2 and state.by_type["run.finished"] == 1  # the killed run never finished
+    assert state.by_type["run.started"] == 3 and state.by_type["run.finished"] == 2  # the killed run never finished
 
 
 async def _push_until(v, cond, what: str, bars: int = 40, wait: float = 0.5) -> None:

@@ -170,6 +170,28 @@ def test_kill_is_answered_every_time_and_names_its_command():
     assert "risk halted" in g.admit(intent(1), T) and "risk halted" in g.admit(intent(1, reduce_only=True), T)
 
 
+def test_resume_all_lifts_a_system_s_own_kill_too_and_says_so_for_each_scope():
+    g = make({})
+    feed(g, bar(100.0), account(1_000))
+    feed(g, command("halted"))  # `tradebus kill s1`
+    resume_all = command("active", scope="global")  # `tradebus resume --all`
+
+    answers = feed(g, resume_all)
+
+    assert [(a.scope, a.previous, a.state, a.cause) for a in answers] == [
+        ("global", "active", "active", resume_all.id), ("system", "halted", "active", resume_all.id)]
+    assert g.state == "active" and g.admit(intent(1), T) == ""
+    assert feed(g, command("active", scope="global")) != [] and g.state == "active"  # answered, nothing to lift
+
+
+def test_kill_all_then_resume_one_system_leaves_the_account_halt():
+    g = make({})
+    feed(g, bar(100.0), account(1_000))
+    feed(g, command("halted", scope="global"))
+    [answer] = feed(g, command("active"))
+    assert answer.scope == "system" and g.state == "halted"  # the account's halt still holds
+
+
 def test_a_stored_state_from_an_earlier_session_is_restored_silently_and_our_own_echo_ignored():
     g = make({})
     earlier = ev.RiskStateChanged(**env(T, run="daemon-earlier"), scope="system", state="halted", previous="active",
