@@ -426,32 +426,68 @@ def data_import(
     files: list[Path] = typer.Argument(..., help="Parquet, CSV or Arrow/feather files."),
     venue: str = typer.Option("bybit", "--venue", help="Venue the data is from."),
     market: str = typer.Option("linear", "--market", help="linear (USDT perpetuals), inverse or spot."),
-    symbol: Optional[str] = typer.Option(None, "--symbol", help="Default: each file's name (BTCUSDT.parquet -> BTCUSDT)."),
-    timeframe: str = typer.Option("5m", "--timeframe", help="Bar length of the file's rows (ignored for funding)."),
-    kind: str = typer.Option("candles", "--kind", help="candles, mark or funding."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Default: from each file's name (BTCUSDT.parquet, "
+                                         "freqtrade's SOL_USDT_USDT-5m-futures.feather -> SOLUSDT)."),
+    timeframe: Optional[str] = typer.Option(None, "--timeframe", help="Default: the rows' spacing (refused if it "
+                                            "disagrees), else the name or folder (5m/, mark_1h/)."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="candles, mark or funding. Default: the name or folder "
+                                       "(mark, funding), else the columns (funding rate; volume: candles; else mark)."),
     db: Optional[Path] = MarketOpt,
 ) -> None:
     """Import market data files; re-importing the same data changes nothing."""
     from tradebus.components.timeframes import TimeframeError
-    from tradebus.replay.importer import ImportFormatError, read_file
-    from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey, validate
+    from tradebus.replay.importer import ImportFormatError, plan_import
+    from tradebus.engine.marketdata import KINDS, MarketData, MarketDataError, validate
 
+    if kind is not None and kind not in KINDS:
+        _fail(f"--kind {kind!r}: allowed are {', '.join(KINDS)}")
     try:  # every file read and checked before anything is written; then one transaction for all
-        keys = [SeriesKey(venue, market, symbol or f.stem.upper(), timeframe, kind) for f in files]
-        loaded = [(key, f, read_file(f, kind)) for key, f in zip(keys, files)]
+        plans = [plan_import(f, venue, market, symbol=symbol, timeframe=timeframe, kind=kind) for f in files]
     except (ImportFormatError, MarketDataError, TimeframeError) as exc:
         _fail(f"{exc}; nothing imported")
-    for key, path, cols in loaded:
-        problems = validate(cols, key)
+    for p in plans:
+        problems = validate(p.cols, p.key)
         if problems:
-            _fail(f"{path}: {key}: {'; '.join(problems)}; nothing imported")
+            _fail(f"{p.path}: {p.key}: {'; '.join(problems)}; nothing imported")
     try:
         with MarketData.open(db) as md:
-            new = md.write_all([(key, cols) for key, _, cols in loaded])
+            new = md.write_all([(p.key, p.cols) for p in plans])
     except MarketDataError as exc:
         _fail(f"{exc}; nothing imported")
-    for (key, path, cols), n in zip(loaded, new):
-        out.print(f"{key}: {len(cols['open_time']):,} rows from {path.name}, {n:,} new")
+    for p, n in zip(plans, new):
+        how = f" ({', '.join(p.told)})" if p.told else ""
+        out.print(f"{p.key}: {len(p.cols['open_time']):,} rows from {p.path.name}, {n:,} new{how}")
+
+
+@data_app.command("delete")
+def data_delete(
+    symbol: str = typer.Option(..., "--symbol", help="e.g. BTCUSDT."),
+    kind: str = typer.Option("candles", "--kind", help="candles, mark or funding."),
+    timeframe: Optional[str] = typer.Option(None, "--timeframe", help="Candle length (required for candles and mark)."),
+    venue: str = typer.Option("bybit", "--venue", help="Venue the data is from."),
+    market: str = typer.Option("linear", "--market", help="linear (USDT perpetuals), inverse or spot."),
+    start: Optional[str] = typer.Option(None, "--start", help="UTC date: delete from here (default: the first row)."),
+    end: Optional[str] = typer.Option(None, "--end", help="UTC date, exclusive (default: after the last row)."),
+    db: Optional[Path] = MarketOpt,
+) -> None:
+    """Delete a stored series, or the part of it in [--start, --end): to re-import what was stored wrong."""
+    from tradebus.components.timeframes import TimeframeError
+    from tradebus.engine.marketdata import MarketDataError, SeriesKey
+
+    if kind != "funding" and timeframe is None:
+        _fail(f"--timeframe is needed for {kind} (see `tradebus data list`)")
+    try:
+        key = SeriesKey(venue, market, symbol, timeframe or "-", kind)
+    except (MarketDataError, TimeframeError) as exc:
+        _fail(str(exc))
+    lo = _parse_day(start, "--start") if start else None
+    hi = _parse_day(end, "--end") if end else None
+    md = _open_market(db, read_only=False)
+    with md:
+        gone = md.delete(key, lo, hi)
+    if not gone:
+        _fail(f"{key}: no rows stored in that range (see `tradebus data list`)")
+    out.print(f"{key}: deleted {gone:,} rows")
 
 
 @data_app.command("fetch")
@@ -517,12 +553,14 @@ def _read_experiments(experiments: Optional[Path]):
         _fail(str(exc))
 
 
-def _open_market(db: Optional[Path]):
+def _open_market(db: Optional[Path], *, read_only: bool = True):
+    """The market database (writable when asked: a replay may fetch into it), or a clear error if it is
+    missing or another process holds it."""
     from tradebus.duck import DuckLockedError
     from tradebus.engine.marketdata import MarketData, MarketDataError
 
     try:
-        return MarketData.open(db, read_only=True)
+        return MarketData.open(db, read_only=read_only)
     except (MarketDataError, DuckLockedError) as exc:
         _fail(str(exc))
 
@@ -561,6 +599,8 @@ def data_check(db: Optional[Path] = MarketOpt) -> None:
                 out.print(f"  {report.misaligned} open times off the {cov.key.timeframe} grid")
             if report.ohlc_violations:
                 out.print(f"  {len(report.ohlc_violations)} bars with inconsistent OHLC, first {fmt.fmt_ns(report.ohlc_violations[0])}")
+            if not report.ok and report.likely_cause:
+                out.print(f"  likely cause: {report.likely_cause}")
             bad += not report.ok
     if bad:
         _fail(f"{bad} series with problems")
@@ -650,7 +690,7 @@ def replay(
         config = load_config(config_path)
     except ConfigError as exc:
         _fail(str(exc))
-    with _open_market(db) as md:
+    with _open_market(db, read_only=False) as md:
         try:
             m = load_market(config, window, md)
         except MissingDataError as exc:
@@ -706,17 +746,6 @@ def replay(
     table.add_row("speed", f"{result.bars:,} bars in {result.seconds:.2f}s ({result.bars / max(result.seconds, 1e-9):,.0f} bars/s, bus {bus})")
     out.print(table)
     out.print(f"artifacts in {dest}/ (report.html) · {stored} · run {result.run}")
-
-
-def _open_market(db: Optional[Path]):
-    """The market database, or a clear error if another process holds it."""
-    from tradebus.duck import DuckLockedError
-    from tradebus.engine.marketdata import MarketData
-
-    try:
-        return MarketData.open(db)
-    except DuckLockedError as exc:
-        _fail(str(exc))
 
 
 def _replay_portfolio(path: Path, window: str, out_dir: Optional[Path], events: bool, store: Optional[Path],

@@ -6,6 +6,8 @@ on Monday 00:00 UTC (Bybit's weekly candle), which is the epoch shifted by four 
 
 from __future__ import annotations
 
+import numpy as np
+
 NS = 1_000_000_000
 MINUTE = 60 * NS
 HOUR = 60 * MINUTE
@@ -55,3 +57,14 @@ def check_resample(source: str, target: str) -> int:
     if t <= s or t % s:
         raise TimeframeError(f"cannot resample {source} into {target}: {target} must be a multiple of {source}")
     return t // s
+
+
+def infer_timeframe(open_times: np.ndarray) -> str | None:
+    """The timeframe the rows' spacing shows (the most common step between consecutive open times), if
+    it is one tradebus knows."""
+    t = np.unique(open_times)
+    if len(t) < 2:
+        return None
+    steps, counts = np.unique(np.diff(t), return_counts=True)
+    step = int(steps[np.argmax(counts)])
+    return next((name for name, length in TIMEFRAMES.items() if length == step), None)

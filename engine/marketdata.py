@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 
 from tradebus import duck, settings
-from tradebus.components.timeframes import bucket_offset, tf_ns
+from tradebus.components.timeframes import bucket_offset, infer_timeframe, tf_ns
 
 Columns = dict[str, np.ndarray]
 
@@ -90,10 +90,23 @@ class CheckReport:
     missing_bars: int = 0
     misaligned: int = 0
     ohlc_violations: list[int] = field(default_factory=list)  # open_times
+    spacing: str | None = None  # the timeframe the rows' spacing shows
 
     @property
     def ok(self) -> bool:
         return not (self.gaps or self.misaligned or self.ohlc_violations)
+
+    @property
+    def likely_cause(self) -> str:
+        """What most likely explains the problems, and what to do, or ''."""
+        k = self.key
+        if self.spacing is not None and self.spacing != k.timeframe:
+            return (f"its rows are {self.spacing} apart: a {self.spacing} file stored as {k.timeframe}? Delete it"
+                    f" (tradebus data delete --symbol {k.symbol} --kind {k.kind} --timeframe {k.timeframe}) and"
+                    f" import the file again: the timeframe is now read from its rows")
+        if self.gaps and not self.misaligned:
+            return "the venue or the file is missing those bars: fetch the range again (tradebus data fetch)"
+        return ""
 
 
 def default_path() -> Path:
@@ -188,6 +201,19 @@ class MarketData(duck.Database):
             raise
         return [self._count(key) - n for (key, _), n in zip(ready, before)]
 
+    def delete(self, key: SeriesKey, start: int | None = None, end: int | None = None) -> int:
+        """Delete a series' rows with ``start <= open_time < end`` in one transaction; return how many."""
+        where, params = self._where(key, start, end)
+        before = self._count(key)
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            self._con.execute(f"DELETE FROM {_TABLE[key.kind]} WHERE {where}", params)
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        return before - self._count(key)
+
     # -- reading --------------------------------------------------------------------------------
 
     @staticmethod
@@ -242,6 +268,7 @@ class MarketData(duck.Database):
             return report
         length, offset = tf_ns(key.timeframe), bucket_offset(key.timeframe)
         report.misaligned = int(((t - offset) % length != 0).sum())
+        report.spacing = infer_timeframe(t)
         step = np.diff(t)
         for i in np.flatnonzero(step > length):
             report.gaps.append((int(t[i]), int(t[i + 1])))

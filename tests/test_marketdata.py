@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.feather
@@ -153,6 +155,69 @@ def test_import_csv_with_epoch_ms_and_freqtrade_feather(tmp_path):
     for got in (from_csv, from_feather):
         np.testing.assert_array_equal(got["open_time"], cols["open_time"])
         np.testing.assert_allclose(got["close"], cols["close"], rtol=1e-15)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "bybit").exists(), reason="../shared/data is absent")
+def test_the_quickstart_imports_candles_marks_and_funding_with_no_options(tmp_path):
+    real = SHARED_DATA / "bybit" / "linear"
+    db = tmp_path / "m.duckdb"
+    files = [real / "5m" / "ETHUSDT.parquet", real / "mark_1h" / "ETHUSDT.parquet", real / "funding" / "ETHUSDT.parquet"]
+
+    done = run_tradebus("data", "import", *map(str, files), "--db", str(db))
+    wrong = run_tradebus("data", "import", str(files[1]), "--timeframe", "5m", "--db", str(db))
+
+    assert done.returncode == 0, done.stderr
+    with MarketData.open(db, read_only=True) as m:
+        stored = {(c.key.kind, c.key.symbol, c.key.timeframe): c.rows for c in m.series()}
+    assert stored == {("candles", "ETHUSDT", "5m"): 163_212, ("mark", "ETHUSDT", "1h"): 13_601,
+                      ("funding", "ETHUSDT", "-"): 1_700}
+    assert "timeframe from the rows" in done.stdout and "kind from the name" in done.stdout
+    assert wrong.returncode == 1 and "--timeframe says 5m but its rows are 1h apart" in wrong.stderr
+
+
+def _feather(path: Path, cols: dict) -> Path:
+    table = pa.table({"date": pa.array(cols["open_time"], type=pa.timestamp("ns", tz="UTC")),
+                      **{k: cols[k] for k in ("open", "high", "low", "close", "volume")}})
+    pyarrow.feather.write_feather(table, path)
+    return path
+
+
+def test_freqtrade_names_give_symbol_and_timeframe_and_the_rows_must_agree(tmp_path):
+    hourly = synthetic(48, step=3_600 * 10**9)
+    good = _feather(tmp_path / "SOL_USDT_USDT-1h-futures.feather", hourly)
+    liar = _feather(tmp_path / "SOL_USDT_USDT-5m-futures.feather", hourly)
+    db = tmp_path / "m.duckdb"
+
+    told_wrong = run_tradebus("data", "import", str(good), "--timeframe", "5m", "--db", str(db))
+    named_wrong = run_tradebus("data", "import", str(liar), "--db", str(db))
+    assert not db.exists()
+    done = run_tradebus("data", "import", str(good), "--db", str(db))
+
+    assert told_wrong.returncode == 1 and "--timeframe says 5m but its rows are 1h apart" in told_wrong.stderr
+    assert named_wrong.returncode == 1 and "its name says 5m but its rows are 1h apart" in named_wrong.stderr
+    assert done.returncode == 0 and "candles bybit/linear SOLUSDT 1h: 48 rows" in done.stdout, done.stdout
+
+
+def test_check_names_a_series_stored_under_the_wrong_timeframe_and_delete_removes_it(tmp_path):
+    db = tmp_path / "m.duckdb"
+    with MarketData.open(db) as m:  # what an import without the rows check let through
+        m.write(SeriesKey("bybit", "linear", "BTCUSDT", "5m"), synthetic(48, step=3_600 * 10**9))
+        m.write(SeriesKey("bybit", "linear", "ETHUSDT", "5m"), synthetic(600))  # 2 days and 2 hours
+
+    check = run_tradebus("data", "check", "--db", str(db))
+    part = run_tradebus("data", "delete", "--symbol", "ETHUSDT", "--timeframe", "5m", "--start", "2025-01-01",
+                        "--end", "2025-01-02", "--db", str(db))
+    whole = run_tradebus("data", "delete", "--symbol", "BTCUSDT", "--timeframe", "5m", "--db", str(db))
+    nothing = run_tradebus("data", "delete", "--symbol", "BTCUSDT", "--timeframe", "5m", "--db", str(db))
+
+    assert check.returncode == 1 and "likely cause: its rows are 1h apart" in check.stdout, check.stdout
+    assert "tradebus data delete --symbol BTCUSDT --kind candles --timeframe 5m" in check.stdout
+    assert whole.returncode == 0 and "deleted 48 rows" in whole.stdout
+    assert nothing.returncode == 1 and "no rows stored" in nothing.stderr
+    with MarketData.open(db, read_only=True) as m:
+        left = {c.key.symbol: c.rows for c in m.series()}
+    assert "BTCUSDT" not in left and part.returncode == 0 and "deleted 288 rows" in part.stdout
+    assert left["ETHUSDT"] == 600 - 288
 
 
 def test_import_of_a_file_without_close_names_file_column_and_allowed(tmp_path):
