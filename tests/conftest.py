@@ -90,3 +90,20 @@ class EventFactory:
 @pytest.fixture
 def make() -> EventFactory:
     return EventFactory()
+
+
+@pytest.fixture
+def writers():
+    """Start store writer children (``storekit.Writer``); every one is closed at the end of the test."""
+    from .storekit import Writer
+
+    started: list[Writer] = []
+
+    def start(*args, **kwargs) -> Writer:
+        w = Writer(*args, **kwargs)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.close()

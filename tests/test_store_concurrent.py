@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tradebus.eventstore.projections import rebuild, state_hash
 from tradebus.eventstore.store import EventStore
-from tradebus.tests.test_store_crash import Stream, writers  # noqa: F401 - writers is a fixture
+from tradebus.tests.storekit import Stream
 
 ROUNDS = 5
 WRITER_PAUSE_S = 0.01  # ~20k events/s: continuous appends that leave CPU for the readers on 2 cores
