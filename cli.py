@@ -1219,7 +1219,7 @@ def validate(
     pct = lambda v: "-" if v is None or v != v else f"{v:.0%}"  # noqa: E731
     for e, v in results:
         d = v.details
-        table.add_row(e["id"][:12], e["strategy"], e["symbol"], " ".join(f"{k}={x}" for k, x in e.params.items()),
+        table.add_row(e["id"], e["strategy"], e["symbol"], " ".join(f"{k}={x}" for k, x in e.params.items()),
                       f"{e['sharpe']:.2f}" if e["sharpe"] is not None else "-",
                       "-" if v.test_return is None else f"{v.test_return:+.1%}",
                       pct(d.get("walk_forward", {}).get("pass_rate")), pct(d.get("multi_asset", {}).get("positive_rate")),
@@ -1228,7 +1228,7 @@ def validate(
     out.print(table)
     for e, v in results:
         for why in v.reasons:
-            out.print(f"  {e['id'][:12]} {v.status}: {why}")
+            out.print(f"  {e['id']} {v.status}: {why}")
 
 
 @app.command()
@@ -1328,7 +1328,7 @@ def experiments_failures(strategy: str = typer.Argument(..., help="Strategy id (
     _experiments_table(rows, f"failures of {strategy}")
     for e in rows:
         if e["disqualified"]:
-            out.print(f"  {e['id'][:12]}: {e['disqualified']}")
+            out.print(f"  {e['id']}: {e['disqualified']}")
 
 
 @experiments_app.command("show")

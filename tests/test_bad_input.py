@@ -28,15 +28,22 @@ def _variant(old: str, new: str) -> str:
 BOMB = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9) if i else '1, 2, 3, 4, 5, 6, 7, 8, 9'}]\n"
                for i in range(9))
 
+def _line_of(text: str) -> int:
+    """The example's line number of the first line starting with ``text``."""
+    return next(i for i, line in enumerate(TEXT.splitlines(), start=1) if line.lstrip().startswith(text))
+
+
 # (name, file text, what the error must say)
 CASES = [
     ("feb30", _variant("start: 2025-01-01", "start: 2025-02-30"), ["windows.hygiene.start", "2025-02-30"]),
     ("month13", _variant("end: 2026-07-21", "end: 2026-13-01"), ["windows.test.end", "2026-13-01"]),
-    ("duplicate key", TEXT + "fill: on_close\n", ["line 15", "'fill' is given twice", "first on line 13"]),
+    ("duplicate key", TEXT + "fill: on_close\n", [f"line {len(TEXT.splitlines()) + 1}", "'fill' is given twice",
+                                                   f"first on line {_line_of('fill:')}"]),
     ("infinite capital", _variant("initial_capital: 10000", "initial_capital: .inf"), ["initial_capital", "finite"]),
     ("nan fraction", _variant("fraction: 0.95", "fraction: .nan"), ["risk.fraction", "finite"]),
     ("boolean period", _variant("fast: 10", "fast: yes"), ["fast", "a number, not the boolean True"]),
-    ("huge integer", _variant("fast: 10", "fast: 99999999999999999999999"), ["line 10", "out of range"]),
+    ("huge integer", _variant("fast: 10", "fast: 99999999999999999999999"), [f"line {_line_of('params:')}",
+                                                                              "out of range"]),
     ("alias bomb", BOMB + TEXT, ["aliases", "expanded"]),
     ("recursive alias", "a: &a [*a]\n" + TEXT, ["refers to itself"]),
 ]
