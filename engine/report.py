@@ -1,20 +1,25 @@
-"""Self-contained HTML pages (plotly.js inlined) a trader can read offline.
+"""HTML pages a trader can read offline; plotly.js is written once beside them, not into each page.
 
-A replay's report.html: equity with drawdown underneath, price with every entry and exit marked, and the
-metrics table. A scenario run's comparison: metrics per scenario and window, test-window equity overlaid,
+A replay's report.html: the metrics beside buy and hold, equity with buy and hold and drawdown underneath,
+price with the trades (an even sample when there are thousands, every one when zoomed in), monthly
+returns, a sortable trade table, and the config. A scenario run's comparison: metrics per scenario and window, test-window equity overlaid,
 sensitivity scans.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import plotly
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from tradebus.engine.artifacts import atomic_write
@@ -47,46 +52,159 @@ def _times(ns: np.ndarray) -> np.ndarray:
     return ns.astype("datetime64[ns]")
 
 
+def _ms(ns: np.ndarray) -> np.ndarray:
+    """Epoch milliseconds: a date axis takes them as numbers, and plotly sends numbers as compact binary."""
+    return (np.asarray(ns, dtype=np.int64) // 1_000_000).astype(np.float64)
+
+
+PLOTLY_JS = f"plotly-{plotly.__version__}.min.js"
+TRADE_MARKERS = 400  # at most this many entries and exits drawn at once; zooming in shows every one
+
+
+def plotly_script(report: Path) -> str:
+    """Write plotly.js once beside the reports (in the nearest ``runs`` folder above the report, else beside
+    it) and return the relative path the page loads it from: pages stay small and still open offline."""
+    home = next((p for p in report.parents if p.name == "runs"), report.parent)
+    asset = home / PLOTLY_JS
+    if not asset.exists():
+        atomic_write(asset, get_plotlyjs().encode())
+    return os.path.relpath(asset, report.parent)
+
+
+def monthly_returns(times: np.ndarray, equity: np.ndarray) -> tuple[list[int], np.ndarray]:
+    """Each calendar month's return (UTC), from the equity at the end of the month before (the first month
+    from the starting equity): (years, a years x 12 array, NaN where the run has no bar)."""
+    if len(equity) == 0:
+        return [], np.empty((0, 12))
+    months = _times(times).astype("datetime64[M]")
+    last = np.flatnonzero(np.append(months[1:] != months[:-1], True))  # each month's last bar
+    ends, which = equity[last], months[last]
+    starts = np.concatenate(([equity[0]], ends[:-1]))
+    rets = ends / starts - 1.0
+    years = which.astype("datetime64[Y]").astype(int) + 1970
+    month = which.astype(int) % 12
+    table = np.full((int(years.max() - years.min()) + 1, 12), np.nan)
+    table[years - years.min(), month] = rets
+    return list(range(int(years.min()), int(years.max()) + 1)), table
+
+
+def _thin(idx: np.ndarray, limit: int) -> np.ndarray:
+    return idx if len(idx) <= limit else idx[np.linspace(0, len(idx) - 1, limit).astype(int)]
+
+
 def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.ndarray, trades: Sequence[Trade],
-           metrics: dict, max_points: int = 20_000) -> None:
-    """Write the report; long curves are thinned to ``max_points`` for the browser (metrics use all bars)."""
+           metrics: dict, *, config_yaml: str = "", max_points: int = 5_000) -> None:
+    """Write the report. Curves are thinned to ``max_points`` for the browser (metrics use every bar); the
+    price panel draws at most ``TRADE_MARKERS`` trades at the zoom shown and all of them when zoomed in."""
     step = max(1, len(curve) // max_points)
     c = curve[::step]
-    t = _times(times[::step])
+    x = _ms(times[::step])
     equity = c[:, 2]
+    start_equity = curve[0, 2] if len(curve) else 0.0
+    hold = start_equity * c[:, 0] / curve[0, 0] if len(curve) else equity  # buy and hold from the first close
     dd = equity / np.maximum.accumulate(equity) - 1.0 if len(equity) else equity
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.45, 0.2, 0.35], vertical_spacing=0.03,
-                        subplot_titles=("Equity", "Drawdown", "Price and trades"))
-    fig.add_trace(go.Scatter(x=t, y=equity, name="equity", line={"color": "#1f77b4"}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=t, y=dd, name="drawdown", fill="tozeroy", line={"color": "#d62728"}), row=2, col=1)
-    fig.add_trace(go.Scatter(x=t, y=c[:, 0], name="close", line={"color": "#555", "width": 1}), row=3, col=1)
+                        subplot_titles=("Equity (and buy and hold)", "Drawdown", "Price and trades"))
+    fig.add_trace(go.Scatter(x=x, y=equity, name="equity", line={"color": "#1f77b4"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=hold, name="buy and hold", line={"color": "#999", "dash": "dot"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=dd, name="drawdown", fill="tozeroy", line={"color": "#d62728"}), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=c[:, 0], name="close", line={"color": "#555", "width": 1}), row=3, col=1)
+    markers = []  # (trace index, side, 0 entry / 1 exit): the page's script fills them from the trade rows
     for side, color, symbol in (("long", "#2ca02c", "triangle-up"), ("short", "#d62728", "triangle-down")):
         chosen = [tr for tr in trades if tr.side == side]
-        if chosen:
+        for end, (what, mark) in enumerate((("entry", symbol), ("exit", "x"))):
+            picked = [chosen[i] for i in _thin(np.arange(len(chosen)), TRADE_MARKERS // 2)]
+            markers.append([len(fig.data), side, end])
             fig.add_trace(go.Scatter(
-                x=_times(np.array([tr.entry_time for tr in chosen])), y=[tr.entry_price for tr in chosen],
-                mode="markers", name=f"{side} entry", marker={"color": color, "symbol": symbol, "size": 8},
-                text=[f"{side} {tr.qty:.6g} @ {tr.entry_price:.6g}" for tr in chosen]), row=3, col=1)
-            fig.add_trace(go.Scatter(
-                x=_times(np.array([tr.exit_time for tr in chosen])), y=[tr.exit_price for tr in chosen],
-                mode="markers", name=f"{side} exit", marker={"color": color, "symbol": "x", "size": 7},
-                text=[f"pnl {tr.pnl:,.2f} ({tr.return_pct:.2%})" for tr in chosen]), row=3, col=1)
+                x=_ms(np.array([tr.exit_time if end else tr.entry_time for tr in picked], dtype=np.int64)),
+                y=np.array([tr.exit_price if end else tr.entry_price for tr in picked], dtype=np.float64),
+                mode="markers", name=f"{side} {what}",
+                marker={"color": color, "symbol": mark, "size": 7 if end else 8}), row=3, col=1)
+    for row in (1, 2, 3):
+        fig.update_xaxes(type="date", row=row, col=1)
     fig.update_yaxes(tickformat=".0%", row=2, col=1)
-    if len(equity) and equity.min() > 0 and equity.max() / equity.min() > 5:
+    both = np.concatenate((equity, hold))
+    if len(both) and both.min() > 0 and both.max() / both.min() > 5:
         fig.update_yaxes(type="log", row=1, col=1)  # large moves read better in ratios
     fig.update_layout(height=900, margin={"l": 60, "r": 20, "t": 40, "b": 30}, legend={"orientation": "h"},
                       template="plotly_white")
+    bench = {"return_pct": hold[-1] / start_equity - 1.0 if len(hold) and start_equity else None,
+             "max_drawdown": float((hold / np.maximum.accumulate(hold) - 1.0).min()) if len(hold) else None}
     rows = "".join(
-        f"<tr><th>{html.escape(label)}</th><td>{_fmt(metrics.get(key), kind)}</td></tr>"
+        f"<tr><th>{html.escape(label)}</th><td>{_fmt(metrics.get(key), kind)}</td>"
+        f"<td class=bench>{_fmt(bench[key], kind) if key in bench else ''}</td></tr>"
         for key, (label, kind) in _LABELS.items()
     )
-    _write_page(path, title, subtitle, f'<div class="grid"><table>{rows}</table><div>'
-                f'{fig.to_html(full_html=False, include_plotlyjs=True, div_id="tradebus-report")}</div></div>')
+    table = f"<table><tr><th></th><th>system</th><th class=bench>buy and hold</th></tr>{rows}</table>"
+    years, monthly = monthly_returns(times, curve[:, 2]) if len(curve) else ([], np.empty((0, 12)))
+    heat = go.Figure(go.Heatmap(
+        z=monthly, x=_MONTHS, y=[str(y) for y in years], colorscale="RdYlGn", zmid=0, texttemplate="%{text}",
+        text=[["" if math.isnan(v) else f"{v:+.1%}" for v in row] for row in monthly], showscale=False,
+        hovertemplate="%{y} %{x}: %{text}<extra></extra>"))
+    heat.update_layout(title="Monthly returns", height=120 + 32 * len(years), template="plotly_white",
+                       margin={"l": 60, "r": 20, "t": 40, "b": 30}, yaxis={"autorange": "reversed", "type": "category"})
+    trade_rows = [[t.entry_time // 1_000_000, t.exit_time // 1_000_000, t.side, _g(t.qty), _g(t.entry_price),
+                   _g(t.exit_price), round(t.pnl, 2), round(100 * t.return_pct, 3), t.bars_held] for t in trades]
+    script = plotly_script(path)
+    body = (f'<div class="grid">{table}<div>{fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-report")}'
+            f'</div></div>{heat.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-monthly")}'
+            f'<h2>Trades ({len(trades):,})</h2><div id="trades"></div>'
+            + (f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre>" if config_yaml else "")
+            + f"<script>{_TRADES_JS % (json.dumps(trade_rows), json.dumps(markers), TRADE_MARKERS // 2)}</script>")
+    _write_page(path, title, subtitle, body, head=f'<script src="{html.escape(script)}"></script>')
 
 
-def _write_page(path: Path, title: str, subtitle: str, body: str) -> None:
+_MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+
+
+def _g(v: float) -> float:
+    return float(f"{v:.8g}")
+
+
+# The trade table (sortable, 100 rows a page) and the price panel's markers (every trade in view once few
+# enough are, else an even sample), both from the data above: a page stays small with thousands of trades.
+_TRADES_JS = """
+(function () {
+  var rows = %s, markers = %s, cap = %d, page = 0, key = 0, desc = false, PER = 100;
+  var heads = ["entry", "exit", "side", "qty", "entry price", "exit price", "pnl", "return %%", "bars"];
+  var box = document.getElementById("trades");
+  function when(ms) { return new Date(ms).toISOString().slice(0, 16).replace("T", " "); }
+  function draw() {
+    var sorted = rows.slice().sort(function (a, b) { var r = a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : 0; return desc ? -r : r; });
+    var last = Math.max(0, Math.ceil(sorted.length / PER) - 1); page = Math.min(page, last);
+    var h = "<table class=trades><tr>" + heads.map(function (t, i) {
+      return "<th data-k=" + i + ">" + t + (i === key ? (desc ? " \u25BC" : " \u25B2") : "") + "</th>"; }).join("") + "</tr>";
+    sorted.slice(page * PER, page * PER + PER).forEach(function (r) {
+      h += "<tr>" + r.map(function (v, i) {
+        return "<td" + (i < 3 ? " class=text" : "") + ">" + (i < 2 ? when(v) : v) + "</td>"; }).join("") + "</tr>"; });
+    h += "</table><p class=sub><button data-p=-1>previous</button> page " + (page + 1) + " of " + (last + 1) +
+         " <button data-p=1>next</button> (click a heading to sort)</p>";
+    box.innerHTML = h;
+  }
+  box.addEventListener("click", function (e) {
+    var k = e.target.getAttribute("data-k"), p = e.target.getAttribute("data-p");
+    if (k !== null) { k = +k; desc = key === k ? !desc : false; key = k; page = 0; draw(); }
+    if (p !== null) { page = Math.max(0, page + (+p)); draw(); }
+  });
+  draw();
+  var plot = document.getElementById("tradebus-report");
+  function thin(m, lo, hi) {  // m: [trace, side, 0 entry / 1 exit]
+    var idx = [];
+    rows.forEach(function (r) { var t = r[m[2]]; if (r[2] === m[1] && t >= lo && t <= hi) idx.push(r); });
+    if (idx.length > cap) { var s = []; for (var j = 0; j < cap; j++) s.push(idx[Math.floor(j * (idx.length - 1) / (cap - 1))]); idx = s; }
+    return {x: idx.map(function (r) { return r[m[2]]; }), y: idx.map(function (r) { return r[4 + m[2]]; })};
+  }
+  plot.on("plotly_relayout", function () {
+    var r = plot.layout.xaxis3.range, lo = new Date(r[0]).getTime(), hi = new Date(r[1]).getTime();
+    markers.forEach(function (m) { var t = thin(m, lo, hi); Plotly.restyle(plot, {x: [t.x], y: [t.y]}, [m[0]]); });
+  });
+})();
+"""
+
+
+def _write_page(path: Path, title: str, subtitle: str, body: str, head: str = "") -> None:
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>{head}
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 h1 {{ margin-bottom: 0; }} p.sub {{ color: #666; margin-top: 4px; }} p.warn {{ color: #a15c00; }}
@@ -94,6 +212,8 @@ h1 {{ margin-bottom: 0; }} p.sub {{ color: #666; margin-top: 4px; }} p.warn {{ c
 table {{ border-collapse: collapse; width: 100%; }}
 th, td {{ padding: 4px 8px; border-bottom: 1px solid #eee; text-align: left; font-size: 14px; }}
 td {{ text-align: right; font-variant-numeric: tabular-nums; }} td.text {{ text-align: left; color: #555; }}
+th.bench, td.bench {{ color: #888; }} table.trades th {{ cursor: pointer; }}
+pre {{ background: #f7f7f7; padding: 12px; font-size: 13px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}</p>
 {body}
@@ -160,7 +280,7 @@ def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Comp
             fig.add_trace(go.Scatter(x=_times(t[::step]), y=eq[::step], name=r.name))
     fig.update_layout(title=f"{test_name.capitalize()} window: equity per unit of capital", height=480, template="plotly_white",
                       margin={"l": 60, "r": 20, "t": 50, "b": 30}, legend={"orientation": "h"})
-    body.append(fig.to_html(full_html=False, include_plotlyjs=True, div_id="tradebus-equity"))
+    body.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-equity"))
     if scans:
         sub = make_subplots(rows=len(scans), cols=1, vertical_spacing=0.25 / len(scans),
                             subplot_titles=[f"{s.scenario}: {s.param} ({s.metric})" for s in scans])
@@ -172,4 +292,4 @@ def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Comp
         sub.update_layout(height=260 * len(scans) + 60, template="plotly_white", title="Parameter sensitivity",
                           margin={"l": 60, "r": 20, "t": 70, "b": 30})
         body.append(sub.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-sensitivity"))
-    _write_page(path, title, subtitle, "\n".join(body))
+    _write_page(path, title, subtitle, "\n".join(body), head=f'<script src="{html.escape(plotly_script(path))}"></script>')

@@ -18,6 +18,7 @@ from tradebus.components.timeframes import tf_ns
 from tradebus.components.portfolio import Portfolio
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
+from tradebus.configs import yamlfile
 from tradebus.eventstore.store import EventStore
 from tradebus.engine.snapshot import FeatureTable
 from tradebus.engine import artifacts
@@ -161,10 +162,12 @@ def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False
                                         higher, result.market.first, result.curve[:, 3], result.curve[:, 0],
                                         log_features)
         training.write(table, out / "training_rows.parquet")
+    params = " ".join(f"{k}={v}" for k, v in config.params().model_dump().items())
     render(out / "report.html", f"{config.system} · {config.symbol} {config.timeframe} · {result.window}",
-           f"{config.strategy.id} {config.params().model_dump()} · {result.manifest['start']} → "
-           f"{result.manifest['end']} · fill {config.fill} · run {result.run}",
-           result.times, result.curve, result.trades, result.metrics)
+           f"{config.strategy.id} {params} · {result.manifest['start']} → {result.manifest['end']}"
+           f" · fill {config.fill} · run {result.run}",
+           result.times, result.curve, result.trades, result.metrics,
+           config_yaml=yamlfile.dumps(config.model_dump(mode="json", exclude_none=True)))
 
 
 def record(result: ReplayResult, store: EventStore) -> int:

@@ -12,6 +12,7 @@ from tradebus.bus import events as ev
 from tradebus.components.timeframes import DAY, HOUR, MINUTE
 from tradebus.configs.schema import ConfigError, load_config, parse_config
 from tradebus.eventstore.store import EventStore
+from tradebus.engine import report
 from tradebus.replay.backtest import record, run_replay, write_outputs
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.engine.market import MissingDataError
@@ -81,8 +82,8 @@ def test_rerun_gives_byte_identical_artifacts(md, tmp_path):
         write_outputs(run_replay(config, "hygiene", md), tmp_path / name, events_jsonl=True)
 
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == ["account_curve.csv", "equity.csv", "events.jsonl", "report.html", "result.json",
-                     "run_manifest.json", "trades.csv"]
+    assert files == ["account_curve.csv", "equity.csv", "events.jsonl", report.PLOTLY_JS, "report.html", "result.json",
+                     "run_manifest.json", "trades.csv"]  # plotly.js beside the report: no `runs` folder above
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -339,3 +340,41 @@ def test_replay_applies_the_guard_caps_of_a_limits_file_as_events(md):
     after = [e for e in halted.events if isinstance(e, ev.Fill) and e.ts_event > states[0].ts_event]
     assert not after, "nothing fills after the halt"
     assert halted.metrics["total_trades"] < free.metrics["total_trades"]
+
+
+def test_monthly_returns_chain_month_end_equities():
+    times = np.array(["2025-01-01", "2025-01-31", "2025-02-15", "2025-02-28", "2025-04-02"], dtype="datetime64[ns]")
+    equity = np.array([100.0, 110.0, 99.0, 121.0, 60.5])
+
+    years, table = report.monthly_returns(times.astype(np.int64), equity)
+
+    assert years == [2025]
+    np.testing.assert_allclose(table[0, [0, 1, 3]], [0.10, 0.10, -0.5])  # 100 -> 110 -> 121 -> 60.5
+    assert np.isnan(table[0, 2]) and np.isnan(table[0, 4:]).all()  # no bar in March, nor after April
+
+
+def test_a_report_of_84k_bars_and_thousands_of_trades_stays_under_a_megabyte(tmp_path):
+    from tradebus.engine.trades import Trade
+
+    n = 84_384
+    times = T0 + np.arange(n, dtype=np.int64) * 300 * 10**9
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(3).normal(0, 0.002, n)))
+    curve = np.zeros((n, 8))
+    curve[:, 0], curve[:, 2] = close, 10_000 * close / close[0]
+    trades = [Trade("BTCUSDT", "long" if i % 2 else "short", int(times[24 * i]), float(close[24 * i]), 0.1,
+                    int(times[24 * i + 12]), float(close[24 * i + 12]), bars_held=12) for i in range(3_457)]
+    page = tmp_path / "runs" / "sys" / "test" / "report.html"
+    other = tmp_path / "runs" / "sys" / "hygiene" / "report.html"
+    for folder in (page.parent, other.parent):
+        folder.mkdir(parents=True)
+
+    report.render(page, "t", "s", times, curve, trades, {"return_pct": 0.1}, config_yaml="system: x\n")
+    asset = tmp_path / "runs" / report.PLOTLY_JS
+    first = asset.stat().st_mtime_ns
+    report.render(other, "t", "s", times[:1000], curve[:1000], trades[:5], {})
+
+    text = page.read_text()
+    assert page.stat().st_size < 1_000_000, page.stat().st_size
+    assert f'<script src="../../{report.PLOTLY_JS}">' in text and asset.stat().st_mtime_ns == first
+    assert "buy and hold" in text and "Monthly returns" in text and "Trades (3,457)" in text and "system: x" in text
+    assert not list((tmp_path / "runs" / "sys").rglob("plotly*.js"))  # once, beside the reports
