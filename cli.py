@@ -566,7 +566,8 @@ def _open_market(db: Optional[Path], *, read_only: bool = True):
 
 
 @data_app.command("list")
-def data_list(db: Optional[Path] = MarketOpt) -> None:
+def data_list(db: Optional[Path] = MarketOpt,
+              as_json: bool = typer.Option(False, "--json", help="One JSON object per series.")) -> None:
     """List stored series with their ranges."""
     from tradebus import console as fmt
 
@@ -574,9 +575,14 @@ def data_list(db: Optional[Path] = MarketOpt) -> None:
     table = Table("kind", "venue", "market", "symbol", "timeframe", "rows", "first open", "last open")
     with md:
         for c in md.series():
+            if as_json:
+                sys.stdout.write(json.dumps({"kind": c.key.kind, "venue": c.key.venue, "market": c.key.market,
+                                             "symbol": c.key.symbol, "timeframe": c.key.timeframe, "rows": c.rows,
+                                             "first_open_ns": c.first, "last_open_ns": c.last}) + "\n")
             table.add_row(c.key.kind, c.key.venue, c.key.market, c.key.symbol, c.key.timeframe, f"{c.rows:,}",
                           fmt.fmt_ns(c.first)[:16], fmt.fmt_ns(c.last)[:16])
-    out.print(table)
+    if not as_json:
+        out.print(table)
 
 
 @data_app.command("check")
@@ -1193,6 +1199,8 @@ def validate(
     rules_path: Optional[Path] = typer.Option(None, "--rules", help="Validation rules YAML (default: seed 002's)."),
     db: Optional[Path] = MarketOpt,
     experiments: Optional[Path] = ExperimentsOpt,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per experiment: id, status, reasons, "
+                                 "test return and every detail the verdict rests on."),
 ) -> None:
     """Holdout, walk-forward, multi-asset, deflated Sharpe and PBO; the verdict is written to the experiment."""
     from tradebus.configs.schema import ConfigError
@@ -1212,6 +1220,12 @@ def validate(
                                      progress=lambda d, t: err.print(f"validated {d}/{t}", highlight=False))
     except (DuckLockedError, ConfigError, MarketDataError, MissingDataError, KeyError) as exc:
         _fail(str(exc).strip("'\""))
+    if as_json:
+        for e, v in results:
+            sys.stdout.write(json.dumps({"id": e["id"], "status": v.status, "reasons": v.reasons,
+                                         "test_return": v.test_return, "test_period": v.test_period,
+                                         "details": v.details}, default=float) + "\n")
+        return
     table = Table(title="validation")
     for col in ("id", "strategy", "symbol", "parameters", "sharpe", "test return", "walk-fwd", "multi-asset", "DSR",
                 "PBO", "status"):

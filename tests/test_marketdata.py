@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -214,8 +216,8 @@ def test_check_names_a_series_stored_under_the_wrong_timeframe_and_delete_remove
     assert "tradebus data delete --symbol BTCUSDT --kind candles --timeframe 5m" in check.stdout
     assert whole.returncode == 0 and "deleted 48 rows" in whole.stdout
     assert nothing.returncode == 1 and "no rows stored" in nothing.stderr
-    with MarketData.open(db, read_only=True) as m:
-        left = {c.key.symbol: c.rows for c in m.series()}
+    listed = [json.loads(line) for line in run_tradebus("data", "list", "--json", "--db", str(db)).stdout.splitlines()]
+    left = {row["symbol"]: row["rows"] for row in listed}
     assert "BTCUSDT" not in left and part.returncode == 0 and "deleted 288 rows" in part.stdout
     assert left["ETHUSDT"] == 600 - 288
 
