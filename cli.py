@@ -1253,6 +1253,8 @@ def scenarios(
     experiments: Optional[Path] = ExperimentsOpt,
 ) -> None:
     """Ensembles, regime-adaptive systems and sensitivity scans from a finished sweep, compared in report.html."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from tradebus.duck import DuckLockedError
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.scenarios import load_scenarios, run_scenarios, write_outputs
@@ -1261,8 +1263,12 @@ def scenarios(
 
     try:
         spec = load_scenarios(path)
-        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments, read_only=True) as tracker:
-            rep = run_scenarios(spec, tracker, md)
+        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments, read_only=True) as tracker, \
+                Progress(TextColumn("scenarios {task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TimeElapsedColumn(), console=err) as bar:
+            task = bar.add_task("", total=None)
+            rep = run_scenarios(spec, tracker, md, progress=lambda what, done, total: bar.update(
+                task, description=what, completed=done, total=total))
     except (DuckLockedError, LookupError, ValueError, FileNotFoundError, MissingDataError) as exc:  # ValueError: config, market data
         _fail(str(exc).strip("'\""))
     target = out_dir or Path("runs") / f"scenarios-{spec.job}"

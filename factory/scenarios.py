@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -344,8 +344,13 @@ class ScenarioReport:
     warnings: list[str]
 
 
-def run_scenarios(spec: ScenarioFile, tracker: Tracker, md: MarketData) -> ScenarioReport:
-    """Build and run every enabled scenario; nothing is written (``write_outputs`` does)."""
+def run_scenarios(spec: ScenarioFile, tracker: Tracker, md: MarketData,
+                  progress: Callable[[str, int, int], None] | None = None) -> ScenarioReport:
+    """Build and run every enabled scenario; nothing is written (``write_outputs`` does). ``progress`` is
+    told (what, done, total) before the candidates are ranked and as each scenario starts and ends."""
+    enabled = [s for s in spec.scenarios if s.enabled]
+    tell = progress or (lambda what, done, total: None)
+    tell("ranking candidates", 0, len(enabled))
     exps = _experiments(spec, tracker)
     mem = MemoryMarket()
     for (venue, market), symbols in _group(exps).items():
@@ -355,9 +360,8 @@ def run_scenarios(spec: ScenarioFile, tracker: Tracker, md: MarketData) -> Scena
     if any(c.train_window == spec.test or c.exp["train_period"] == spec.test for c in cands):
         warnings.append(f"the job ran its trials on the test window {spec.test!r}: candidates were chosen in sample")
     results = []
-    for s in spec.scenarios:
-        if not s.enabled:
-            continue
+    for i, s in enumerate(enabled):
+        tell(s.name, i, len(enabled))
         if isinstance(s, Single):
             results.append(_single(s, cands, spec, mem))
         elif isinstance(s, Ensemble):
@@ -366,6 +370,7 @@ def run_scenarios(spec: ScenarioFile, tracker: Tracker, md: MarketData) -> Scena
             results.append(_adaptive(s, cands, spec, mem, tracker))
         else:
             results.append(_sensitivity(s, cands, spec, mem, tracker))
+    tell("done", len(enabled), len(enabled))
     return ScenarioReport(spec, cands, results, warnings)
 
 
