@@ -932,6 +932,7 @@ def live(
 def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_url: Optional[str],
              store: Optional[Path], wait: float) -> None:
     """Send a kill/resume: over NATS to a running daemon (which answers), else into its store."""
+    from tradebus.bus import subjects
     from tradebus.bus.connect import find_nats_url
     from tradebus.bus.nats import NatsBus
     from tradebus.eventstore.store import EventStore, StoreError
@@ -945,7 +946,7 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
 
     async def over_nats() -> bool:
         async with await NatsBus.connect(url, name="tradebus-command") as bus:
-            sub = await bus.subscribe("tb.risk.>")
+            sub = await bus.subscribe(subjects.risk(">"))
             await bus.publish(cmd)
             await bus.flush()
             deadline = time.monotonic() + wait

@@ -104,8 +104,44 @@ def sweep_results(job: str = "*") -> str:
 
 
 def bars(venue: str = "*", symbol: str = "*", timeframe: str = "*") -> str:
-    """Pattern for closed bars, e.g. ``bars("bybit", "BTCUSDT")``."""
-    return f"tb.md.bar.{venue}.{symbol}.{timeframe}"
+    """Pattern for closed bars, e.g. ``bars("bybit", "BTCUSDT")``; ``bars(venue, ">")``: every bar of a venue."""
+    return f"tb.md.bar.{venue}.{symbol}" + ("" if symbol == ">" else f".{timeframe}")
+
+
+def snapshots(venue: str = "*", symbol: str = "*", timeframe: str = "*") -> str:
+    """Pattern for snapshots (bars with their features)."""
+    return f"tb.md.snap.{venue}.{symbol}.{timeframe}"
+
+
+def _of(root: str, system: str) -> str:
+    """Pattern for one kind of a system's events: ``system`` a system id, ``NO_SYSTEM`` (the account's),
+    or ``*`` (everyone's)."""
+    return f"{PREFIX}.{root}.{system if system in ('*', '>', NO_SYSTEM) else token(system, 'system')}"
+
+
+def signals(system: str = "*") -> str:
+    return _of("sig", system)
+
+
+def orders(system: str = "*") -> str:
+    return _of("ord", system)
+
+
+def fills(system: str = "*") -> str:
+    return _of("fill", system)
+
+
+def positions(system: str = "*") -> str:
+    return _of("pos", system)
+
+
+def accounts(system: str = "*") -> str:
+    return _of("acct", system)
+
+
+def risk(system: str = "*") -> str:
+    """Pattern for risk states and commands (``NO_SYSTEM``: the account's)."""
+    return _of("risk", system)
 
 
 def system_pattern(system: str) -> str:

@@ -84,8 +84,8 @@ class SimExchange(Component):
         self._symbol = symbol
         self.gate = gate
         system = subjects.token(stamp.system, "system")
-        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{system}", f"tb.risk.{system}",
-                          f"tb.risk.{subjects.NO_SYSTEM}")
+        self._patterns = (subjects.bars(venue, symbol, timeframe), subjects.orders(system), subjects.risk(system),
+                          subjects.risk(subjects.NO_SYSTEM))
         self._on_close = fill_timing == "on_close"
         self._c = costs
         self._slip_model = kernel.SLIPPAGE_MODELS[costs.slippage_model]

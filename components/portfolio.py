@@ -9,6 +9,7 @@ import msgspec
 import numpy as np
 
 from tradebus.bus import events as ev
+from tradebus.bus import subjects
 from tradebus.bus.events import Side
 from tradebus.components import kernel
 from tradebus.components.base import Component, Stamper
@@ -55,7 +56,7 @@ class Portfolio(Component):
     def __init__(self, stamp: Stamper, *, symbol: str, initial_capital: float, max_leverage: float = 1.0) -> None:
         super().__init__()
         self._stamp = stamp
-        self._patterns = (f"tb.fill.{stamp.system}",)
+        self._patterns = (subjects.fills(stamp.system),)
         self._symbol = symbol
         self._leverage = max_leverage
         self.initial = initial_capital

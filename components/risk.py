@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from tradebus.bus import events as ev
+from tradebus.bus import subjects
 from tradebus.bus.ids import order_id_for
 from tradebus.components import kernel
 from tradebus.components.base import NO_EVENTS, Component, Stamper
@@ -39,8 +40,9 @@ class RiskManager(Component):
         self._venue = venue
         self._symbol = symbol
         system = stamp.system
-        self._patterns = (f"tb.md.snap.{venue}.{symbol}.{timeframe}", f"tb.sig.{system}", f"tb.pos.{system}",
-                          f"tb.acct.{system}", f"tb.fill.{system}", f"tb.ord.{system}")
+        self._patterns = (subjects.snapshots(venue, symbol, timeframe), subjects.signals(system),
+                          subjects.positions(system), subjects.accounts(system), subjects.fills(system),
+                          subjects.orders(system))
         self._sizing = kernel.SIZINGS[sizing]
         self._fraction = fraction
         self._risk = risk_per_trade

@@ -37,7 +37,7 @@ class StrategyHost(Component):
         self._own, self._higher = row_names(defn, params)
         self._symbol = symbol
         self._timeframe = timeframe
-        self._patterns = (f"tb.md.snap.{venue}.{symbol}.{timeframe}", f"tb.fill.{subjects.token(stamp.system, 'system')}")
+        self._patterns = (subjects.snapshots(venue, symbol, timeframe), subjects.fills(stamp.system))
         self._prev = None if prev_row is None else tuple(float(x) for x in prev_row)
         self.qty = 0.0
         self._handlers[ev.Snapshot] = self._on_snapshot

@@ -10,6 +10,7 @@ wallet and position pushes are. Each system's guard reads its account caps from 
 from __future__ import annotations
 
 from tradebus.bus import events as ev
+from tradebus.bus import subjects
 from tradebus.components.base import NO_EVENTS, Component, Stamper
 
 
@@ -29,7 +30,7 @@ class AccountBook(Component):
                                ev.BarClosed: self._on_bar})
 
     def patterns(self) -> tuple[str, ...]:
-        return ("tb.acct.*", "tb.pos.*", f"tb.md.bar.{self._venue}.>")
+        return (subjects.accounts(), subjects.positions(), subjects.bars(self._venue, ">"))
 
     def open_balances(self, balances: dict[str, float]) -> None:
         """Each system's balance before its first account event (its initial capital)."""

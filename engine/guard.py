@@ -75,9 +75,10 @@ class RiskGuard(Component):
         self._stamp = stamp
         self._symbol = symbol
         system = subjects.token(stamp.system, "system")
-        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.pos.{system}", f"tb.acct.{system}",
-                          f"tb.pos.{subjects.NO_SYSTEM}", f"tb.acct.{subjects.NO_SYSTEM}", f"tb.risk.{system}",
-                          f"tb.risk.{subjects.NO_SYSTEM}")
+        account = subjects.NO_SYSTEM
+        self._patterns = (subjects.bars(venue, symbol, timeframe), subjects.positions(system), subjects.accounts(system),
+                          subjects.positions(account), subjects.accounts(account), subjects.risk(system),
+                          subjects.risk(account))
         self._scopes = {"system": _Scope("system", limits.for_system(stamp.system), balance=initial_balance),
                         "global": _Scope("global", limits.global_)}
         self._uncapped = all(v is None for sc in self._scopes.values() for v in sc.caps.model_dump().values())

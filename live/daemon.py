@@ -454,7 +454,7 @@ class Daemon:
 
     async def _commands(self) -> None:
         """Kill and resume commands from NATS (``tradebus kill``)."""
-        sub = await self.s.bus.subscribe("tb.risk.>")
+        sub = await self.s.bus.subscribe(subjects.risk(">"))
         async for event in sub:
             if (isinstance(event, ev.RiskStateChanged) and is_command(event)
                     and event.system in (self.config.system, "")):

@@ -86,8 +86,8 @@ class LiveVenue(Component):
         self.rules = rules
         self._symbol = symbol
         system = subjects.token(stamp.system, "system")
-        self._patterns = (f"tb.md.bar.{venue}.{symbol}.{timeframe}", f"tb.ord.{system}", f"tb.pos.{system}",
-                          f"tb.risk.{system}", f"tb.risk.{subjects.NO_SYSTEM}")
+        self._patterns = (subjects.bars(venue, symbol, timeframe), subjects.orders(system), subjects.positions(system),
+                          subjects.risk(system), subjects.risk(subjects.NO_SYSTEM))
         self.orders: dict[str, _Tracked] = {}
         self.exec_ids: set[str] = set()
         self.last_exec_ms = 0
