@@ -107,3 +107,19 @@ def writers():
     yield start
     for w in started:
         w.close()
+
+
+SWEEP_BARS = 12 * 24 * 20  # 20 days of 5m bars
+
+
+@pytest.fixture
+def md(tmp_path):
+    """A market data file holding 20 days of synthetic 5m BTCUSDT and ETHUSDT candles (what sweeps need)."""
+    from tradebus.engine.marketdata import MarketData, SeriesKey
+
+    from .test_marketdata import synthetic
+
+    with MarketData.open(tmp_path / "m.duckdb") as m:
+        for i, sym in enumerate(("BTCUSDT", "ETHUSDT")):
+            m.write(SeriesKey("bybit", "linear", sym, "5m"), synthetic(SWEEP_BARS, seed=20 + i))
+        yield m

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 
 from tradebus import identity
-from tradebus.engine.marketdata import MarketData, SeriesKey
+from tradebus.engine.marketdata import SeriesKey
 from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import parse_job, plan, run_sweep
 from tradebus.replay.backtest import run_replay
 
 from .test_marketdata import synthetic
-from .test_sweep import N_BARS, job
+from .test_sweep import job
 
 BTC5 = SeriesKey("bybit", "linear", "BTCUSDT", "5m")
 
@@ -63,14 +62,6 @@ def test_an_import_a_trial_does_not_read_changes_no_trial_id():
            if tr.config.symbol == "BTCUSDT"]
     assert btc and all(btc)  # what a charged trial reads did change: new ids for BTC ...
     assert len(set(with_funding) & set(changed)) == len(with_funding) - len(btc)  # ... and only for BTC
-
-
-@pytest.fixture
-def md(tmp_path):
-    with MarketData.open(tmp_path / "m.duckdb") as m:
-        for i, sym in enumerate(("BTCUSDT", "ETHUSDT")):
-            m.write(SeriesKey("bybit", "linear", sym, "5m"), synthetic(N_BARS, seed=20 + i))
-        yield m
 
 
 def _other_code(monkeypatch) -> None:

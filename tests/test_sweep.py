@@ -13,12 +13,9 @@ from tradebus.factory.experiments import Tracker
 from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import parse_job, plan, run_sweep
 from tradebus.replay.backtest import run_replay
-from tradebus.engine.marketdata import MarketData, SeriesKey
 
 from .proc import run_tradebus
-from .test_marketdata import synthetic
 
-N_BARS = 12 * 24 * 20
 
 
 def job(**overrides) -> dict:
@@ -32,14 +29,6 @@ def job(**overrides) -> dict:
     }
     base.update(overrides)
     return base
-
-
-@pytest.fixture
-def md(tmp_path):
-    with MarketData.open(tmp_path / "m.duckdb") as m:
-        for i, sym in enumerate(("BTCUSDT", "ETHUSDT")):
-            m.write(SeriesKey("bybit", "linear", sym, "5m"), synthetic(N_BARS, seed=20 + i))
-        yield m
 
 
 def test_a_sweep_trial_equals_the_replay_of_its_config(md, tmp_path):
