@@ -616,6 +616,41 @@ def data_check(db: Optional[Path] = MarketOpt) -> None:
 
 
 @app.command()
+def compare(
+    first: Path = typer.Argument(..., metavar="RUN", help="A replay's output folder (runs/SYSTEM/WINDOW)."),
+    second: Path = typer.Argument(..., metavar="RUN", help="Another one."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="HTML page (default runs/compare-RUN-RUN.html)."),
+) -> None:
+    """Two runs side by side: their metrics and the difference, and both equity curves on one page."""
+    from tradebus.engine.artifacts import read_run
+    from tradebus.engine.report import LABELS, Compared, fmt_metric, render_comparison
+
+    try:
+        runs = [read_run(first), read_run(second)]
+    except ValueError as exc:
+        _fail(str(exc))
+    a, b = runs
+    table = Table("metric", f"{a.system} {a.window}", f"{b.system} {b.window}", "second - first")
+    for key, (label, kind) in LABELS.items():
+        x, y = a.metrics.get(key), b.metrics.get(key)
+        diff = fmt_metric(None if x is None or y is None else y - x, kind, signed=True)
+        table.add_row(label, fmt_metric(x, kind), fmt_metric(y, kind), diff)
+    out.print(table)
+    for r in runs:
+        out.print(f"  {r.system} {r.window}: {r.start} -> {r.end} · run {r.run}")
+    path = out_path or Path("runs") / f"compare-{a.run}-{b.run}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [Compared(f"{r.system} {r.window}", "run", f"{r.start} → {r.end} · run {r.run} · {r.path}", None, r.metrics,
+                     (r.times, r.equity / r.equity[0]) if len(r.equity) else None) for r in runs]
+    warn = [] if (a.start, a.end) == (b.start, b.end) else [
+        f"the runs cover different dates ({a.start} → {a.end} and {b.start} → {b.end}): their metrics are not"
+        " measured over the same market"]
+    render_comparison(path, f"{a.system} {a.window} vs {b.system} {b.window}", "two runs", rows, [], warn,
+                      what="run", test_name=a.window if a.window == b.window else "run")
+    out.print(f"page: {path}")
+
+
+@app.command()
 def strategies() -> None:
     """List the built-in strategies with their parameters and defaults."""
     from tradebus.components.strategies import REGISTRY

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -82,3 +83,42 @@ def write_curves(out: Path, times: np.ndarray, curve: np.ndarray) -> None:
 
 def write_events(path: Path, events: Iterable[Event]) -> None:
     atomic_write(path, b"".join(codec.to_json(e) + b"\n" for e in events))
+
+
+@dataclass
+class RunFolder:
+    """What a replay's folder says about it: enough to compare two runs."""
+
+    path: Path
+    system: str
+    window: str
+    start: str
+    end: str
+    run: str
+    metrics: dict
+    times: np.ndarray  # bar close times, ns
+    equity: np.ndarray
+
+
+def read_run(folder: Path) -> RunFolder:
+    """Read ``result.json`` and ``equity.csv`` of a replay's output folder; a missing or malformed file is
+    a ValueError naming it."""
+    result_path, equity_path = folder / "result.json", folder / "equity.csv"
+    for path in (result_path, equity_path):
+        if not path.is_file():
+            raise ValueError(f"{path}: not found; a run folder holds what `tradebus replay` writes "
+                             "(runs/SYSTEM/WINDOW)")
+    try:
+        result = json.loads(result_path.read_text())
+        fields = {k: result[k] for k in ("system", "window", "start", "end", "run", "metrics")}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{result_path}: not a replay's result ({type(exc).__name__}: {exc})") from None
+    try:
+        rows = list(csv.reader(io.StringIO(equity_path.read_text())))
+        if rows[0][:2] != ["time", "equity"]:
+            raise ValueError(f"header {rows[0]}")
+        times = np.array([np.datetime64(r[0].rstrip("Z"), "ns") for r in rows[1:]]).astype(np.int64)
+        equity = np.array([float(r[1]) for r in rows[1:]])
+    except (ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{equity_path}: not a replay's equity curve ({exc})") from None
+    return RunFolder(folder, times=times, equity=equity, **fields)

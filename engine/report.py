@@ -25,7 +25,7 @@ from plotly.subplots import make_subplots
 from tradebus.engine.artifacts import atomic_write
 from tradebus.engine.trades import Trade
 
-_LABELS = {
+LABELS = {
     "return_pct": ("Total return", "pct"), "annualised_return": ("Annualised return", "pct"),
     "sharpe": ("Sharpe", "num"), "sortino": ("Sortino", "num"), "calmar": ("Calmar", "num"),
     "max_drawdown": ("Max drawdown", "pct"), "max_drawdown_duration_days": ("Longest drawdown (days)", "num"),
@@ -36,16 +36,16 @@ _LABELS = {
 }
 
 
-def _fmt(value: object, kind: str) -> str:
+def fmt_metric(value: object, kind: str, signed: bool = False) -> str:
+    """A metric as a person reads it (``kind`` from ``LABELS``); ``signed``: a difference, with its sign."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "–"
+    sign = "+" if signed else ""
     if kind == "pct":
-        return f"{value:.2%}"
+        return f"{value:{sign}.2%}"
     if kind == "int":
-        return f"{int(value):,}"
-    if kind == "money":
-        return f"{value:,.2f}"
-    return f"{value:,.2f}"
+        return f"{int(value):{sign},}"
+    return f"{value:{sign},.2f}"
 
 
 def _times(ns: np.ndarray) -> np.ndarray:
@@ -131,9 +131,9 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
     bench = {"return_pct": hold[-1] / start_equity - 1.0 if len(hold) and start_equity else None,
              "max_drawdown": float((hold / np.maximum.accumulate(hold) - 1.0).min()) if len(hold) else None}
     rows = "".join(
-        f"<tr><th>{html.escape(label)}</th><td>{_fmt(metrics.get(key), kind)}</td>"
-        f"<td class=bench>{_fmt(bench[key], kind) if key in bench else ''}</td></tr>"
-        for key, (label, kind) in _LABELS.items()
+        f"<tr><th>{html.escape(label)}</th><td>{fmt_metric(metrics.get(key), kind)}</td>"
+        f"<td class=bench>{fmt_metric(bench[key], kind) if key in bench else ''}</td></tr>"
+        for key, (label, kind) in LABELS.items()
     )
     table = f"<table><tr><th></th><th>system</th><th class=bench>buy and hold</th></tr>{rows}</table>"
     years, monthly = monthly_returns(times, curve[:, 2]) if len(curve) else ([], np.empty((0, 12)))
@@ -257,7 +257,7 @@ def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Comp
                       test_name: str = "test") -> None:
     """Runs side by side (scenarios, a portfolio's account and systems): metrics on each window they have,
     the test window's equity overlaid, sensitivity scans. ``test_name``: how the test window is labelled."""
-    head = "".join(f"<th>{html.escape(_LABELS[k][0])}</th>" for k, _ in _COMPARED)
+    head = "".join(f"<th>{html.escape(LABELS[k][0])}</th>" for k, _ in _COMPARED)
     body = [f'<p class="warn">{html.escape(w)}</p>' for w in warnings]
     body.append(f"<table><tr><th>{html.escape(what)}</th><th>kind</th><th>window</th>{head}</tr>")
     for r in rows:
@@ -267,7 +267,7 @@ def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Comp
             continue
         shown = [(w, m) for w, m in (("train", r.train), (test_name, r.test)) if m is not None] or [(test_name, None)]
         for i, (window, m) in enumerate(shown):
-            cells = "".join(f"<td>{_fmt((m or {}).get(k), kind)}</td>" for k, kind in _COMPARED)
+            cells = "".join(f"<td>{fmt_metric((m or {}).get(k), kind)}</td>" for k, kind in _COMPARED)
             body.append(f"<tr><th>{html.escape(r.name) if i == 0 else ''}</th><td class=text>{r.kind if i == 0 else ''}"
                         f"</td><td class=text>{html.escape(window)}</td>{cells}</tr>")
         body.append(f"<tr><td></td><td class=text colspan={len(_COMPARED) + 2}>{html.escape(r.description)}</td></tr>")

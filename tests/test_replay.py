@@ -378,3 +378,19 @@ def test_a_report_of_84k_bars_and_thousands_of_trades_stays_under_a_megabyte(tmp
     assert f'<script src="../../{report.PLOTLY_JS}">' in text and asset.stat().st_mtime_ns == first
     assert "buy and hold" in text and "Monthly returns" in text and "Trades (3,457)" in text and "system: x" in text
     assert not list((tmp_path / "runs" / "sys").rglob("plotly*.js"))  # once, beside the reports
+
+
+def test_compare_two_runs_side_by_side_and_refuse_a_folder_that_is_not_one(md, tmp_path):
+    for name, fast in (("a", 5), ("b", 10)):
+        config = parse_config(system(strategy={"id": "sma_cross", "params": {"fast": fast, "slow": 20}}))
+        write_outputs(run_replay(config, "hygiene", md), tmp_path / "runs" / name)
+    page = tmp_path / "cmp.html"
+
+    done = run_tradebus("compare", str(tmp_path / "runs" / "a"), str(tmp_path / "runs" / "b"), "--out", str(page))
+    bad = run_tradebus("compare", str(tmp_path / "runs" / "a"), str(tmp_path))
+
+    assert done.returncode == 0, done.stderr
+    a, b = (json.loads((tmp_path / "runs" / n / "result.json").read_text())["metrics"] for n in "ab")
+    assert f"{a['total_trades']:,}" in done.stdout and f"{b['total_trades'] - a['total_trades']:+,}" in done.stdout
+    assert page.stat().st_size > 10_000 and "different dates" not in page.read_text()
+    assert bad.returncode == 1 and "result.json: not found" in bad.stderr and "Traceback" not in bad.stderr
