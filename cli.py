@@ -1374,6 +1374,43 @@ def experiments_top(
     _experiments_table(rows, "top experiments" + (" (all)" if all_ else " (validated)"), as_json)
 
 
+@experiments_app.command("heatmap")
+def experiments_heatmap(
+    job: str = typer.Option(..., "--job", help="The sweep job."),
+    x: str = typer.Option(..., "--x", help="Parameter along the x axis (a strategy parameter or a dotted override)."),
+    y: str = typer.Option(..., "--y", help="Parameter along the y axis."),
+    metric: str = typer.Option("sharpe", "--metric", help="Column to show: sharpe, return_pct, max_drawdown, score, ..."),
+    symbol: Optional[str] = typer.Option(None, "--symbol", help="Only this symbol's trials (default: all, averaged)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="HTML page (default runs/heatmap-JOB-X-Y.html)."),
+    experiments: Optional[Path] = ExperimentsOpt,
+) -> None:
+    """A sweep's metric over two of its parameters, as a heatmap page (other parameters averaged)."""
+    from tradebus.factory.experiments import COLUMNS
+    from tradebus.engine.report import parameter_grid, render_heatmap
+
+    if metric not in COLUMNS or COLUMNS[metric] not in ("DOUBLE", "BIGINT"):
+        _fail(f"--metric {metric!r}: a number column of the experiments table: "
+              + ", ".join(k for k, t in COLUMNS.items() if t in ("DOUBLE", "BIGINT")))
+    with _read_experiments(experiments) as tracker:
+        rows = [e for e in tracker.job_rows(job) if symbol is None or e["symbol"] == symbol]
+    if not rows:
+        _fail(f"no trials of job {job!r}" + (f" on {symbol}" if symbol else "") + " (see `tradebus experiments top --all`)")
+    varied = sorted({k for e in rows for k in e.params})
+    for name, axis in ((x, "--x"), (y, "--y")):
+        if name not in varied:
+            _fail(f"{axis} {name!r}: job {job} varied {', '.join(varied) or 'nothing'}")
+    both = [e for e in rows if x in e.params and y in e.params]
+    xs, ys, mean, count = parameter_grid([(e.params, e[metric]) for e in both], x, y)
+    path = out_path or Path("runs") / f"heatmap-{job}-{x}-{y}.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    others = sorted({k for e in both for k in e.params} - {x, y})
+    render_heatmap(path, f"{job}: {metric} by {x} and {y}",
+                   f"{int(count.sum()):,} of the job's {len(both):,} trials that vary both have a {metric}"
+                   + (f", on {symbol}" if symbol else "; every symbol and timeframe averaged")
+                   + (f"; averaged over {', '.join(others)}" if others else ""), x, y, metric, xs, ys, mean, count)
+    out.print(f"{len(xs)} x {len(ys)} cells from {int(count.sum()):,} trials; page: {path}")
+
+
 @experiments_app.command("failures")
 def experiments_failures(strategy: str = typer.Argument(..., help="Strategy id (see `tradebus strategies`)."),
                          n: int = typer.Option(20, "-n", min=1, help="How many."),

@@ -293,3 +293,37 @@ def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Comp
                           margin={"l": 60, "r": 20, "t": 70, "b": 30})
         body.append(sub.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-sensitivity"))
     _write_page(path, title, subtitle, "\n".join(body), head=f'<script src="{html.escape(plotly_script(path))}"></script>')
+
+
+def parameter_grid(rows: Sequence[tuple[dict, float | None]], x: str, y: str) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """(parameters, metric) rows as a grid over two parameters: the x values, the y values, the mean metric
+    of the trials at each cell (other parameters, symbols and timeframes averaged over) and how many
+    trials each cell holds. A trial without the metric (disqualified, no trades) counts in neither."""
+    xs = sorted({p[x] for p, _ in rows if x in p})
+    ys = sorted({p[y] for p, _ in rows if y in p})
+    total, count = np.zeros((len(ys), len(xs))), np.zeros((len(ys), len(xs)), dtype=np.int64)
+    for p, v in rows:
+        if x in p and y in p and v is not None and math.isfinite(v):
+            i, j = ys.index(p[y]), xs.index(p[x])
+            total[i, j] += v
+            count[i, j] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return xs, ys, mean, count
+
+
+def render_heatmap(path: Path, title: str, subtitle: str, x: str, y: str, metric: str, xs: list, ys: list,
+                   mean: np.ndarray, count: np.ndarray) -> None:
+    """A sweep's metric over two of its parameters, one cell per pair of values."""
+    kind = LABELS.get(metric, (metric, "num"))[1]
+    text = [[("" if math.isnan(v) else fmt_metric(v, kind)) for v in row] for row in mean]
+    fig = go.Figure(go.Heatmap(
+        z=mean, x=[str(v) for v in xs], y=[str(v) for v in ys], text=text, texttemplate="%{text}",
+        customdata=count, colorscale="RdYlGn", zmid=0 if np.nanmin(mean, initial=0) < 0 < np.nanmax(mean, initial=0) else None,
+        hovertemplate=f"{x}=%{{x}} {y}=%{{y}}: {metric} %{{text}} (mean of %{{customdata}} trials)<extra></extra>",
+        colorbar={"title": metric}))
+    fig.update_layout(xaxis={"title": x, "type": "category"}, yaxis={"title": y, "type": "category"},
+                      height=max(360, 60 + 40 * len(ys)), template="plotly_white",
+                      margin={"l": 80, "r": 20, "t": 30, "b": 60})
+    _write_page(path, title, subtitle, fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-heatmap"),
+                head=f'<script src="{html.escape(plotly_script(path))}"></script>')

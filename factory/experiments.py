@@ -213,6 +213,11 @@ class Tracker(duck.Database):
             "SELECT count(*) FROM experiments WHERE job_id = ? AND id NOT IN"
             " (SELECT unnest(trial_ids) FROM job_plans WHERE job_id = ?)", [job, job]).fetchone()[0]
 
+    def job_rows(self, job: str) -> list[Experiment]:
+        """Every current trial of a job (its last plan's; older code or data left out)."""
+        where, params = self._of_job(job)
+        return self._rows(f"SELECT * FROM experiments WHERE {where} ORDER BY id", params)
+
     def job_sharpes(self, job: str) -> list[float | None]:
         """The annualised Sharpe ratio of every current trial of a job (the DSR's spread of trials)."""
         where, params = self._of_job(job)

@@ -161,6 +161,15 @@ def test_sweep_and_experiments_commands(md, tmp_path):
     assert as_json["id"] == best["id"] and as_json["parameters"] == best["parameters"]
     assert f"{best['return_pct']:+.2%}" in shown and f"{best['max_drawdown']:.2%}" in shown
 
+    # The job's Sharpe over its two parameters: each cell the mean of that pair's trials (both symbols).
+    heat = run_tradebus("experiments", "heatmap", "--job", "t-sweep", "--x", "fast", "--y", "slow", "--out",
+                        str(tmp_path / "heat.html"), "--experiments", str(tmp_path / "e.duckdb"))
+    wrong = run_tradebus("experiments", "heatmap", "--job", "t-sweep", "--x", "fast", "--y", "nope",
+                         "--experiments", str(tmp_path / "e.duckdb"))
+    assert heat.returncode == 0 and "3 x 3 cells from 14 trials" in heat.stdout, heat.stdout + heat.stderr
+    assert (tmp_path / "heat.html").stat().st_size > 1_000
+    assert wrong.returncode == 1 and "varied allow_short, fast, slow" in wrong.stderr
+
     # A job whose every trial fails (no candles in its window) ends non-zero, saying so.
     path.write_text(json.dumps(job(job="t-none", tasks=[{**job()["tasks"][0], "window": "2031-01-01:2031-02-01"}])))
     failed = run_tradebus("sweep", str(path), "--workers", "1", *args)
@@ -186,3 +195,17 @@ def test_factory_commands_without_market_data_say_how_to_get_it(tmp_path):
     for args in (["sweep", str(quick)], ["validate"]):
         done = run_tradebus(*args, "--db", str(tmp_path / "none.duckdb"), "--experiments", str(tmp_path / "e.duckdb"))
         assert done.returncode == 1 and "no market data at" in done.stderr and "Traceback" not in done.stderr, args
+
+
+def test_parameter_grid_means_each_cell_over_the_other_parameters():
+    from tradebus.engine.report import parameter_grid
+
+    rows = [({"fast": 5, "slow": 20, "k": 1}, 1.0), ({"fast": 5, "slow": 20, "k": 2}, 3.0),
+            ({"fast": 10, "slow": 20, "k": 1}, -1.0), ({"fast": 10, "slow": 30, "k": 1}, None),
+            ({"entry": 3}, 9.0)]
+
+    xs, ys, mean, count = parameter_grid(rows, "fast", "slow")
+
+    assert (xs, ys) == ([5, 10], [20, 30])
+    assert mean[0].tolist() == [2.0, -1.0] and count.tolist() == [[2, 1], [0, 0]]
+    assert all(v != v for v in mean[1])  # no trial with a value: empty, not zero
