@@ -15,7 +15,7 @@ from tradebus.factory.sweep import parse_job, plan, run_sweep
 from tradebus.factory.market import MemoryMarket
 
 from .test_marketdata import synthetic
-from .test_sweep import job, md  # noqa: F401  (the two-symbol synthetic market fixture)
+from .test_sweep import job
 
 WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
 

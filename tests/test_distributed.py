@@ -16,7 +16,7 @@ from tradebus.factory.experiments import Tracker
 from tradebus.factory.sweep import parse_job, pending, run_sweep
 
 from .proc import LineReader, tradebus, wait_dead
-from .test_sweep import job, md  # noqa: F401  (the two-symbol synthetic market fixture)
+from .test_sweep import job
 
 COMPARED = ("total_trades", "return_pct", "sharpe", "max_drawdown", "score", "block_stats", "job_trials")
 

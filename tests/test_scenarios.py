@@ -23,7 +23,7 @@ from tradebus.replay.backtest import run_replay
 from tradebus.engine.market import load_market
 
 from .proc import run_tradebus
-from .test_sweep import job, md  # noqa: F401  (the two-symbol synthetic market fixture)
+from .test_sweep import job
 
 PLAIN = {"fast": 5, "slow": 20, "allow_short": True}
 

@@ -24,7 +24,7 @@ from tradebus.engine.market import resolve_window
 
 from .conftest import SHARED_DATA
 from .proc import run_tradebus
-from .test_sweep import job, md  # noqa: F401  (the two-symbol synthetic market fixture)
+from .test_sweep import job
 
 # --- deflated Sharpe ratio ------------------------------------------------------------------------
 
