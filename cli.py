@@ -437,7 +437,7 @@ def data_import(
     """Import market data files; re-importing the same data changes nothing."""
     from tradebus.components.timeframes import TimeframeError
     from tradebus.replay.importer import ImportFormatError, plan_import
-    from tradebus.engine.marketdata import KINDS, MarketData, MarketDataError, validate
+    from tradebus.engine.marketdata import KINDS, MarketData, MarketDataError, SeriesRefused
 
     if kind is not None and kind not in KINDS:
         _fail(f"--kind {kind!r}: allowed are {', '.join(KINDS)}")
@@ -445,13 +445,11 @@ def data_import(
         plans = [plan_import(f, venue, market, symbol=symbol, timeframe=timeframe, kind=kind) for f in files]
     except (ImportFormatError, MarketDataError, TimeframeError) as exc:
         _fail(f"{exc}; nothing imported")
-    for p in plans:
-        problems = validate(p.cols, p.key)
-        if problems:
-            _fail(f"{p.path}: {p.key}: {'; '.join(problems)}; nothing imported")
-    try:
+    try:  # write_all checks every series before its one transaction
         with MarketData.open(db) as md:
             new = md.write_all([(p.key, p.cols) for p in plans])
+    except SeriesRefused as exc:
+        _fail(f"{next(p.path for p in plans if p.key == exc.key)}: {exc}; nothing imported")
     except MarketDataError as exc:
         _fail(f"{exc}; nothing imported")
     for p, n in zip(plans, new):

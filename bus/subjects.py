@@ -36,7 +36,8 @@ ROOTS = ("md", "fc", "sig", "ord", "fill", "pos", "acct", "life", "risk", "run",
 ALL = f"{PREFIX}.>"
 NO_SYSTEM = "_"
 # Sweep work and results live in their own streams; everything else is captured by the event stream.
-CAPTURED = tuple(f"{PREFIX}.{root}.>" for root in ROOTS if root not in ("work", "res"))
+CAPTURED_ROOTS = tuple(root for root in ROOTS if root not in ("work", "res"))
+CAPTURED = tuple(f"{PREFIX}.{root}.>" for root in CAPTURED_ROOTS)
 
 _TOKEN_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 

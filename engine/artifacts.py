@@ -20,6 +20,7 @@ import numpy as np
 
 from tradebus.bus import codec
 from tradebus.bus.events import Event
+from tradebus.engine.metrics import underwater
 from tradebus.engine.trades import FIELDS, Trade
 
 CURVE_COLUMNS = ("time", "close", "balance", "equity", "position_qty", "unrealized_pnl", "realized_pnl",
@@ -73,8 +74,7 @@ def write_trades(path: Path, trades: Sequence[Trade]) -> None:
 def write_curves(out: Path, times: np.ndarray, curve: np.ndarray) -> None:
     """equity.csv (time, equity, drawdown) and account_curve.csv (everything per bar)."""
     equity = curve[:, 2]
-    peak = np.maximum.accumulate(equity) if len(equity) else equity
-    dd = equity / peak - 1.0 if len(equity) else equity
+    dd = underwater(equity)
     _csv(out / "equity.csv", ("time", "equity", "drawdown"),
          ([iso(t), repr(e), repr(d)] for t, e, d in zip(times.tolist(), equity.tolist(), dd.tolist())))
     _csv(out / "account_curve.csv", CURVE_COLUMNS,

@@ -51,6 +51,14 @@ class MarketDataError(ValueError):
     """Market data that is missing, malformed or inconsistent."""
 
 
+class SeriesRefused(MarketDataError):
+    """Rows of one series that fail ``validate``; ``key`` says which series."""
+
+    def __init__(self, key: "SeriesKey", problems: list[str]) -> None:
+        super().__init__(f"{key}: " + "; ".join(problems) + "; nothing was written")
+        self.key = key
+
+
 @dataclass(frozen=True)
 class SeriesKey:
     """Which series: venue, market, symbol, timeframe and kind (candles, mark or funding)."""
@@ -177,7 +185,7 @@ class MarketData(duck.Database):
                 cols["turnover"] = np.zeros(len(cols["open_time"]))
             problems = validate(cols, key)
             if problems:
-                raise MarketDataError(f"{key}: " + "; ".join(problems) + "; nothing was written")
+                raise SeriesRefused(key, problems)
             frame = {"open_time": np.asarray(cols["open_time"], dtype=np.int64)}
             frame.update({name: np.asarray(cols[name], dtype=np.float64) for name in VALUE_COLUMNS[key.kind]})
             ready.append((key, frame))

@@ -26,6 +26,11 @@ def bar_returns(equity: np.ndarray, initial: float) -> np.ndarray:
     return equity / prev - 1.0
 
 
+def underwater(equity: np.ndarray) -> np.ndarray:
+    """Each bar's drawdown from the running peak, as a negative fraction (0 at a new high)."""
+    return equity / np.maximum.accumulate(equity) - 1.0 if len(equity) else np.asarray(equity, dtype=np.float64)
+
+
 def drawdown(equity: np.ndarray, times: np.ndarray) -> tuple[float, int]:
     """Return (max drawdown as a negative fraction, longest time from a peak to its recovery, in ns).
 
@@ -42,7 +47,7 @@ def drawdown(equity: np.ndarray, times: np.ndarray) -> tuple[float, int]:
     if not at_peak[-1]:
         spans.append(np.array([times[-1] - times[peak_idx[-1]]]))
     longest = int(np.concatenate(spans).max(initial=0))
-    return float((equity / peak - 1.0).min()), longest
+    return float(underwater(equity).min()), longest
 
 
 STATS = np.dtype([

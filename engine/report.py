@@ -23,6 +23,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from tradebus.engine.artifacts import atomic_write
+from tradebus.engine.metrics import underwater
 from tradebus.engine.trades import Trade
 
 LABELS = {
@@ -102,7 +103,7 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
     equity = c[:, 2]
     start_equity = curve[0, 2] if len(curve) else 0.0
     hold = start_equity * c[:, 0] / curve[0, 0] if len(curve) else equity  # buy and hold from the first close
-    dd = equity / np.maximum.accumulate(equity) - 1.0 if len(equity) else equity
+    dd = underwater(equity)
     fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.45, 0.2, 0.35], vertical_spacing=0.03,
                         subplot_titles=("Equity (and buy and hold)", "Drawdown", "Price and trades"))
     fig.add_trace(go.Scatter(x=x, y=equity, name="equity", line={"color": "#1f77b4"}), row=1, col=1)
@@ -129,14 +130,14 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
     fig.update_layout(height=900, margin={"l": 60, "r": 20, "t": 40, "b": 30}, legend={"orientation": "h"},
                       template="plotly_white")
     bench = {"return_pct": hold[-1] / start_equity - 1.0 if len(hold) and start_equity else None,
-             "max_drawdown": float((hold / np.maximum.accumulate(hold) - 1.0).min()) if len(hold) else None}
+             "max_drawdown": float(underwater(hold).min()) if len(hold) else None}
     rows = "".join(
         f"<tr><th>{html.escape(label)}</th><td>{fmt_metric(metrics.get(key), kind)}</td>"
         f"<td class=bench>{fmt_metric(bench[key], kind) if key in bench else ''}</td></tr>"
         for key, (label, kind) in LABELS.items()
     )
     table = f"<table><tr><th></th><th>system</th><th class=bench>buy and hold</th></tr>{rows}</table>"
-    years, monthly = monthly_returns(times, curve[:, 2]) if len(curve) else ([], np.empty((0, 12)))
+    years, monthly = monthly_returns(times, curve[:, 2])
     heat = go.Figure(go.Heatmap(
         z=monthly, x=_MONTHS, y=[str(y) for y in years], colorscale="RdYlGn", zmid=0, texttemplate="%{text}",
         text=[["" if math.isnan(v) else f"{v:+.1%}" for v in row] for row in monthly], showscale=False,
@@ -145,13 +146,12 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
                        margin={"l": 60, "r": 20, "t": 40, "b": 30}, yaxis={"autorange": "reversed", "type": "category"})
     trade_rows = [[t.entry_time // 1_000_000, t.exit_time // 1_000_000, t.side, _g(t.qty), _g(t.entry_price),
                    _g(t.exit_price), round(t.pnl, 2), round(100 * t.return_pct, 3), t.bars_held] for t in trades]
-    script = plotly_script(path)
     body = (f'<div class="grid">{table}<div>{fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-report")}'
             f'</div></div>{heat.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-monthly")}'
             f'<h2>Trades ({len(trades):,})</h2><div id="trades"></div>'
             + (f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre>" if config_yaml else "")
             + f"<script>{_TRADES_JS % (json.dumps(trade_rows), json.dumps(markers), TRADE_MARKERS // 2)}</script>")
-    _write_page(path, title, subtitle, body, head=f'<script src="{html.escape(script)}"></script>')
+    _write_page(path, title, subtitle, body)
 
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -202,7 +202,9 @@ _TRADES_JS = """
 """
 
 
-def _write_page(path: Path, title: str, subtitle: str, body: str, head: str = "") -> None:
+def _write_page(path: Path, title: str, subtitle: str, body: str) -> None:
+    """Every page loads plotly.js from the one copy beside the reports (``plotly_script``)."""
+    head = f'<script src="{html.escape(plotly_script(path))}"></script>'
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>{head}
 <style>
@@ -292,7 +294,7 @@ def render_comparison(path: Path, title: str, subtitle: str, rows: Sequence[Comp
         sub.update_layout(height=260 * len(scans) + 60, template="plotly_white", title="Parameter sensitivity",
                           margin={"l": 60, "r": 20, "t": 70, "b": 30})
         body.append(sub.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-sensitivity"))
-    _write_page(path, title, subtitle, "\n".join(body), head=f'<script src="{html.escape(plotly_script(path))}"></script>')
+    _write_page(path, title, subtitle, "\n".join(body))
 
 
 def parameter_grid(rows: Sequence[tuple[dict, float | None]], x: str, y: str) -> tuple[list, list, np.ndarray, np.ndarray]:
@@ -325,5 +327,4 @@ def render_heatmap(path: Path, title: str, subtitle: str, x: str, y: str, metric
     fig.update_layout(xaxis={"title": x, "type": "category"}, yaxis={"title": y, "type": "category"},
                       height=max(360, 60 + 40 * len(ys)), template="plotly_white",
                       margin={"l": 80, "r": 20, "t": 30, "b": 60})
-    _write_page(path, title, subtitle, fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-heatmap"),
-                head=f'<script src="{html.escape(plotly_script(path))}"></script>')
+    _write_page(path, title, subtitle, fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-heatmap"))

@@ -49,7 +49,7 @@ def capture_filter(pattern: str) -> str | None:
     if pattern == subjects.ALL:
         return None
     tokens = pattern.split(".")
-    if len(tokens) < 2 or tokens[0] != subjects.PREFIX or tokens[1] in ("work", "res", ">"):
+    if len(tokens) < 2 or tokens[0] != subjects.PREFIX or tokens[1] not in (*subjects.CAPTURED_ROOTS, "*"):
         raise CaptureError(f"pattern {pattern!r}: the recorder captures {', '.join(subjects.CAPTURED)}"
                            f" (or all of them, {subjects.ALL}); sweep work and results have their own streams")
     return pattern

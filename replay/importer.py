@@ -91,9 +91,10 @@ def columns_of(path: Path) -> list[str]:
 
 def kind_of(columns: list[str]) -> str:
     """What the columns hold: funding rates, candles (with volume) or mark prices (OHLC, no volume)."""
-    if _pick({c: c for c in columns}, VALUE_NAMES["funding"]["rate"]):
+    named = {c: c for c in columns}
+    if _pick(named, VALUE_NAMES["funding"]["rate"]):
         return "funding"
-    return "candles" if _pick({c: c for c in columns}, VALUE_NAMES["candles"]["volume"]) else "mark"
+    return "candles" if _pick(named, VALUE_NAMES["candles"]["volume"]) else "mark"
 
 
 def _pick(columns: dict[str, str], names: tuple[str, ...]) -> str | None:
