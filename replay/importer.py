@@ -210,7 +210,8 @@ def _select(con, path: Path, fmt: str, kind: str) -> tuple[Columns, str, bool]:
     try:
         result = con.execute(f"SELECT {time_expr} AS open_time, {', '.join(selects)} FROM src ORDER BY 1").fetchnumpy()
     except duck.DuckError as exc:
-        raise ImportFormatError(f"{path}: cannot read its columns as market data: {clip(str(exc))}") from None
+        first = str(exc).strip().splitlines()[0]  # DuckDB appends the generated SQL: not the user's concern
+        raise ImportFormatError(f"{path}: cannot read its columns as market data: {clip(first)}") from None
     return {k: np.asarray(v) for k, v in result.items()}, time_col, numeric
 
 
