@@ -651,10 +651,10 @@ def compare(
 @app.command()
 def strategies() -> None:
     """List the built-in strategies with their parameters and defaults."""
-    from tradebus.components.strategies import REGISTRY
+    from tradebus.components.strategies import known
 
     table = Table("strategy", "what it does", "params (default)")
-    for sid, defn in sorted(REGISTRY.items()):
+    for sid, defn in sorted(known().items()):
         params = ", ".join(f"{name}={field.get_default(call_default_factory=True)!r}" if not field.is_required()
                            else f"{name} (required)"
                            for name, field in defn.params.model_fields.items())

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_int, fmt_ratio, fmt_verdict, parser, print_header, print_table, resolve_n  # noqa: E402
 from bench_replay import KEY, config, real_or_walk, window  # noqa: E402
 
-from tradebus.components import indicators, strategies  # noqa: E402
+from tradebus.components import indicators  # noqa: E402
 from tradebus.factory import sim  # noqa: E402
 from tradebus.factory.market import MemoryMarket  # noqa: E402
 from tradebus.factory.sweep import run_trial  # noqa: E402
@@ -73,7 +73,7 @@ def main() -> None:
     cfgs = [base.model_copy(update={"strategy": base.strategy.model_copy(update={"params": {
         "fast": f, "slow": s, "allow_short": True}})}) for f, s in combos]
     slices = [load_market(c, win, mem) for c in cfgs]
-    defn = strategies.get("sma_cross")
+    defn = base.strategy_def()
     inputs = []
     for c, m in zip(cfgs, slices):
         inputs.append(sim.kernel_inputs(c, m, False))

@@ -32,8 +32,7 @@ class ConfigError(ValueError):
 
 
 def _known_strategy(v: str) -> str:
-    if v not in strategies.REGISTRY:
-        raise ValueError(f"unknown strategy {v!r}; allowed: {', '.join(sorted(strategies.REGISTRY))}")
+    strategies.get(v)  # a StrategyError (a ValueError) says why not
     return v
 
 
@@ -181,8 +180,13 @@ class SystemConfig(_Strict):
         return data
 
     def config_hash(self) -> str:
-        """SHA-256 of the canonical JSON of the config."""
-        return hashlib.sha256(msgspec.json.encode(self.canonical(), order="sorted")).hexdigest()
+        """SHA-256 of the canonical JSON of the config and, for a strategy of the user's own, of its file's
+        digest (the package's own code is in every id already)."""
+        h = hashlib.sha256(msgspec.json.encode(self.canonical(), order="sorted"))
+        source = strategies.get(self.strategy.id).source
+        if source:
+            h.update(b"\0strategy source " + source.encode())
+        return h.hexdigest()
 
 
 def _format(path: Path | str, exc: ValidationError, prefix: str = "") -> list[str]:
@@ -203,6 +207,10 @@ def parse_config(data: Any, source: Path | str = "<config>") -> SystemConfig:
         config.params()
     except ValidationError as exc:
         raise ConfigError("\n".join(_format(source, exc, "strategy.params"))) from None
+    try:
+        config.strategy_def()  # features declared well, the step compiles
+    except strategies.StrategyError as exc:
+        raise ConfigError(f"{source}: strategy.id: {exc}") from None
     for htf in config.all_higher_timeframes():
         try:
             check_resample(config.timeframe, htf)

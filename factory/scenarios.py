@@ -15,7 +15,7 @@ by score) and run over the train window and the out-of-sample test window::
 - **single**: the candidate of a given rank, alone.
 - **ensemble**: equal weight of the top N: each member trades 1/N of the capital in its own account
   (members on one timeframe), and the ensemble's equity is their sum.
-- **regime**: a ``regime_switch`` system (``components.adaptive``) over the best candidate's strategy
+- **regime**: a ``regime_switch`` system (``components.strategies.adaptive``) over the best candidate's strategy
   and series; for each side of the regime threshold it takes, from every parameter set the job scored
   on that series, the one that did best on the train window while trading only in that regime (none
   that made money: stay flat there).
@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from tradebus.components.strict import StrictModel
-from tradebus.components.adaptive import Regime
+from tradebus.components.strategies.adaptive import Regime
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig, parse_config, parse_model, read_yaml
 from tradebus.configs.yamlfile import dumps as dump_yaml

@@ -401,7 +401,7 @@ def _simulate(rows: np.ndarray, p: np.ndarray, o: np.ndarray, h: np.ndarray, l: 
     return state, ledger, stats, nl, blocks
 
 
-_SIMULATORS: dict[str, Callable] = {}
+_SIMULATORS: dict[strategies.StrategyDef, Callable] = {}
 
 
 def simulator(defn: strategies.StrategyDef) -> Callable:
@@ -411,11 +411,15 @@ def simulator(defn: strategies.StrategyDef) -> Callable:
     ``_decide`` is that strategy's step, so LLVM sees through the call (a decision passed as an argument
     costs ~55 ns a bar, inlined ~10 ns). Not cached on disk: the copies share one code object.
     """
-    fn = _SIMULATORS.get(defn.id)
+    if not defn.compiled:
+        raise strategies.StrategyError(
+            f"strategy {defn.id!r} has a plain-Python step (compiled = False): the sweep kernel runs compiled "
+            "steps only; replay and the daemons run it, or make its decide compile with numba")
+    fn = _SIMULATORS.get(defn)
     if fn is None:
         scope = dict(_simulate.__globals__, _decide=nb.njit(inline="always")(defn.decide.py_func))
         body = types.FunctionType(_simulate.__code__, scope, f"simulate_{defn.id}", _simulate.__defaults__)
-        fn = _SIMULATORS[defn.id] = nb.njit(nogil=True)(body)
+        fn = _SIMULATORS[defn] = nb.njit(nogil=True)(body)
     return fn
 
 

@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tradebus.components import composable
+from tradebus.components.strategies import composable
 from tradebus.components.strict import StrictModel
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timeframe, parse_config, parse_model, read_yaml

@@ -39,7 +39,7 @@ import numba as nb
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
-from tradebus.components import strategies
+from tradebus.components.strategies import api as strategies
 from tradebus.components.features import Feature, f
 from tradebus.components.strict import StrictModel
 
