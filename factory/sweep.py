@@ -26,6 +26,7 @@ import msgspec
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tradebus.components import strategies
 from tradebus.components.strategies import composable
 from tradebus.components.strict import StrictModel
 from tradebus.components.timeframes import tf_ns
@@ -69,6 +70,13 @@ class SweepTask(StrictModel):
     timeframes: list[Timeframe] = Field(["5m"], min_length=1)
     window: str = Field("hygiene", description="hygiene, test (from the base windows) or START:END")
     combine: Combine | None = Field(None, description="composable: specs generated from block lists")
+
+    @model_validator(mode="after")
+    def _compiled_step(self) -> "SweepTask":
+        if not strategies.get(self.strategy).compiled:
+            raise ValueError(f"strategy {self.strategy!r} has a plain-Python step (compiled = False); a sweep runs "
+                             "the compiled kernel and needs a step numba compiles (replay and paper run it as is)")
+        return self
 
     @model_validator(mode="after")
     def _combine_is_composable(self) -> "SweepTask":

@@ -108,7 +108,9 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
     total = len(m.candles["close"]) - m.first
     tick = None if progress is None else (lambda done: progress(done, total))
     t0 = time.perf_counter()
-    if bus == "local" and not keep_market_data:  # nothing kept from a quiet bar's step: skip those
+    # Nothing is kept from a quiet bar's step: skip those, when the strategy's decisions can be asked ahead
+    # (a compiled step is a pure function; a plain-Python one may not be, so it is stepped bar by bar).
+    if bus == "local" and not keep_market_data and config.strategy_def().compiled:
         LocalHost(w.components, w.clock, [collector]).run(active_steps(config, m, run, w, tick))
     elif bus == "local":
         LocalHost(w.components, w.clock, [collector]).run(bar_steps(config, m, run), tick)

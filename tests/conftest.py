@@ -117,9 +117,26 @@ def md(tmp_path):
     """A market data file holding 20 days of synthetic 5m BTCUSDT and ETHUSDT candles (what sweeps need)."""
     from tradebus.engine.marketdata import MarketData, SeriesKey
 
-    from .test_marketdata import synthetic
+    from tradebus.replay.checks import random_walk as synthetic
 
     with MarketData.open(tmp_path / "m.duckdb") as m:
         for i, sym in enumerate(("BTCUSDT", "ETHUSDT")):
             m.write(SeriesKey("bybit", "linear", sym, "5m"), synthetic(SWEEP_BARS, seed=20 + i))
         yield m
+
+
+@pytest.fixture(scope="session")
+def user_strategies(tmp_path_factory) -> Path:
+    """A user's own strategies, as `tradebus strategies new` writes them, importable for the session:
+    ``user_trend:UserTrend`` (compiled step) and ``user_trend_py:UserTrendPy`` (the same step in plain Python)."""
+    import sys
+
+    from tradebus.components.strategies import scaffold
+
+    folder = tmp_path_factory.mktemp("user_strategies")
+    for name, compiled in (("user_trend", "True"), ("user_trend_py", "False")):
+        for file_name, text in scaffold.files(name).items():
+            (folder / file_name).write_text(text.replace("compiled = True", f"compiled = {compiled}"))
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))

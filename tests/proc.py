@@ -56,10 +56,11 @@ class LineReader:
                 return line
 
 
-def tradebus(*args: str, env: dict | None = None) -> subprocess.Popen:
+def tradebus(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
     """Start ``python -m tradebus ARGS`` with pipes for stdout and stderr."""
     return subprocess.Popen(
         [sys.executable, "-m", "tradebus", *args],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -67,10 +68,12 @@ def tradebus(*args: str, env: dict | None = None) -> subprocess.Popen:
     )
 
 
-def run_tradebus(*args: str, timeout: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_tradebus(*args: str, timeout: float = 60.0, env: dict | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m tradebus ARGS`` to completion."""
     return subprocess.run(
         [sys.executable, "-m", "tradebus", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -186,7 +186,7 @@ def test_a_job_that_would_run_nothing_is_refused_before_it_runs(name, edit, firs
     from tradebus.factory.market import MemoryMarket
     from tradebus.factory.sweep import parse_job, plan
 
-    from .test_marketdata import synthetic
+    from tradebus.replay.checks import random_walk as synthetic
 
     mem = MemoryMarket({SeriesKey("bybit", "linear", s, "5m"): synthetic(2_000, seed=i)
                         for i, s in enumerate(("BTCUSDT", "ETHUSDT"))})

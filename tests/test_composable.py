@@ -14,7 +14,7 @@ from tradebus.factory.experiments import Tracker
 from tradebus.factory.sweep import parse_job, plan, run_sweep
 from tradebus.factory.market import MemoryMarket
 
-from .test_marketdata import synthetic
+from tradebus.replay.checks import random_walk as synthetic
 from .test_sweep import job
 
 WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}

@@ -13,7 +13,7 @@ from tradebus.factory.market import MemoryMarket
 from tradebus.factory.sweep import parse_job, plan, run_sweep
 from tradebus.replay.backtest import run_replay
 
-from .test_marketdata import synthetic
+from tradebus.replay.checks import random_walk as synthetic
 from .test_sweep import job
 
 BTC5 = SeriesKey("bybit", "linear", "BTCUSDT", "5m")

@@ -12,7 +12,7 @@ from tradebus.components import indicators as ind
 from tradebus.components.timeframes import DAY, MINUTE
 
 from .conftest import SHARED_DATA
-from .test_marketdata import synthetic
+from tradebus.replay.checks import random_walk as synthetic
 
 
 def series():

@@ -10,26 +10,23 @@ skipping quiet bars (``engine.quiet``) emits exactly what one stepping every bar
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
 
-from tradebus.bus import codec
 from tradebus.bus import events as ev
 from tradebus.components import strategies
 from tradebus.components.timeframes import HOUR, MINUTE
 from tradebus.configs.schema import parse_config
-from tradebus.engine.metrics import NAMES, from_stats
 from tradebus.factory import sim
+from tradebus.replay import checks
 from tradebus.replay.backtest import run_replay
 from tradebus.replay.importer import read_file
-from tradebus.replay.runner import MD_TYPES
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.engine.market import load_market
 
 from .conftest import SHARED_DATA
-from .test_marketdata import T0, synthetic
+from tradebus.replay.checks import T0, random_walk as synthetic
 
 M5 = 5 * MINUTE
 N_BARS = 12 * 24 * 30
@@ -122,39 +119,12 @@ def md(tmp_path_factory):
         yield m
 
 
-def _same(a, b) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
-
-
 def assert_identical(replayed, kernel: sim.KernelRun) -> None:
-    fills = [(e.ts_event, e.qty if e.side == "buy" else -e.qty, e.price, e.fee)
-             for e in replayed.events if isinstance(e, ev.Fill)]
-    funding = [(e.ts_event, e.amount) for e in replayed.events if isinstance(e, ev.FundingPaid)]
-    assert [(t, q, p, f) for _, t, q, p, f, _ in kernel.ledger if q != 0] == fills
-    assert [(t, a) for _, t, q, _, _, a in kernel.ledger if q == 0] == funding
-    assert np.array_equal(kernel.times, replayed.times)
-    assert np.array_equal(kernel.curve, replayed.curve), "equity curve differs"
-    assert kernel.trades == replayed.trades and kernel.open_trades == replayed.open_trades
-    diff = {k: (replayed.metrics[k], kernel.metrics[k]) for k in replayed.metrics
-            if not _same(replayed.metrics[k], kernel.metrics[k])}
-    assert not diff
-    # What a sweep keeps (running sums, no per-bar arrays) gives every metric, to rounding; counts and
-    # durations exactly.
-    fast = from_stats(kernel.stats, replayed.config.initial_capital, 5 * MINUTE)
-    assert set(fast) == set(NAMES) == set(replayed.metrics) - {"open_trades"}
-    for name in NAMES:
-        assert fast[name] == pytest.approx(replayed.metrics[name], rel=1e-9, abs=1e-12, nan_ok=True), name
-    for name in ("total_trades", "bars", "max_drawdown_duration_days", "avg_holding_hours"):
-        assert _same(fast[name], replayed.metrics[name]), name
+    assert not checks.kernel_differences(replayed, kernel)
 
 
 def assert_same_events(skipping, stepping) -> None:
-    """A replay that skips quiet bars emits, byte for byte, what one stepping every bar emits (apart from
-    the market data only the latter keeps)."""
-    kept = [codec.encode(e) for e in stepping.events if type(e) not in MD_TYPES]
-    assert any(type(e) in MD_TYPES for e in stepping.events), "the stepping run must be the one keeping market data"
-    assert [codec.encode(e) for e in skipping.events] == kept
-    assert np.array_equal(skipping.curve, stepping.curve)
+    assert not checks.stepping_differences(skipping, stepping)
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))

@@ -1,7 +1,7 @@
 """Live equals replay: real 5m bars pushed as confirmed klines through the fake Bybit to a daemon make
 exactly the decisions a replay of the same bars, from the same warm-up start, makes.
 
-For every built-in strategy and a composable spec the daemon's snapshots (every feature, own and higher
+For every built-in strategy, a composable spec and a user's own strategy (compiled, and plain Python) the daemon's snapshots (every feature, own and higher
 timeframe), signals, order intents (sizes and prices before the venue's rounding) and fills must equal
 the replay's, value for value:
 
@@ -49,6 +49,9 @@ COMPOSABLE = {
 }
 
 
+USER_PARAMS = {"fast": 5, "slow": 20, "rsi_period": 7, "rsi_max": 75, "allow_short": True}
+
+
 def _configs() -> list[tuple[str, dict]]:
     out = []
     for path in sorted(EXAMPLES.glob("*.yaml")):
@@ -56,6 +59,10 @@ def _configs() -> list[tuple[str, dict]]:
         out.append((cfg["strategy"]["id"], cfg))
     base = load_config(EXAMPLES / "ema_rsi_atr_btc_5m.yaml").model_dump(mode="json")
     out.append(("composable", {**base, "strategy": COMPOSABLE, "higher_timeframes": ["1h"]}))
+    # A user's own strategy, from its own file (conftest's user_strategies): the compiled step, and the same
+    # step as plain Python, which the daemon calls bar by bar.
+    for sid in ("user_trend:UserTrend", "user_trend_py:UserTrendPy"):
+        out.append((sid.split(":")[0], {**base, "strategy": {"id": sid, "params": USER_PARAMS}}))
     return out
 
 
@@ -151,7 +158,8 @@ def _venue_position(state: FakeBybitState) -> float:
 
 @pytest.mark.parametrize("mode", ["demo", "paper"])
 @pytest.mark.parametrize("name,spec", _configs(), ids=[n for n, _ in _configs()])
-async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec, mode, candles, nats_server, tmp_path):
+async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec, mode, candles, nats_server, tmp_path,
+                                                                     user_strategies):
     config = _config(name, spec, paper=mode == "paper")
     warm = warmup_bars(config)
     start = warm + 100  # the venue holds more history than the warm-up: the daemon takes only its last `warm`

@@ -19,27 +19,14 @@ from tradebus.replay.fetch import fetch_funding, fetch_klines
 from tradebus.replay.importer import ImportFormatError, read_file
 from tradebus.engine.marketdata import MarketData, MarketDataError, SeriesKey
 from tradebus.engine.resample import resample
+from tradebus.replay.checks import T0, random_walk as synthetic
 
 from .conftest import SHARED_DATA
 from .fake_bybit import FakeBybit, FakeBybitState
 from .proc import run_tradebus
 
-T0 = 1_735_689_600_000_000_000  # 2025-01-01 00:00 UTC, a Wednesday
 M5 = 5 * MINUTE
 BTC = SeriesKey("bybit", "linear", "BTCUSDT", "5m")
-
-
-def synthetic(n: int, start: int = T0, step: int = M5, seed: int = 1) -> dict[str, np.ndarray]:
-    """A random walk of consistent OHLCV candles."""
-    rng = np.random.default_rng(seed)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, n)))
-    open_ = np.concatenate(([100.0], close[:-1]))
-    spread = np.abs(rng.normal(0, 0.001, n)) * close
-    return {
-        "open_time": start + step * np.arange(n, dtype=np.int64),
-        "open": open_, "high": np.maximum(open_, close) + spread, "low": np.minimum(open_, close) - spread,
-        "close": close, "volume": rng.uniform(1, 10, n), "turnover": rng.uniform(100, 1000, n),
-    }
 
 
 @pytest.fixture

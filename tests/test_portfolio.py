@@ -25,7 +25,7 @@ from tradebus.replay.backtest import run_replay
 from tradebus.replay.portfolio import run_portfolio
 
 from .proc import run_tradebus
-from .test_marketdata import synthetic
+from tradebus.replay.checks import random_walk as synthetic
 
 WINDOW = "2025-01-04:2025-01-20"
 SYSTEMS = {

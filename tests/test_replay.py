@@ -19,7 +19,7 @@ from tradebus.engine.market import MissingDataError
 
 from .fake_bybit import FakeBybit, FakeBybitState
 from .proc import run_tradebus
-from .test_marketdata import T0, synthetic
+from tradebus.replay.checks import T0, random_walk as synthetic
 
 M5 = 5 * MINUTE
 N_BARS = 12 * 24 * 40  # 40 days of 5m bars

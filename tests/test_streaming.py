@@ -20,7 +20,7 @@ from tradebus.components.timeframes import tf_ns
 from tradebus.engine.resample import resample
 from tradebus.engine.snapshot import Bucketer, MarketFeatures, SnapshotBuilder
 
-from .test_marketdata import synthetic
+from tradebus.replay.checks import random_walk as synthetic
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bybit" / "linear" / "5m" / "ETHUSDT.parquet"
 

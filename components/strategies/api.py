@@ -362,7 +362,9 @@ def _adapter(sid: str, step: Callable, names: tuple[str, ...], numbers: tuple[st
 
 
 def _first_line(exc: Exception) -> str:
-    lines = [x.strip() for x in str(exc).splitlines() if x.strip()]
+    """The line of a numba error that says what is wrong (its messages open with pipeline noise)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # numba colours its messages
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
     useful = [x for x in lines if not x.startswith(("Failed in", "During:", "File ", "^", "<source"))]
     return (useful or lines or ["unknown error"])[0][:300]
 
