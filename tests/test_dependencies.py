@@ -54,3 +54,12 @@ def test_pybit_is_pinned_to_one_minor_version():
     low, high = re.fullmatch(r"pybit>=(\d+\.\d+),<(\d+\.\d+)", pin).groups()
     major, minor = map(int, low.split("."))
     assert high == f"{major}.{minor + 1}"
+
+
+def test_the_wheel_holds_every_package_and_no_tests():
+    """Every folder with an ``__init__.py`` ships (a subpackage left off the list works in a checkout and is
+    missing from the wheel); the tests do not."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(("tradebus", *p.parent.relative_to(ROOT).parts))
+             for p in ROOT.rglob("__init__.py") if ".git" not in p.parts}
+    assert listed == found - {"tradebus.tests"}
