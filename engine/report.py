@@ -1,7 +1,8 @@
 """HTML pages a trader can read offline; plotly.js is written once beside them, not into each page.
 
 A replay's report.html: the metrics beside buy and hold, equity with buy and hold and drawdown underneath,
-price with the trades (an even sample when there are thousands, every one when zoomed in), monthly
+price with the trades (an even sample when there are thousands, every one when zoomed in; candles and the
+strategy's price-scale indicators once zoomed in far enough to read them), monthly
 returns, a sortable trade table, and the config. A scenario run's comparison: metrics per scenario and window, test-window equity overlaid,
 sensitivity scans.
 """
@@ -93,23 +94,62 @@ def _thin(idx: np.ndarray, limit: int) -> np.ndarray:
     return idx if len(idx) <= limit else idx[np.linspace(0, len(idx) - 1, limit).astype(int)]
 
 
+CANDLES_AT = 300  # the price panel draws candles (and the strategy's price-scale indicators) below this many in view
+OVERLAYS = ("sma", "ema", "bb", "dc", "vwap")  # features on the price's scale, by name prefix
+
+
+def candles(times: np.ndarray, ohlc: dict[str, np.ndarray], step: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Bars merged ``step`` at a time into candles (first open, highest high, lowest low, last close), each
+    at its first bar's time: the chart's resolution, not the run's."""
+    starts = np.arange(0, len(times), step)
+    if not len(starts):
+        return times[:0], {k: v[:0] for k, v in ohlc.items()}
+    ends = np.append(starts[1:], len(times)) - 1
+    return times[starts], {"open": ohlc["open"][starts], "high": np.maximum.reduceat(ohlc["high"], starts),
+                           "low": np.minimum.reduceat(ohlc["low"], starts), "close": ohlc["close"][ends]}
+
+
+def _f4(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32)  # a chart needs 7 digits; half the bytes of float64
+
+
 def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.ndarray, trades: Sequence[Trade],
-           metrics: dict, *, config_yaml: str = "", max_points: int = 5_000) -> None:
-    """Write the report. Curves are thinned to ``max_points`` for the browser (metrics use every bar); the
-    price panel draws at most ``TRADE_MARKERS`` trades at the zoom shown and all of them when zoomed in."""
-    step = max(1, len(curve) // max_points)
+           metrics: dict, *, config_yaml: str = "", max_points: int = 4_000,
+           ohlc: dict[str, np.ndarray] | None = None, overlays: dict[str, np.ndarray] | None = None) -> None:
+    """Write the report. Curves are thinned to ``max_points`` for the browser (metrics use every bar). The
+    price panel shows the close when zoomed out and, with ``ohlc`` (per bar, like ``times``), candles at
+    that resolution with ``overlays`` (indicator name -> per-bar values) once fewer than ``CANDLES_AT``
+    are in view; it draws at most ``TRADE_MARKERS`` trades at the zoom shown and all of them when zoomed in."""
+    step = max(1, -(-len(curve) // max_points))
     c = curve[::step]
     x = _ms(times[::step])
     equity = c[:, 2]
     start_equity = curve[0, 2] if len(curve) else 0.0
     hold = start_equity * c[:, 0] / curve[0, 0] if len(curve) else equity  # buy and hold from the first close
     dd = underwater(equity)
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, row_heights=[0.45, 0.2, 0.35], vertical_spacing=0.03,
+    # The panels' dates are kept together by the page's script, not plotly's matched axes (an API range on
+    # one of those leaves the first panel behind, seen in Chromium).
+    fig = make_subplots(rows=3, cols=1, row_heights=[0.45, 0.2, 0.35], vertical_spacing=0.03,
                         subplot_titles=("Equity (and buy and hold)", "Drawdown", "Price and trades"))
-    fig.add_trace(go.Scatter(x=x, y=equity, name="equity", line={"color": "#1f77b4"}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=hold, name="buy and hold", line={"color": "#999", "dash": "dot"}), row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=dd, name="drawdown", fill="tozeroy", line={"color": "#d62728"}), row=2, col=1)
-    fig.add_trace(go.Scatter(x=x, y=c[:, 0], name="close", line={"color": "#555", "width": 1}), row=3, col=1)
+    fig.update_xaxes(showticklabels=False, row=1, col=1)
+    fig.update_xaxes(showticklabels=False, row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=_f4(equity), name="equity", line={"color": "#1f77b4"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=_f4(hold), name="buy and hold", line={"color": "#999", "dash": "dot"}), row=1, col=1)
+    fig.add_trace(go.Scatter(x=x, y=_f4(dd), name="drawdown", fill="tozeroy", line={"color": "#d62728"}), row=2, col=1)
+    fig.add_trace(go.Scatter(x=x, y=_f4(c[:, 0]), name="close", line={"color": "#555", "width": 1}), row=3, col=1)
+    zoomed = []  # traces shown only when zoomed in: candles, then indicators
+    if ohlc is not None and len(times):
+        ct, cd = candles(times, ohlc, step)
+        zoomed.append(len(fig.data))
+        fig.add_trace(go.Candlestick(x=_ms(ct), open=_f4(cd["open"]), high=_f4(cd["high"]), low=_f4(cd["low"]),
+                                     close=_f4(cd["close"]), name=f"candles ({_span(times, step)})", visible=False,
+                                     increasing_line_color="#2ca02c", decreasing_line_color="#d62728"),
+                      row=3, col=1)
+        for name, values in (overlays or {}).items():
+            zoomed.append(len(fig.data))
+            fig.add_trace(go.Scatter(x=x, y=_f4(values[::step]), name=name, visible=False,
+                                     line={"width": 1}), row=3, col=1)
+    fig.update_xaxes(rangeslider_visible=False, row=3, col=1)
     markers = []  # (trace index, side, 0 entry / 1 exit): the page's script fills them from the trade rows
     for side, color, symbol in (("long", "#2ca02c", "triangle-up"), ("short", "#d62728", "triangle-down")):
         chosen = [tr for tr in trades if tr.side == side]
@@ -123,7 +163,7 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
                 marker={"color": color, "symbol": mark, "size": 7 if end else 8}), row=3, col=1)
     for row in (1, 2, 3):
         fig.update_xaxes(type="date", row=row, col=1)
-    fig.update_yaxes(tickformat=".0%", row=2, col=1)
+    fig.update_yaxes(tickformat=".1%", row=2, col=1)
     both = np.concatenate((equity, hold))
     if len(both) and both.min() > 0 and both.max() / both.min() > 5:
         fig.update_yaxes(type="log", row=1, col=1)  # large moves read better in ratios
@@ -150,8 +190,99 @@ def render(path: Path, title: str, subtitle: str, times: np.ndarray, curve: np.n
             f'</div></div>{heat.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-monthly")}'
             f'<h2>Trades ({len(trades):,})</h2><div id="trades"></div>'
             + (f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre>" if config_yaml else "")
-            + f"<script>{_TRADES_JS % (json.dumps(trade_rows), json.dumps(markers), TRADE_MARKERS // 2)}</script>")
+            + f"<script>{_TRADES_JS % (json.dumps(trade_rows), json.dumps(markers), TRADE_MARKERS // 2)}"
+            f"{_ZOOM_JS % (json.dumps(zoomed), step * _bar_ms(times), CANDLES_AT)}</script>")
     _write_page(path, title, subtitle, body)
+
+
+def _bar_ms(times: np.ndarray) -> int:
+    return int(np.median(np.diff(times[:1000]))) // 1_000_000 if len(times) > 1 else 60_000
+
+
+def _span(times: np.ndarray, step: int) -> str:
+    minutes = step * _bar_ms(times) // 60_000
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 and minutes % 60 else (
+        f"{minutes // 60} h" if minutes >= 60 else f"{minutes} min")
+
+
+# On every zoom: candles and indicators in place of the close line once few enough candles are in view (zoomed
+# out they would be a solid band), and each panel's price axis fitted to what is in view.
+_ZOOM_JS = r"""
+(function () {
+  var traces = %s, candleMs = %d, limit = %d, plot = document.getElementById("tradebus-report"), shown = false;
+  var KINDS = {f4: Float32Array, f8: Float64Array, i1: Int8Array, i2: Int16Array, i4: Int32Array, u1: Uint8Array,
+               u2: Uint16Array, u4: Uint32Array};
+  function values(v) {  // plotly keeps numpy arrays as {dtype, bdata}
+    if (!v || Array.isArray(v) || !v.bdata) return v || [];
+    var raw = atob(v.bdata), bytes = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    return new KINDS[v.dtype](bytes.buffer);
+  }
+  var cache = plot.data.map(function (t) {
+    var x = values(t.x);
+    if (x.length && typeof x[0] === "string") x = Array.prototype.map.call(x, function (s) { return new Date(s).getTime(); });
+    return {x: x, lo: values(t.type === "candlestick" ? t.low : t.y), hi: values(t.type === "candlestick" ? t.high : t.y)};
+  });
+  function fit(lo, hi) {
+    var update = {};
+    ["yaxis", "yaxis2", "yaxis3"].forEach(function (axis, k) {
+      var ref = k ? "y" + (k + 1) : "y", min = Infinity, max = -Infinity;
+      plot.data.forEach(function (t, i) {
+        if ((t.yaxis || "y") !== ref || t.visible === false) return;
+        var c = cache[i];
+        for (var j = 0; j < c.x.length; j++) {
+          if (c.x[j] < lo || c.x[j] > hi || !(c.lo[j] === c.lo[j])) continue;
+          if (c.lo[j] < min) min = c.lo[j];
+          if (c.hi[j] > max) max = c.hi[j];
+        }
+      });
+      if (!(max > min)) return;
+      var log = plot.layout[axis].type === "log";
+      if (log && min > 0) { min = Math.log10(min); max = Math.log10(max); }
+      var pad = (max - min) * 0.05;
+      update[axis + ".range"] = [min - pad, max + pad];
+    });
+    return update;
+  }
+  var busy = false;
+  function day(ms) { return new Date(ms).toISOString().replace("T", " ").replace("Z", ""); }  // plotly's date form
+  function xRange(ev) {  // the x range an event set: [lo, hi], "auto" for a reset, null if none changed
+    for (var k in ev) {
+      var m = /^xaxis(\d*)\.(range|autorange)/.exec(k);
+      if (!m) continue;
+      if (m[2] === "autorange") return "auto";
+      var ax = "xaxis" + m[1], r = ev[ax + ".range"] || [ev[ax + ".range[0]"], ev[ax + ".range[1]"]];
+      return [new Date(r[0]).getTime(), new Date(r[1]).getTime()];
+    }
+    return null;
+  }
+  plot.on("plotly_relayout", function (ev) {
+    if (busy) return;
+    var r = xRange(ev || {});
+    if (r === null) return;
+    var want = r !== "auto" && traces.length > 0 && (r[1] - r[0]) / candleMs < limit;
+    if (plot.tradebusMarkers) plot.tradebusMarkers(r === "auto" ? -Infinity : r[0], r === "auto" ? Infinity : r[1]);
+    if (want !== shown) {
+      shown = want;
+      Plotly.restyle(plot, {visible: want}, traces);
+      Plotly.restyle(plot, {visible: !want}, [3]);
+    }
+    // Every panel to the same dates (an API relayout of one axis does not move those matching it), and
+    // each price axis fitted to what is in view.
+    var update = {};
+    ["xaxis", "xaxis2", "xaxis3"].forEach(function (ax) {
+      update[ax + ".type"] = "date";  // the markers' restyle above leaves plotly guessing (linear)
+      if (r === "auto") update[ax + ".autorange"] = true; else update[ax + ".range"] = [day(r[0]), day(r[1])];
+    });
+    if (r === "auto") ["yaxis", "yaxis2", "yaxis3"].forEach(function (ax) { update[ax + ".autorange"] = true; });
+    else Object.assign(update, fit(r[0], r[1]));
+    busy = true;  // after the relayout that called us has finished: one nested inside it is partly undone
+    setTimeout(function () {
+      Plotly.relayout(plot, update).then(function () { busy = false; }, function () { busy = false; });
+    }, 0);
+  });
+})();
+"""
 
 
 _MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
@@ -194,10 +325,13 @@ _TRADES_JS = """
     if (idx.length > cap) { var s = []; for (var j = 0; j < cap; j++) s.push(idx[Math.floor(j * (idx.length - 1) / (cap - 1))]); idx = s; }
     return {x: idx.map(function (r) { return r[m[2]]; }), y: idx.map(function (r) { return r[4 + m[2]]; })};
   }
-  plot.on("plotly_relayout", function () {
-    var r = plot.layout.xaxis3.range, lo = new Date(r[0]).getTime(), hi = new Date(r[1]).getTime();
-    markers.forEach(function (m) { var t = thin(m, lo, hi); Plotly.restyle(plot, {x: [t.x], y: [t.y]}, [m[0]]); });
-  });
+  // Called by the zoom script (below) with the dates in view, before it sets the axes: a restyle of x
+  // makes plotly re-guess the axes' types, which that relayout then sets back.
+  plot.tradebusMarkers = function (lo, hi) {
+    var all = markers.map(function (m) { return thin(m, lo, hi); });
+    Plotly.restyle(plot, {x: all.map(function (t) { return t.x; }), y: all.map(function (t) { return t.y; })},
+                   markers.map(function (m) { return m[0]; }));
+  };
 })();
 """
 

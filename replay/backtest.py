@@ -26,7 +26,7 @@ from tradebus.replay import training
 from tradebus.engine.host import LocalHost, NatsHost
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine.metrics import summarize
-from tradebus.engine.report import render
+from tradebus.engine import report
 from tradebus.engine.market import MarketSlice, load_market
 from tradebus.replay.runner import Collector, active_steps, bar_steps, manifest, run_id_for, wire
 from tradebus.engine.trades import Trade, build_trades
@@ -165,11 +165,21 @@ def write_outputs(result: ReplayResult, out: Path, *, events_jsonl: bool = False
                                         log_features)
         training.write(table, out / "training_rows.parquet")
     params = " ".join(f"{k}={v}" for k, v in config.params().model_dump().items())
-    render(out / "report.html", f"{config.system} · {config.symbol} {config.timeframe} · {result.window}",
+    report.render(out / "report.html", f"{config.system} · {config.symbol} {config.timeframe} · {result.window}",
            f"{config.strategy.id} {params} · {result.manifest['start']} → {result.manifest['end']}"
            f" · fill {config.fill} · run {result.run}",
            result.times, result.curve, result.trades, result.metrics,
-           config_yaml=yamlfile.dumps(config.model_dump(mode="json", exclude_none=True)))
+           config_yaml=yamlfile.dumps(config.model_dump(mode="json", exclude_none=True)), **_price_panel(result))
+
+
+def _price_panel(result: ReplayResult) -> dict:
+    """The traded bars' prices and the strategy's own-timeframe indicators on the price's scale, per bar."""
+    first, c = result.market.first, result.market.candles
+    own = result.features[0]
+    rows = own.row_for_bar[first:]
+    overlays = {n: own.values[rows, j] for j, n in enumerate(own.names)
+                if n.split("_")[0] in report.OVERLAYS}
+    return {"ohlc": {k: c[k][first:] for k in ("open", "high", "low", "close")}, "overlays": dict(list(overlays.items())[:4])}
 
 
 def record(result: ReplayResult, store: EventStore) -> int:

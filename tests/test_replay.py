@@ -368,7 +368,10 @@ def test_a_report_of_84k_bars_and_thousands_of_trades_stays_under_a_megabyte(tmp
     for folder in (page.parent, other.parent):
         folder.mkdir(parents=True)
 
-    report.render(page, "t", "s", times, curve, trades, {"return_pct": 0.1}, config_yaml="system: x\n")
+    ohlc = {"open": close * 0.999, "high": close * 1.002, "low": close * 0.997, "close": close}
+    overlays = {"sma_10": close * 1.001, "sma_30": close * 0.999}
+    report.render(page, "t", "s", times, curve, trades, {"return_pct": 0.1}, config_yaml="system: x\n", ohlc=ohlc,
+                  overlays=overlays)
     asset = tmp_path / "runs" / report.PLOTLY_JS
     first = asset.stat().st_mtime_ns
     report.render(other, "t", "s", times[:1000], curve[:1000], trades[:5], {})
@@ -377,7 +380,20 @@ def test_a_report_of_84k_bars_and_thousands_of_trades_stays_under_a_megabyte(tmp
     assert page.stat().st_size < 1_000_000, page.stat().st_size
     assert f'<script src="../../{report.PLOTLY_JS}">' in text and asset.stat().st_mtime_ns == first
     assert "buy and hold" in text and "Monthly returns" in text and "Trades (3,457)" in text and "system: x" in text
+    assert '"type":"candlestick"' in text and '"name":"sma_30"' in text  # shown once zoomed in
     assert not list((tmp_path / "runs" / "sys").rglob("plotly*.js"))  # once, beside the reports
+
+
+def test_report_candles_merge_bars_as_a_coarser_timeframe_would():
+    """The price panel's candles at its resolution are the bars resampled by the engine's own resampler."""
+    from tradebus.engine.resample import resample
+
+    cols = synthetic(12 * 24 * 3, seed=5)
+    times, got = report.candles(cols["open_time"], cols, 12)  # 12 x 5m = 1h
+    hourly = resample(cols, "5m", "1h")
+    assert np.array_equal(times, hourly["open_time"])
+    for k in ("open", "high", "low", "close"):
+        assert np.allclose(got[k], hourly[k]), k
 
 
 def test_compare_two_runs_side_by_side_and_refuse_a_folder_that_is_not_one(md, tmp_path):
