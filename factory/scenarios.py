@@ -338,10 +338,31 @@ def _group(exps: list[Experiment]) -> dict[tuple[str, str], list[str]]:
 
 @dataclass
 class ScenarioReport:
-    spec: ScenarioFile
+    spec: ScenarioFile  # its ``test`` is the common dates every scenario's test run used
     candidates: list[Candidate]
     results: list[Result]
     warnings: list[str]
+    test_dates: tuple[str, str]  # [start, end) dates of the test window (YYYY-MM-DD)
+    test_name: str  # the test window as the scenario file named it
+
+
+DAY_NS = 86_400 * 10**9
+
+
+def common_test_dates(window: str, configs: list[SystemConfig], mem: MemoryMarket) -> tuple[str, str]:
+    """The whole days every config's ``window`` covers (latest start, earliest end): a preset such as
+    last_30pct is measured on each symbol's own data, and curves compared side by side must share dates."""
+    spans = []
+    for config in configs:
+        m = load_market(config, window, mem)
+        spans.append((m.requested_start, m.end))
+    lo, hi = max(a for a, _ in spans), min(b for _, b in spans)
+    lo, hi = -(-lo // DAY_NS) * DAY_NS, hi // DAY_NS * DAY_NS
+    if hi <= lo:
+        raise ValueError(f"the candidates' {window!r} windows share no whole day; give the scenario file a test: "
+                         "START:END every candidate's data covers")
+    day = lambda ns: str(np.datetime64(ns, "ns").astype("datetime64[D]"))  # noqa: E731
+    return day(lo), day(hi)
 
 
 def run_scenarios(spec: ScenarioFile, tracker: Tracker, md: MarketData,
@@ -359,6 +380,9 @@ def run_scenarios(spec: ScenarioFile, tracker: Tracker, md: MarketData,
     warnings = []
     if any(c.train_window == spec.test or c.exp["train_period"] == spec.test for c in cands):
         warnings.append(f"the job ran its trials on the test window {spec.test!r}: candidates were chosen in sample")
+    named = spec.test
+    dates = common_test_dates(named, [c.config for c in cands], mem)
+    spec = spec.model_copy(update={"test": f"{dates[0]}:{dates[1]}"})
     results = []
     for i, s in enumerate(enabled):
         tell(s.name, i, len(enabled))
@@ -371,7 +395,7 @@ def run_scenarios(spec: ScenarioFile, tracker: Tracker, md: MarketData,
         else:
             results.append(_sensitivity(s, cands, spec, mem, tracker))
     tell("done", len(enabled), len(enabled))
-    return ScenarioReport(spec, cands, results, warnings)
+    return ScenarioReport(spec, cands, results, warnings, dates, named)
 
 
 # --- outputs ------------------------------------------------------------------------------------------
@@ -392,12 +416,14 @@ def write_outputs(rep: ScenarioReport, out: Path) -> list[Path]:
     for r in rep.results:
         for cfg in r.configs:
             path = out / "configs" / f"{cfg['system'] if r.kind == 'ensemble' else r.name}.yaml"
-            data = {**cfg, "system": path.stem}
+            data = {**cfg, "system": path.stem,  # its test window: the dates the scenario was tested on
+                    "windows": {**cfg["windows"], "test": {"start": rep.test_dates[0], "end": rep.test_dates[1]}}}
             atomic_write(path, (f"# scenario {r.name} ({r.kind}) of job {rep.spec.job}: {r.description}\n"
                                 + dump_yaml(data)).encode())
             written.append(path)
     write_json(out / "scenarios.json", {
-        "job": rep.spec.job, "rank_by": rep.spec.rank_by, "test_window": rep.spec.test, "warnings": rep.warnings,
+        "job": rep.spec.job, "rank_by": rep.spec.rank_by, "test_window": rep.test_name,
+        "test_dates": list(rep.test_dates), "warnings": rep.warnings,
         "candidates": [{"experiment": c.exp["id"], "strategy": c.config.strategy.id, "symbol": c.config.symbol,
                         "timeframe": c.config.timeframe, "params": c.exp.params, "train_window": c.train_window,
                         rep.spec.rank_by: c.train[rep.spec.rank_by]} for c in rep.candidates],
@@ -415,6 +441,7 @@ def write_outputs(rep: ScenarioReport, out: Path) -> list[Path]:
                                      r.details["base"][param], "Sharpe"))
     report.render_comparison(out / "report.html", f"Scenarios of job {rep.spec.job}",
                              f"{len(rep.candidates)} candidates ranked by train {rep.spec.rank_by}; "
-                             f"test window {rep.spec.test}", rows, scans, rep.warnings)
+                             f"test window {rep.test_name}: {rep.test_dates[0]} → {rep.test_dates[1]} for every "
+                             "scenario (the dates all candidates' own share)", rows, scans, rep.warnings)
     written.append(out / "report.html")
     return written

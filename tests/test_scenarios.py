@@ -196,3 +196,41 @@ def test_candidates_are_the_best_of_the_timeframe_asked_for(md, tmp_path):  # no
 def load_scenarios_from(tmp_path, data: dict):
     (tmp_path / "s.yaml").write_text(json.dumps(data))
     return load_scenarios(tmp_path / "s.yaml")
+
+
+def test_scenarios_test_every_candidate_over_the_same_dates(tmp_path):
+    """ETH's data ends 4 days before BTC's: each symbol's last_30pct would start on another day, so the
+    scenarios' test window is the whole days both share, and the configs they write say so."""
+    from tradebus.engine.marketdata import MarketData, SeriesKey
+    from tradebus.replay.checks import random_walk
+
+    n = 12 * 24 * 20
+    with MarketData.open(tmp_path / "m.duckdb") as m:
+        m.write(SeriesKey("bybit", "linear", "BTCUSDT", "5m"), random_walk(n, seed=20))
+        m.write(SeriesKey("bybit", "linear", "ETHUSDT", "5m"), random_walk(n - 12 * 24 * 4, seed=21))
+        spec = load_scenarios_data({**SCENARIOS, "scenarios": [{"name": "best", "kind": "single"},
+                                                                {"name": "top2", "kind": "ensemble", "top": 2}]},
+                                   tmp_path)
+        with Tracker.open(tmp_path / "e.duckdb") as tracker:
+            run_sweep(parse_job(job()), m, tracker, workers=1)
+            rep = run_scenarios(spec, tracker, m)
+            write_outputs(rep, tmp_path / "out")
+            symbols = {c.config.symbol for c in rep.candidates}
+            own = {c.config.symbol: load_market(c.config, "test", m) for c in rep.candidates}
+    assert symbols == {"BTCUSDT", "ETHUSDT"}
+    assert len({o.requested_start for o in own.values()}) == 2, "each symbol's own test window differs"
+    start = np.datetime64(rep.test_dates[0], "ns").astype(np.int64)
+    end = np.datetime64(rep.test_dates[1], "ns").astype(np.int64)
+    assert start >= max(o.requested_start for o in own.values()) and end <= min(o.end for o in own.values())
+    for r in rep.results:
+        assert r.test.times[0] - 5 * 60 * 10**9 >= start and r.test.times[-1] <= end
+    assert len({(r.test.times[0], r.test.times[-1]) for r in rep.results}) == 1  # one span for every curve
+    written = load_config(tmp_path / "out" / "configs" / "best.yaml")
+    assert (str(written.windows["test"].start), str(written.windows["test"].end)) == rep.test_dates
+    saved = json.loads((tmp_path / "out" / "scenarios.json").read_text())
+    assert saved["test_window"] == "test" and saved["test_dates"] == list(rep.test_dates)
+
+
+def load_scenarios_data(data: dict, folder):
+    (folder / "s.yaml").write_text(json.dumps(data))
+    return load_scenarios(folder / "s.yaml")
