@@ -648,6 +648,57 @@ def compare(
     out.print(f"page: {path}")
 
 
+@app.command()
+def init(
+    strategy: str = typer.Option("ema_rsi_atr", "--strategy", help="Strategy id: built-in, module:Class or entry point."),
+    symbol: str = typer.Option("BTCUSDT", "--symbol", help="Bybit linear perpetual, e.g. BTCUSDT."),
+    timeframe: str = typer.Option("1h", "--timeframe", help="Bars the strategy trades on, e.g. 15m, 1h."),
+    directory: Path = typer.Option(Path("."), "--dir", help="Folder to write the config into."),
+    days: int = typer.Option(365, "--days", min=30, help="History the printed fetch commands ask for (days to today)."),
+    db: Optional[Path] = MarketOpt,
+) -> None:
+    """Start a system: write a config for a strategy, symbol and timeframe, and print the data commands it
+    needs (what is stored already is not asked for again)."""
+    from datetime import datetime, timezone
+
+    from tradebus.configs.schema import ConfigError
+    from tradebus.configs.starter import starter
+    from tradebus.engine.market import data_needed
+    from tradebus.engine.marketdata import MarketData, MarketDataError
+
+    try:
+        system, config, text = starter(strategy, symbol, timeframe)
+    except ConfigError as exc:
+        _fail(str(exc))
+    path = directory / f"{system}.yaml"
+    if path.exists():
+        _fail(f"{path} already exists; nothing written (remove it, or choose another --dir)")
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    out.print(f"wrote {path}")
+    day_ns = 86_400 * 10**9
+    end = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 10**9
+    try:
+        md = MarketData.open(db, read_only=True)
+    except MarketDataError:
+        md = None  # no market data file yet: everything is to fetch
+    try:
+        needed = data_needed(config, md, int(end) - days * day_ns, int(end))
+    finally:
+        if md is not None:
+            md.close()
+    missing = [cmd for _, _, cmd in needed if cmd]
+    for key, rows, cmd in needed:
+        out.print(f"  {key}: " + (f"{rows:,} rows stored" if rows else "none stored"))
+    if missing:
+        out.print("fetch what is missing (or import files you have: tradebus data import FILE...):")
+        for cmd in missing:
+            out.print(f"  {cmd}")
+    out.print(f"then: tradebus replay {path}")
+
+
 strategies_app = typer.Typer(help="Strategies: list them, scaffold your own, check one.", invoke_without_command=True,
                               context_settings=HELP)
 app.add_typer(strategies_app, name="strategies")

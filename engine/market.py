@@ -160,3 +160,16 @@ def fill_command(key: SeriesKey, start_ns: int, end_ns: int) -> str:
     what = {"candles": f"--timeframe {key.timeframe}", "mark": f"--no-candles --mark --mark-timeframe {key.timeframe}",
             "funding": "--no-candles --funding"}[key.kind]
     return f"tradebus data fetch --symbol {key.symbol} {what} --start {day(start_ns)} --end {day(end_ns)}"
+
+
+def data_needed(config: SystemConfig, md: MarketData | None, start_ns: int, end_ns: int
+                ) -> list[tuple[SeriesKey, int, str | None]]:
+    """Each series a run of ``config`` reads, with the rows stored (``md`` None: no market data yet) and,
+    when none are, the command that fetches [start, end) of it."""
+    keys = (base_key(config, md) if md is not None else SeriesKey(config.venue, config.market, config.symbol,
+                                                                   config.timeframe), *funding_keys(config))
+    out = []
+    for key in keys:
+        rows = md.coverage(key).rows if md is not None else 0
+        out.append((key, rows, None if rows else fill_command(key, start_ns, end_ns)))
+    return out

@@ -9,6 +9,7 @@ import pytest
 
 from tradebus.bus import codec, subjects
 from tradebus.bus.nats import NatsBus
+from tradebus.configs.schema import load_config
 from tradebus.eventstore.store import EventStore
 from tradebus.tests.samples import one_of_each
 
@@ -213,3 +214,30 @@ def test_publish_refuses_a_file_with_a_bad_line(tmp_path, make, nats_server):
 
     assert result.returncode == 1
     assert "feed.jsonl:2" in result.stderr and "nothing published" in result.stderr
+
+
+def test_init_writes_a_starter_config_and_says_which_data_to_fetch(md, tmp_path):
+    md.close()  # 20 days of 5m BTCUSDT and ETHUSDT candles, no funding or marks
+    db = str(tmp_path / "m.duckdb")
+    made = run_tradebus("init", "--dir", str(tmp_path / "sys"), "--symbol", "BTCUSDT", "--timeframe", "1h",
+                        "--strategy", "sma_cross", "--db", db)
+    assert made.returncode == 0, made.stderr
+    config = load_config(tmp_path / "sys" / "sma_cross_btcusdt_1h.yaml")
+    assert (config.symbol, config.timeframe, config.strategy.id) == ("BTCUSDT", "1h", "sma_cross")
+    assert config.params() == config.strategy_def().params()  # the strategy's defaults, written out
+    # 1h is resampled from the stored 5m candles: only funding and marks are to fetch.
+    assert "candles bybit/linear BTCUSDT 5m: 5,760 rows stored" in made.stdout
+    assert "--timeframe 1h --start" not in made.stdout
+    assert "tradebus data fetch --symbol BTCUSDT --no-candles --funding" in made.stdout
+    assert "tradebus data fetch --symbol BTCUSDT --no-candles --mark --mark-timeframe 1h" in made.stdout
+
+    fresh = run_tradebus("init", "--dir", str(tmp_path / "sys"), "--symbol", "SOLUSDT", "--db",
+                         str(tmp_path / "none.duckdb"))
+    assert fresh.returncode == 0 and "tradebus data fetch --symbol SOLUSDT --timeframe 1h --start" in fresh.stdout
+
+    again = run_tradebus("init", "--dir", str(tmp_path / "sys"), "--symbol", "BTCUSDT", "--timeframe", "1h",
+                         "--strategy", "sma_cross", "--db", db)
+    bad = run_tradebus("init", "--dir", str(tmp_path / "x"), "--timeframe", "7m")
+    assert again.returncode == 1 and "already exists; nothing written" in again.stderr
+    assert bad.returncode == 1 and "timeframe '7m'; allowed: 1m" in bad.stderr and not (tmp_path / "x").exists()
+    assert "Traceback" not in again.stderr + bad.stderr
