@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tradebus.components.timeframes import TIMEFRAMES, tf_ns
+from tradebus.components.timeframes import HOUR, TIMEFRAMES, tf_ns
 from tradebus.configs.schema import SystemConfig, WindowSpec
 from tradebus.engine.marketdata import Columns, MarketData, SeriesKey
 from tradebus.engine.resample import resample
@@ -173,3 +173,16 @@ def data_needed(config: SystemConfig, md: MarketData | None, start_ns: int, end_
         rows = md.coverage(key).rows if md is not None else 0
         out.append((key, rows, None if rows else fill_command(key, start_ns, end_ns)))
     return out
+
+
+FUNDING_EVERY = 8 * HOUR  # Bybit's usual interval; symbols settling more often have more rows
+
+
+def funding_shortfall(config: SystemConfig, m: MarketSlice) -> tuple[int, int] | None:
+    """(rates stored, about how many the window needs) when a run that charges funding has too few, so
+    funding would be under-charged; None when it has enough or charges none."""
+    if not (config.costs.funding and config.market == "linear") or m.funding is None:
+        return None
+    expected = (m.end - m.start) // FUNDING_EVERY
+    stored = len(m.funding["open_time"])
+    return (stored, expected) if stored < expected else None

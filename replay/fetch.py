@@ -13,13 +13,13 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from tradebus.components.timeframes import HOUR, bucket_start, tf_ns
+from tradebus.components.timeframes import bucket_start, tf_ns
+from tradebus.engine.market import FUNDING_EVERY
 from tradebus.engine.marketdata import Columns, MarketData, SeriesKey
 from tradebus.live.bybit_wire import parse_klines
 
 MS = 1_000_000
-FUNDING_INTERVAL = 8 * HOUR  # Bybit's usual; symbols settling more often simply have more rows
-FUNDING_CHUNK = 200 * FUNDING_INTERVAL  # one page
+FUNDING_CHUNK = 200 * FUNDING_EVERY  # one page
 
 
 class PublicClient(Protocol):
@@ -94,7 +94,7 @@ def fetch_funding(client: PublicClient, md: MarketData, key: SeriesKey, start_ns
     chunks = [(s, min(s + FUNDING_CHUNK, end_ns)) for s in range(start_ns, end_ns, FUNDING_CHUNK)]
     skipped = new = 0
     for done, (s, e) in enumerate(chunks, start=1):
-        if md.coverage(key, s, e).rows >= (e - s) // FUNDING_INTERVAL:
+        if md.coverage(key, s, e).rows >= (e - s) // FUNDING_EVERY:
             skipped += 1
         else:
             page_end = e - 1

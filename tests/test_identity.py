@@ -23,10 +23,10 @@ def test_the_code_digest_follows_deciding_source_only(tmp_path):
     root = tmp_path / "pkg"
     for folder in identity.DECIDES:
         shutil.copytree(identity.PACKAGE / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(identity.PACKAGE / "cli.py", root / "cli.py")
+    shutil.copytree(identity.PACKAGE / "cli", root / "cli", ignore=shutil.ignore_patterns("__pycache__"))
     before = identity.code_digest(root)
 
-    (root / "cli.py").write_text("# the command line decides no result\n")
+    (root / "cli" / "runs.py").write_text("# the command line decides no result\n")
     identity.code_digest.cache_clear()
     after_cli = identity.code_digest(root)
     kernel = root / "components" / "kernel.py"
