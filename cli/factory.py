@@ -141,7 +141,7 @@ def validate(
     ids: Optional[list[str]] = typer.Argument(None, metavar="[ID]...", help="Experiment ids (unique prefixes do)."),
     job: Optional[str] = typer.Option(None, "--job", help="Without ids: candidates from this job."),
     top: int = typer.Option(5, "--top", min=1, help="Without ids: how many of the best by score."),
-    rules_path: Optional[Path] = typer.Option(None, "--rules", help="Validation rules YAML (default: seed 002's)."),
+    rules_path: Optional[Path] = typer.Option(None, "--rules", help="Validation rules YAML (default: the thresholds in the README)."),
     db: Optional[Path] = MarketOpt,
     experiments: Optional[Path] = ExperimentsOpt,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per experiment: id, status, reasons, "
@@ -155,14 +155,19 @@ def validate(
     from tradebus.factory.experiments import Tracker
     from tradebus.factory.validation import load_rules, run_validation, select
 
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     try:
         rules = load_rules(rules_path)
         with MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker:
             exps = select(tracker, ids or [], job, top)
             if not exps:
                 fail("no experiments to validate" + (f" in job {job!r}" if job else "") + "; run tradebus sweep JOB first")
-            results = run_validation(tracker, md, exps, rules,
-                                     progress=lambda d, t: err.print(f"validated {d}/{t}", highlight=False))
+            with Progress(TextColumn("validating"), BarColumn(), MofNCompleteColumn(), TextColumn("experiments"),
+                          TimeElapsedColumn(), console=err, transient=True) as bar:
+                task = bar.add_task("validate", total=len(exps))
+                results = run_validation(tracker, md, exps, rules,
+                                         progress=lambda d, t: bar.update(task, completed=d, total=t))
     except (DuckLockedError, ConfigError, MarketDataError, MissingDataError, KeyError) as exc:
         fail(str(exc).strip("'\""))
     if as_json:

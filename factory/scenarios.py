@@ -1,4 +1,4 @@
-"""Multi-test scenarios (seed 004): what a finished sweep's best trials are worth once combined or shaken.
+"""Multi-test scenarios: what a finished sweep's best trials are worth once combined or shaken.
 
 A scenario file names a job and lists scenarios, each built from the job's candidates (its best trials
 by score) and run over the train window and the out-of-sample test window::

@@ -18,7 +18,7 @@ from scipy.stats import qmc
 from tradebus.components.strict import StrictModel
 
 SpaceKind = Literal["grid", "random", "lhs"]
-MAX_POINTS = 2_000_000  # a task's trials, at most (seed 002's full StochRSI grid is 82,944)
+MAX_POINTS = 2_000_000  # a task's trials, at most (the full StochRSI grid over 3 timeframes is 82,944)
 
 
 class Range(StrictModel):

@@ -1,6 +1,6 @@
 """Validation: is a sweep's candidate an edge or the luck of many tries?
 
-The pipeline of seed 002, then the two selection statistics, each written back to the experiment:
+The validation pipeline (holdout, walk-forward, multi-asset), then the two selection statistics, each written back to the experiment:
 
 1. **Disqualification** on the whole stored history: too few trades (in all, or per year), too deep a
    drawdown, too low a profit factor, a win rate outside a plausible band.
@@ -41,7 +41,7 @@ from tradebus.engine.metrics import YEAR_NS, from_stats
 from tradebus.engine.market import base_key, load_market
 
 class Disqualify(BaseModel):
-    """Hard filters on the whole-history run (seed 002's defaults)."""
+    """Hard filters on the whole-history run (the defaults below)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     min_trades: int = Field(30, ge=0)
@@ -67,7 +67,7 @@ class WalkForward(BaseModel):
 
 
 class ValidationRules(BaseModel):
-    """What ``tradebus validate`` demands; every field has the seed's default (YAML: ``--rules FILE``)."""
+    """What ``tradebus validate`` demands; every field has a default (YAML: ``--rules FILE``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     disqualify: Disqualify = Disqualify()

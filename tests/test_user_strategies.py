@@ -187,3 +187,23 @@ def test_sweep_jobs_name_user_strategies_and_refuse_plain_python_ones(user_strat
     assert parse_job(base).tasks[0].strategy == COMPILED
     with pytest.raises(ConfigError, match="plain-Python step"):
         parse_job({**base, "tasks": [{**base["tasks"][0], "strategy": PLAIN}]})
+
+
+def test_the_strategy_modules_import_the_api_and_nothing_imports_them_back():
+    """No cycle: ``api`` imports none of the strategy modules at import time (``known()`` loads them), and
+    each of them imports ``api``, not the package or each other."""
+    import ast
+    from pathlib import Path
+
+    folder = Path(strategies.__file__).parent
+    top_level = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        froms = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module]
+        top_level[path.stem] = {f"{n.module}.{a.name}" for n in froms for a in n.names} | {n.module for n in froms}
+    siblings = {f"tradebus.components.strategies.{m}" for m in ("builtin", "composable", "adaptive", "scaffold")}
+    assert not top_level["api"] & (siblings | {"tradebus.components.strategies"})
+    for name in ("builtin", "composable", "adaptive"):
+        assert "tradebus.components.strategies.api" in top_level[name]
+        assert not top_level[name] & siblings, name
+    assert set(strategies.known()) >= {"sma_cross", "composable", "regime_switch"}

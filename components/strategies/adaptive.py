@@ -1,4 +1,4 @@
-"""Regime-adaptive systems (seed 004): one strategy, a parameter set per market regime.
+"""Regime-adaptive systems: one strategy, a parameter set per market regime.
 
 The ``params`` of strategy ``regime_switch`` name a base strategy (built-in or composable), a regime
 indicator with a threshold, and the base strategy's parameters on each side of it::

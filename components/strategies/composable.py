@@ -1,4 +1,4 @@
-"""Composable strategies (seed 002, phase 3): entry signals, filters and exit rules as declared blocks.
+"""Composable strategies: entry signals, filters and exit rules as declared blocks.
 
 A spec is the ``params`` of strategy ``composable`` in a system config (YAML or JSON), validated like any
 other parameters, so errors name the field, the value and what is allowed::
