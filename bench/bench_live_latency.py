@@ -1,7 +1,7 @@
 """Live decision latency: a confirmed kline reaching the demo daemon -> its order leaving for the venue.
 
 The daemon runs in this process, as `tradebus demo` runs it (real pybit, a real nats-server, a real
-store with fsync), against the fake Bybit v5 server from the test suite on loopback. Bars are pushed one
+store with fsync), against the fake Bybit v5 server (live.fake_bybit) on loopback. Bars are pushed one
 at a time with a gap, so each is decided alone, as live bars are. For every bar that causes an order it
 records, from the moment pybit hands the message to tradebus on the socket thread: the components have
 decided (decode, loop hop, features, strategy, risk, venue rules), the step is stored (one fsynced
@@ -31,7 +31,7 @@ from tradebus.bus.natsserver import start_server
 from tradebus.bus.nats import NatsBus
 from tradebus.eventstore.store import EventStore
 from tradebus.log import configure_logging
-from tradebus.tests.livekit import running, settings_for, start_venue
+from tradebus.live.sandbox import running, settings_for, start_venue
 
 TARGET_P99_MS = 5.0
 

@@ -12,7 +12,7 @@ from tradebus.live.bybit import BybitRest, Credentials
 from tradebus.live.bybit_public import OutcomeUnknown, VenueRejected
 from tradebus.live.venue import order_params
 
-from .fake_bybit import API_KEY, API_SECRET, FakeBybit, FakeBybitState
+from tradebus.live.fake_bybit import API_KEY, API_SECRET, FakeBybit, FakeBybitState
 
 SYMBOL = "BTCUSDT"
 PRICE = 30_000.0

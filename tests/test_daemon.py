@@ -14,7 +14,7 @@ from tradebus.configs.limits import Limits
 from tradebus.engine.guard import command
 from tradebus.eventstore import projections
 
-from .fake_bybit import API_KEY
+from tradebus.live.fake_bybit import API_KEY
 from .livekit import (SYMBOL, check_store_equals_venue, creates, nats_bus, running, settings_for, start_venue,
                       stored_state, venue_qty)
 

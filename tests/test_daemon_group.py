@@ -19,7 +19,7 @@ from tradebus.engine.guard import command
 from tradebus.eventstore.store import EventStore
 from tradebus.live.daemon import DaemonGroup
 
-from .fake_bybit import Instrument
+from tradebus.live.fake_bybit import Instrument
 from .livekit import CONFIG, SYMBOL, creates, nats_bus, price_at, settings_for, start_venue, stored_state
 from .proc import run_tradebus
 

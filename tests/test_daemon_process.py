@@ -18,7 +18,7 @@ import pytest
 from tradebus.bus import events as ev
 from tradebus.eventstore.store import EventStore
 
-from .fake_bybit import API_KEY, API_SECRET
+from tradebus.live.fake_bybit import API_KEY, API_SECRET
 from .livekit import check_store_equals_venue, creates, start_venue, venue_qty
 from .proc import LineReader, run_tradebus, tradebus, wait_dead
 

@@ -31,7 +31,7 @@ from tradebus.engine.wiring import warmup_bars
 from tradebus.replay.backtest import run_replay
 
 from .livekit import SYMBOL, nats_bus, running, settings_for
-from .fake_bybit import FakeBybit, FakeBybitState, FakeBybitWs
+from tradebus.live.fake_bybit import FakeBybit, FakeBybitState, FakeBybitWs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bybit" / "linear" / "5m" / "BTCUSDT.parquet"
 EXAMPLES = Path(__file__).resolve().parents[1] / "configs" / "examples"

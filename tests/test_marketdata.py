@@ -22,7 +22,7 @@ from tradebus.engine.resample import resample
 from tradebus.replay.checks import T0, random_walk as synthetic
 
 from .conftest import SHARED_DATA
-from .fake_bybit import FakeBybit, FakeBybitState
+from tradebus.live.fake_bybit import FakeBybit, FakeBybitState
 from .proc import run_tradebus
 
 M5 = 5 * MINUTE

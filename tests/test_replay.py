@@ -17,7 +17,7 @@ from tradebus.replay.backtest import record, run_replay, write_outputs
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.engine.market import MissingDataError
 
-from .fake_bybit import FakeBybit, FakeBybitState
+from tradebus.live.fake_bybit import FakeBybit, FakeBybitState
 from .proc import run_tradebus
 from tradebus.replay.checks import T0, random_walk as synthetic
 
