@@ -182,9 +182,23 @@ class FeatureSet:
         return out
 
 
-def compute(candles: Candles, features: list[Feature]) -> np.ndarray:
-    """Evaluate features over candles from a fresh state into an (n_bars, n_features) float64 matrix."""
-    return FeatureSet(features).update(candles)
+Memo = Callable[[tuple, Callable[[], tuple[np.ndarray, ...]]], tuple[np.ndarray, ...]]
+"""``memo(key, compute)``: the outputs stored under ``key``, else ``compute()``'s (then stored)."""
+
+
+def compute(candles: Candles, features: list[Feature], memo: Memo | None = None) -> np.ndarray:
+    """Evaluate features over candles from a fresh state into an (n_bars, n_features) float64 matrix.
+
+    With ``memo`` (bound to these very candles) each indicator call's outputs, keyed ``(kind, args)``, are
+    taken from it when another evaluation over the same candles made them: a sweep's trials share them.
+    """
+    if memo is None:
+        return FeatureSet(features).update(candles)
+    out = np.empty((len(candles["close"]), len(features)), dtype=np.float64)
+    for j, feat in enumerate(features):
+        outputs = memo((feat.kind, feat.args), lambda feat=feat: _KINDS[feat.kind][1](*feat.args)(candles))
+        out[:, j] = outputs[_KINDS[feat.kind][0].index(feat.output)]
+    return out
 
 
 def lookback(features: list[Feature]) -> int:

@@ -13,10 +13,10 @@ import hashlib
 import re
 from datetime import date
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Callable, Literal, TypeVar
 
 import msgspec
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tradebus.components import strategies
 from tradebus.components.strict import StrictModel
@@ -155,13 +155,32 @@ class SystemConfig(_Strict):
 
     # -- derived ----------------------------------------------------------------------------------
 
+    # What the strategy section derives, computed once: a sweep trial asks for it a dozen times. Keyed by the
+    # strategy section itself, so a copy with another strategy (``model_copy``) never reads a stale one.
+    _derived: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {"_derived": {}}  # compiled steps stay in their process
+        return state
+
+    def _of_strategy(self, name: str, make: Callable[[], Any]) -> Any:
+        d = self._derived
+        if d.get("for") is not self.strategy:
+            d.clear()
+            d["for"] = self.strategy
+        if name not in d:
+            d[name] = make()
+        return d[name]
+
     def params(self) -> strategies.Params:
         """The strategy's parameters, validated by the strategy's own model."""
-        return strategies.get(self.strategy.id).params.model_validate(self.strategy.params)
+        return self._of_strategy("params", lambda: strategies.get(self.strategy.id).params.model_validate(
+            self.strategy.params))
 
     def strategy_def(self) -> strategies.StrategyDef:
         """The strategy definition that runs this config (a composable spec's is compiled for it)."""
-        return strategies.for_params(self.strategy.id, self.params())
+        return self._of_strategy("defn", lambda: strategies.for_params(self.strategy.id, self.params()))
 
     def all_higher_timeframes(self) -> tuple[str, ...]:
         """Declared higher timeframes plus any the strategy reads, sorted by length."""

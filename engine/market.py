@@ -145,8 +145,13 @@ def load_market(config: SystemConfig, window: str, md: MarketData) -> MarketSlic
             [cmd], [(key, load_from, end)],
         )
     base = md.read(key, load_from, end)
-    candles = base if key.timeframe == config.timeframe else resample(base, key.timeframe, config.timeframe)
-    higher = {tf: resample(base, key.timeframe, tf) for tf in config.all_higher_timeframes()}
+
+    def as_timeframe(tf: str) -> Columns:
+        return base if tf == key.timeframe else md.remember((key, load_from, end, tf),
+                                                            lambda: resample(base, key.timeframe, tf))
+
+    candles = as_timeframe(config.timeframe)
+    higher = {tf: as_timeframe(tf) for tf in config.all_higher_timeframes()}
     first = int(np.searchsorted(candles["open_time"], start))
     funding = marks = None
     if keys := funding_keys(config):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -256,6 +256,10 @@ class MarketData(duck.Database):
             f"SELECT count(*), min(open_time), max(open_time) FROM {_TABLE[key.kind]} WHERE {where}", params
         ).fetchone()
         return Coverage(key, rows, first, last)
+
+    def remember(self, key: tuple, make: Callable[[], Columns]) -> Columns:
+        """A series derived from stored ones, made afresh (``MemoryMarket`` keeps them for a sweep)."""
+        return make()
 
     def series(self) -> Iterator[Coverage]:
         """Yield the coverage of every stored series."""

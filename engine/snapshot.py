@@ -22,7 +22,7 @@ from msgspec.structs import replace
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.components.base import NO_EVENTS, Component, Stamper
-from tradebus.components.features import Candles, Feature, FeatureSet
+from tradebus.components.features import Candles, Feature, FeatureSet, Memo, compute
 from tradebus.components.timeframes import bucket_offset, check_resample, tf_ns
 
 _i8, _f8 = np.int64, np.float64
@@ -115,6 +115,24 @@ class MarketFeatures:
             closed, after = bucketer.update(bars)
             higher.append(FeatureTable(tf, fs.names, fs.update(closed), after - 1))
         return own, higher
+
+
+def seed_tables(timeframe: str, own: list[Feature], higher: Mapping[str, list[Feature]], bars: Candles,
+                memo: Memo | None = None) -> tuple[FeatureTable, list[FeatureTable]]:
+    """What a fresh ``MarketFeatures(timeframe, own, higher).update(bars)`` returns. With ``memo`` (bound to
+    these bars) indicator outputs and higher-timeframe buckets are shared with earlier calls over the same
+    bars, keyed by timeframe: the values are the same, computed once."""
+    if memo is None:
+        return MarketFeatures(timeframe, own, higher).update(bars)
+    n = len(bars["close"])
+    table = FeatureTable(timeframe, [f.name for f in own], compute(bars, own, lambda k, fn: memo((timeframe, *k), fn)),
+                         np.arange(n, dtype=np.int64))
+    tables = []
+    for tf, feats in sorted(higher.items()):
+        closed, after = memo((tf, "buckets"), lambda tf=tf: Bucketer(timeframe, tf).update(bars))
+        values = compute(closed, feats, lambda k, fn, tf=tf: memo((tf, *k), fn))
+        tables.append(FeatureTable(tf, [f.name for f in feats], values, after - 1))
+    return table, tables
 
 
 class SnapshotBuilder(Component):

@@ -15,7 +15,7 @@ import numpy as np
 from tradebus.components import strategies
 from tradebus.components.base import Component, Gate, Stamper
 from tradebus.components.exchange import CostParams, SimExchange
-from tradebus.components.features import Candles, Feature, f, lookback
+from tradebus.components.features import Candles, Feature, Memo, f, lookback
 from tradebus.components.portfolio import Portfolio
 from tradebus.components.risk import RiskManager, risk_features
 from tradebus.components.strategy_host import StrategyHost, row_names
@@ -23,7 +23,7 @@ from tradebus.components.timeframes import tf_ns
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
 from tradebus.engine.guard import RiskGuard
-from tradebus.engine.snapshot import FeatureTable, MarketFeatures, SnapshotBuilder
+from tradebus.engine.snapshot import FeatureTable, MarketFeatures, SnapshotBuilder, seed_tables
 
 WARMUP_FACTOR = 3
 
@@ -67,9 +67,12 @@ def market_features(config: SystemConfig) -> MarketFeatures:
     return MarketFeatures(config.timeframe, own, higher)
 
 
-def feature_tables(config: SystemConfig, candles: Candles) -> tuple[FeatureTable, list[FeatureTable]]:
-    """Every feature the system reads over a whole series, from a fresh state (the seed of a replay)."""
-    return market_features(config).update(candles)
+def feature_tables(config: SystemConfig, candles: Candles, memo: Memo | None = None
+                   ) -> tuple[FeatureTable, list[FeatureTable]]:
+    """Every feature the system reads over a whole series, from a fresh state (the seed of a replay);
+    ``memo``, bound to these candles, shares indicator outputs with other systems over them."""
+    own, higher = features_for(config)
+    return seed_tables(config.timeframe, own, higher, candles, memo)
 
 
 @dataclass

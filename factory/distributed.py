@@ -36,8 +36,9 @@ from tradebus.bus.events import SweepResult, SweepTask, TrialOutcome, TrialSpec
 from tradebus.bus.nats import NatsBus, WorkItem
 from tradebus.configs.schema import parse_config
 from tradebus.factory.experiments import Tracker
-from tradebus.factory.market import MemoryMarket
-from tradebus.factory.sweep import Collector, DataIds, Outcome, Pending, SweepJob, SweepReport, pending, run_trials
+from tradebus.factory.market import FeatureMemo, MemoryMarket
+from tradebus.factory.sweep import (MEMO_BYTES, Collector, DataIds, Outcome, Pending, SweepJob, SweepReport, pending,
+                                   run_trials)
 from tradebus.engine.marketdata import MarketData
 
 log = structlog.get_logger("tradebus.worker")
@@ -131,6 +132,7 @@ class _Markets:
     def __init__(self, md: MarketData) -> None:
         self._md = md
         self._cache: dict[tuple[str, str, tuple[str, ...]], DataIds] = {}
+        self.memo = FeatureMemo(MEMO_BYTES)  # indicator outputs shared by every task's trials on this worker
 
     def get(self, venue: str, market: str, symbols: list[str]) -> DataIds:
         key = (venue, market, tuple(sorted(symbols)))
@@ -152,7 +154,7 @@ def run_task(task: SweepTask, markets: _Markets, worker: str) -> tuple[list[Tria
         return [TrialOutcome(id=t.id, error=why) for t in task.trials], True
     mem = ids.mem
     return [TrialOutcome(id=tid, metrics={k: float(v) for k, v in (m or {}).items()}, blocks=b, error=e)
-            for tid, m, b, e in run_trials(batch, mem)], False
+            for tid, m, b, e in run_trials(batch, mem, markets.memo)], False
 
 
 async def _keep_alive(item: WorkItem, every: float) -> None:

@@ -36,8 +36,10 @@ from tradebus.components.portfolio import marked_curve
 from tradebus.components.strategies import HOLD
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig
+from tradebus.factory.market import FeatureMemo
 from tradebus.engine.metrics import STATS, add_trade, summarize
 from tradebus.engine.market import MarketSlice
+from tradebus.components.strategy_host import row_names
 from tradebus.engine.wiring import feature_tables, strategy_rows
 from tradebus.engine.trades import TRADE, Trade, trade_fill, trade_funding, trades_from_ledger
 
@@ -456,14 +458,25 @@ def _empty(dtype=np.float64) -> np.ndarray:
     return np.empty(0, dtype=dtype)
 
 
-def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
-    """``simulate``'s arguments for one config over one market slice."""
+def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool, memo: FeatureMemo | None = None) -> tuple:
+    """``simulate``'s arguments for one config over one market slice (indicator outputs from ``memo`` when
+    another trial over the same slice computed them)."""
     defn = config.strategy_def()
     params = config.params()
-    own, higher = feature_tables(config, m.candles)
-    rows = strategy_rows(defn, params, own, higher)
     atr_name = f"atr_{config.risk.stop.atr_period}"
-    atr = own.values[:, own.names.index(atr_name)].copy() if atr_name in own.names else _empty()
+
+    def rows_and_atr() -> tuple[np.ndarray, np.ndarray]:
+        own, higher = feature_tables(config, m.candles, bound)
+        atr = own.values[:, own.names.index(atr_name)].copy() if atr_name in own.names else _empty()
+        return strategy_rows(defn, params, own, higher), atr
+
+    if memo is None:
+        bound = None
+        rows, atr = rows_and_atr()
+    else:  # trials whose rows hold the same features share them (the loop only reads its inputs)
+        bound = memo.bind(m.candles, m.source, config.timeframe)
+        own_names, higher_names = row_names(defn, params)
+        rows, atr = bound(("rows", tuple(own_names), tuple(higher_names), atr_name), rows_and_atr)
     cd = m.candles
     f_t = _empty(np.int64) if m.funding is None else m.funding["open_time"]
     f_r = _empty() if m.funding is None else m.funding["rate"]
@@ -473,9 +486,9 @@ def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool) -> tuple:
             m.first, atr, settings(config), f_t, f_r, mk_t, mk_o, record)
 
 
-def run_stats(config: SystemConfig, m: MarketSlice) -> tuple[np.void, np.ndarray]:
+def run_stats(config: SystemConfig, m: MarketSlice, memo: FeatureMemo | None = None) -> tuple[np.void, np.ndarray]:
     """(statistics, a ``STATS`` record; block statistics) of one trial: what a sweep keeps."""
-    _, _, stats, _, blocks = simulator(config.strategy_def())(*kernel_inputs(config, m, False))
+    _, _, stats, _, blocks = simulator(config.strategy_def())(*kernel_inputs(config, m, False, memo))
     return stats[0], blocks
 
 

@@ -34,7 +34,7 @@ from tradebus.configs.schema import ConfigError, StrategyId, SystemConfig, Timef
 from tradebus.engine.metrics import from_stats
 from tradebus.factory import scoring, sim
 from tradebus.factory.experiments import Tracker
-from tradebus.factory.market import MemoryMarket
+from tradebus.factory.market import FeatureMemo, MemoryMarket
 from tradebus.factory.space import MAX_POINTS, Declared, Range, SpaceKind, expand, grid_size
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.engine.market import load_market, resolve_window, series_read
@@ -254,17 +254,19 @@ def plan(job: SweepJob, mem: MemoryMarket) -> Plan:
 # --- running -------------------------------------------------------------------------------------
 
 _WORKER_MARKET: MemoryMarket | None = None
+_WORKER_MEMO: FeatureMemo | None = None
 
 
-def _init_worker(mem: MemoryMarket) -> None:
-    global _WORKER_MARKET
-    _WORKER_MARKET = mem
+def _init_worker(mem: MemoryMarket, memo_bytes: int) -> None:
+    global _WORKER_MARKET, _WORKER_MEMO
+    _WORKER_MARKET, _WORKER_MEMO = mem, FeatureMemo(memo_bytes)
 
 
-def run_trial(config: SystemConfig, window: str, mem: MemoryMarket) -> tuple[dict[str, float], list[float]]:
-    """Metrics and block statistics of one trial."""
+def run_trial(config: SystemConfig, window: str, mem: MemoryMarket, memo: FeatureMemo | None = None
+              ) -> tuple[dict[str, float], list[float]]:
+    """Metrics and block statistics of one trial (indicator outputs shared through ``memo``)."""
     m = load_market(config, window, mem)
-    stats, blocks = sim.run_stats(config, m)
+    stats, blocks = sim.run_stats(config, m, memo)
     metrics = from_stats(stats, config.initial_capital, tf_ns(config.timeframe))
     return metrics, blocks.ravel().tolist()
 
@@ -272,21 +274,23 @@ def run_trial(config: SystemConfig, window: str, mem: MemoryMarket) -> tuple[dic
 Outcome = tuple[str, "dict[str, float] | None", list[float], str]  # trial id, metrics (None: failed), blocks, error
 
 
-def run_trials(batch: list[tuple[str, SystemConfig, str]], mem: MemoryMarket) -> list[Outcome]:
+def run_trials(batch: list[tuple[str, SystemConfig, str]], mem: MemoryMarket, memo: FeatureMemo | None = None
+               ) -> list[Outcome]:
     """Run trials (id, config, window); a trial that fails is reported, not raised."""
     out: list[Outcome] = []
     for tid, config, window in batch:
         try:
-            metrics, blocks = run_trial(config, window, mem)
+            metrics, blocks = run_trial(config, window, mem, memo)
             out.append((tid, metrics, blocks, ""))
         except Exception as exc:  # a trial's data problem is that trial's result, not the sweep's end
             out.append((tid, None, [], f"{type(exc).__name__}: {exc}"))
     return out
 
 
-def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> list[Outcome]:
-    assert _WORKER_MARKET is not None
-    return run_trials(batch, _WORKER_MARKET)
+def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> tuple[list[Outcome], tuple[int, int, int]]:
+    """A worker's batch: its outcomes, and its memo's counts so far (computed, reused, peak bytes)."""
+    assert _WORKER_MARKET is not None and _WORKER_MEMO is not None
+    return run_trials(batch, _WORKER_MARKET, _WORKER_MEMO), _WORKER_MEMO.counts()
 
 
 @dataclass
@@ -298,6 +302,9 @@ class SweepReport:
     failed: list[tuple[str, str]]
     invalid: int
     stale: int = 0  # rows of the job from older code or data: kept, no longer counted
+    features_computed: int = 0  # indicator calls run over a slice (summed over workers)
+    features_reused: int = 0  # ... and taken from a worker's memo instead
+    memo_peak_bytes: int = 0  # the largest a worker's memo grew
 
 
 def experiment_rows(job: SweepJob, plan_: Plan, results: list[Outcome], by_id: dict[str, Trial]) -> list[dict[str, Any]]:
@@ -380,19 +387,34 @@ class Collector:
                            self.tracker.stale(w.job.job))
 
 
+MEMO_BYTES = 1 << 30  # each worker's indicator memo, at most
+
+
 def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int | None = None, batch: int = 32,
-              progress: Callable[[int, int], None] | None = None) -> SweepReport:
+              progress: Callable[[int, int], None] | None = None, memo_bytes: int = MEMO_BYTES) -> SweepReport:
     """Run every trial of ``job`` not yet in ``tracker`` on this machine; return what happened."""
     work = pending(job, md, tracker)
     out = Collector(work, tracker, progress)
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
     batches = [[(t.id, t.config, t.window) for t in b] for b in work.batches(batch)]
+    memos: dict[int, tuple[int, int, int]] = {}  # per worker process: its memo's latest counts
     if workers == 1:
-        _init_worker(work.mem)
+        _init_worker(work.mem, memo_bytes)
         for b in batches:
-            out.take(_run_batch(b))
+            results, memos[os.getpid()] = _run_batch(b)
+            out.take(results)
     elif batches:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(work.mem,)) as pool:
-            for results in pool.map(_run_batch, batches):
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(work.mem, memo_bytes)) as pool:
+            for results, counts in pool.map(_run_batch_in_worker, batches):
+                memos[counts[0]] = counts[1]
                 out.take(results)
-    return out.report()
+    report = out.report()
+    report.features_computed = sum(c for c, _, _ in memos.values())
+    report.features_reused = sum(r for _, r, _ in memos.values())
+    report.memo_peak_bytes = max((p for _, _, p in memos.values()), default=0)
+    return report
+
+
+def _run_batch_in_worker(batch: list[tuple[str, SystemConfig, str]]) -> tuple[list[Outcome], tuple[int, tuple]]:
+    results, counts = _run_batch(batch)
+    return results, (os.getpid(), counts)

@@ -209,3 +209,33 @@ def test_parameter_grid_means_each_cell_over_the_other_parameters():
     assert (xs, ys) == ([5, 10], [20, 30])
     assert mean[0].tolist() == [2.0, -1.0] and count.tolist() == [[2, 1], [0, 0]]
     assert all(v != v for v in mean[1])  # no trial with a value: empty, not zero
+
+
+def test_shared_indicators_and_resampled_bars_change_no_result(md, tmp_path):
+    """A sweep computes each indicator once per slice and each resampled slice once; every trial's metrics
+    and block statistics are those of the trial run alone, straight from the database, bit for bit."""
+    from tradebus.factory.market import FeatureMemo
+    from tradebus.factory.sweep import pending, run_trials
+
+    j = parse_job(job(tasks=[
+        {"strategy": "stochrsi_mean_reversion", "params": {"rsi_period": [7, 14], "oversold": [20, 30],
+                                                          "adx_threshold": [20, 30], "allow_short": True},
+         "symbols": ["BTCUSDT", "ETHUSDT"], "timeframes": ["5m", "15m"], "window": "hygiene"},
+        {"strategy": "regime_gated_trend", "params": {"fast": [5, 10], "slow": [20, 40], "regime_timeframe": ["1h"]},
+         "symbols": ["BTCUSDT"], "timeframes": ["5m", "15m"], "window": "hygiene"}]))
+    with Tracker.open(tmp_path / "e.duckdb") as tracker:
+        work = pending(j, md, tracker)
+        batch = [(t.id, t.config, t.window) for t in work.todo]
+        alone = run_trials(batch, md)  # no memo; every slice read and resampled from DuckDB
+        memo = FeatureMemo()
+        shared = run_trials(batch, work.mem, memo)
+        report = run_sweep(j, md, tracker, workers=2)
+        stored = {e["id"]: e for e in tracker.top(1000, validated_only=False, min_trades=0, job=j.job)}
+    assert len(batch) == 8 * 2 * 2 + 4 * 2 and not any(err for *_, err in alone)
+    assert shared == alone
+    computed, reused, peak = memo.counts()
+    assert reused > computed and 0 < peak < 200 * 2**20
+    assert report.features_computed > 0 and report.features_reused > report.features_computed
+    scored = [o for o in alone if o[1]["total_trades"] >= 5]
+    assert scored and all(stored[tid]["sharpe"] == m["sharpe"] and stored[tid]["return_pct"] == m["return_pct"]
+                          for tid, m, _, _ in scored)
