@@ -79,6 +79,11 @@ def sweep(
     secs = time.perf_counter() - t0
     out.print(f"job {job.job}: {report.trials:,} trials ({report.invalid:,} refused combinations not counted); "
               f"ran {report.ran:,}, already done {report.skipped:,}, failed {len(report.failed):,} in {secs:.1f}s{note}")
+    if report.features_computed:
+        rate = report.ran / secs if secs > 0 else 0.0
+        out.print(f"{rate:,.0f} trials/s; indicators computed {report.features_computed:,} times and shared "
+                  f"{report.features_reused:,} times (largest worker memo {report.memo_peak_bytes / 2**20:,.0f} MB)",
+                  style="dim")
     if report.stale:
         out.print(f"{report.stale:,} earlier trials of {job.job} were computed by other code or on other data:"
                   " kept in the table, no longer counted or listed")

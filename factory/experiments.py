@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
 
 from tradebus import duck, settings
 
@@ -78,6 +79,10 @@ class Experiment:
         return json.loads(self.row["parameters"])
 
 
+_ARROW = {"VARCHAR PRIMARY KEY": pa.string(), "VARCHAR": pa.string(), "BIGINT": pa.int64(), "DOUBLE": pa.float64(),
+          "DOUBLE[]": pa.list_(pa.float64()), "TIMESTAMP": pa.timestamp("us")}
+
+
 def _clean(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
@@ -105,20 +110,24 @@ class Tracker(duck.Database):
         """Insert trials in one transaction; ones already stored (same id) are kept as they are."""
         if not rows:
             return 0
-        names = list(COLUMNS)
         now = datetime.now(timezone.utc).replace(tzinfo=None)
-        values = [[_clean(r.get(n, now if n == "created_at" else ("pending" if n == "validation_status" else None)))
-                   for n in names] for r in rows]
+        defaults = {"created_at": now, "validation_status": "pending"}
+        # One Arrow table per batch, inserted by one statement: DuckDB's executemany binds row by row
+        # (4 ms a row, the whole of a sweep's coordinator time before).
+        table = pa.table({n: pa.array([_clean(r.get(n, defaults.get(n))) for r in rows], type=_ARROW[t])
+                          for n, t in COLUMNS.items()})
         before = self.count()
         self._con.execute("BEGIN")
         try:
-            self._con.executemany(
-                f"INSERT INTO experiments ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-                " ON CONFLICT (id) DO NOTHING", values)
+            self._con.register("incoming_trials", table)
+            self._con.execute(f"INSERT INTO experiments ({', '.join(COLUMNS)}) SELECT * FROM incoming_trials"
+                              " ON CONFLICT (id) DO NOTHING")
             self._con.execute("COMMIT")
         except BaseException:
             self._con.execute("ROLLBACK")
             raise
+        finally:
+            self._con.unregister("incoming_trials")
         return self.count() - before
 
     def record_plan(self, job: str, trial_ids: list[str]) -> None:
