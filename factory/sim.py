@@ -425,6 +425,33 @@ def simulator(defn: strategies.StrategyDef) -> Callable:
     return fn
 
 
+_BATCHES: dict[strategies.StrategyDef, Callable] = {}
+
+
+def batch_simulator(defn: strategies.StrategyDef) -> Callable:
+    """``simulate`` over many parameter vectors and settings records on one market slice, in one compiled
+    call: ``(rows, P, o, h, l, c, v, open_t, first, atr, cfgs, funding_t, funding_r, mark_t, mark_o) ->
+    (STATS per set, blocks per set)``. The same compiled loop as one trial's, called from compiled code: a
+    sweep pays Python's argument checks once per group of trials that read the same rows, not per trial."""
+    fn = _BATCHES.get(defn)
+    if fn is None:
+        one = simulator(defn)
+
+        def many(rows, P, o, h, l, c, v, open_t, first, atr, cfgs, funding_t, funding_r, mark_t, mark_o):  # noqa: E741
+            n = P.shape[0]
+            stats = np.empty(n, dtype=STATS)
+            blocks = np.empty((n, N_BLOCKS, 3))
+            for k in range(n):
+                _, _, st, _, bl = one(rows, P[k], o, h, l, c, v, open_t, first, atr, cfgs[k], funding_t, funding_r,
+                                      mark_t, mark_o, False)
+                stats[k] = st[0]
+                blocks[k] = bl
+            return stats, blocks
+
+        fn = _BATCHES[defn] = nb.njit(nogil=True)(many)
+    return fn
+
+
 # --- the Python side: inputs from a config and a market slice, outputs as the replay shapes them ------
 
 
@@ -490,6 +517,15 @@ def run_stats(config: SystemConfig, m: MarketSlice, memo: FeatureMemo | None = N
     """(statistics, a ``STATS`` record; block statistics) of one trial: what a sweep keeps."""
     _, _, stats, _, blocks = simulator(config.strategy_def())(*kernel_inputs(config, m, False, memo))
     return stats[0], blocks
+
+
+def run_stats_batch(defn: strategies.StrategyDef, inputs: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """``run_stats`` of several trials whose ``kernel_inputs`` differ only in parameters and settings (same
+    strategy step, rows and market slice), in one compiled call: (STATS per trial, blocks per trial)."""
+    first = inputs[0]
+    P = np.ascontiguousarray(np.stack([a[1] for a in inputs]))
+    cfgs = np.array([a[10] for a in inputs], dtype=SETTINGS)
+    return batch_simulator(defn)(first[0], P, *first[2:10], cfgs, *first[11:15])
 
 
 def run_kernel(config: SystemConfig, m: MarketSlice) -> KernelRun:

@@ -276,15 +276,32 @@ Outcome = tuple[str, "dict[str, float] | None", list[float], str]  # trial id, m
 
 def run_trials(batch: list[tuple[str, SystemConfig, str]], mem: MemoryMarket, memo: FeatureMemo | None = None
                ) -> list[Outcome]:
-    """Run trials (id, config, window); a trial that fails is reported, not raised."""
-    out: list[Outcome] = []
+    """Run trials (id, config, window), in input order; a trial that fails is reported, not raised.
+
+    Trials that read the same rows (``memo`` shares them) over the same slice run as one compiled batch
+    (``sim.run_stats_batch``): the per-trial Python work left is loading the slice and scoring.
+    """
+    done: dict[str, Outcome] = {}
+    groups: dict[tuple, list[tuple[str, SystemConfig, tuple]]] = {}
     for tid, config, window in batch:
         try:
-            metrics, blocks = run_trial(config, window, mem, memo)
-            out.append((tid, metrics, blocks, ""))
+            m = load_market(config, window, mem)
+            args = sim.kernel_inputs(config, m, False, memo)
         except Exception as exc:  # a trial's data problem is that trial's result, not the sweep's end
-            out.append((tid, None, [], f"{type(exc).__name__}: {exc}"))
-    return out
+            done[tid] = (tid, None, [], f"{type(exc).__name__}: {exc}")
+            continue
+        # Same step, rows and ATR objects (the memo's), same slice: the same inputs but parameters and settings.
+        key = (config.strategy_def(), id(args[0]), id(args[9]), m.source, config.timeframe, m.start, m.end, m.first)
+        groups.setdefault(key, []).append((tid, config, args))
+    for key, items in groups.items():
+        try:
+            stats, blocks = sim.run_stats_batch(key[0], [args for _, _, args in items])
+        except Exception as exc:
+            done.update((tid, (tid, None, [], f"{type(exc).__name__}: {exc}")) for tid, _, _ in items)
+            continue
+        for (tid, config, _), st, bl in zip(items, stats, blocks):
+            done[tid] = (tid, from_stats(st, config.initial_capital, tf_ns(config.timeframe)), bl.ravel().tolist(), "")
+    return [done[tid] for tid, _, _ in batch]
 
 
 def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> tuple[list[Outcome], tuple[int, int, int]]:

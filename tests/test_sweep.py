@@ -212,10 +212,11 @@ def test_parameter_grid_means_each_cell_over_the_other_parameters():
 
 
 def test_shared_indicators_and_resampled_bars_change_no_result(md, tmp_path):
-    """A sweep computes each indicator once per slice and each resampled slice once; every trial's metrics
-    and block statistics are those of the trial run alone, straight from the database, bit for bit."""
+    """A sweep computes each indicator once per slice and each resampled slice once, and runs trials that
+    share rows as one compiled batch; every trial's metrics and block statistics are those of the trial
+    run alone, straight from the database, bit for bit."""
     from tradebus.factory.market import FeatureMemo
-    from tradebus.factory.sweep import pending, run_trials
+    from tradebus.factory.sweep import pending, run_trial, run_trials
 
     j = parse_job(job(tasks=[
         {"strategy": "stochrsi_mean_reversion", "params": {"rsi_period": [7, 14], "oversold": [20, 30],
@@ -226,7 +227,8 @@ def test_shared_indicators_and_resampled_bars_change_no_result(md, tmp_path):
     with Tracker.open(tmp_path / "e.duckdb") as tracker:
         work = pending(j, md, tracker)
         batch = [(t.id, t.config, t.window) for t in work.todo]
-        alone = run_trials(batch, md)  # no memo; every slice read and resampled from DuckDB
+        # Each trial alone through the per-trial kernel call, every slice read and resampled from DuckDB.
+        alone = [(tid, *run_trial(config, window, md), "") for tid, config, window in batch]
         memo = FeatureMemo()
         shared = run_trials(batch, work.mem, memo)
         report = run_sweep(j, md, tracker, workers=2)
