@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_codec.py", "bench_store.py", "bench_bus.py", "bench_replay.py", "bench_kernel.py",
+BENCHMARKS = ("bench_codec.py", "bench_store.py", "bench_bus.py", "bench_replay.py", "bench_kernel.py", "bench_sweep.py",
               "bench_live_latency.py")
 
 
