@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -257,8 +257,8 @@ class MarketData(duck.Database):
         ).fetchone()
         return Coverage(key, rows, first, last)
 
-    def remember(self, key: tuple, make: Callable[[], Columns]) -> Columns:
-        """A series derived from stored ones, made afresh (``MemoryMarket`` keeps them for a sweep)."""
+    def remember(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """Something derived from stored series, made afresh (``MemoryMarket`` keeps them for a sweep)."""
         return make()
 
     def series(self) -> Iterator[Coverage]:

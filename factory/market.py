@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,13 +20,14 @@ from tradebus.engine.marketdata import VALUE_COLUMNS, Columns, Coverage, MarketD
 @dataclass
 class MemoryMarket:
     series: dict[SeriesKey, Columns] = field(default_factory=dict)
-    derived: OrderedDict = field(default_factory=OrderedDict, repr=False)  # resampled slices, by what made them
+    derived: OrderedDict = field(default_factory=OrderedDict, repr=False)  # resampled slices and runs, by their making
 
     DERIVED_KEPT = 32  # trials run grouped by symbol and timeframe: a few recent slices are all that recur
 
-    def remember(self, key: tuple, make: Callable[[], Columns]) -> Columns:
-        """A series derived from stored ones (a resampled slice), made once: every trial of a timeframe with
-        the same warm-up reads the same one."""
+    def remember(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """Something derived from the stored series, made once: a resampled slice (every trial of a timeframe
+        with the same warm-up reads the same one), or a run of a config over a window (validation and
+        scenarios ask for the same (config, window) more than once)."""
         if key in self.derived:
             self.derived.move_to_end(key)
         else:

@@ -126,8 +126,13 @@ class Run:
 
 
 def run_full(config: SystemConfig, window: str, mem: MemoryMarket) -> Run:
-    k = sim.run_kernel(config, load_market(config, window, mem))
-    return Run(k.times, k.curve[:, 2], k.metrics, config.initial_capital)
+    """A run with its curve; the same config over the same window (a candidate that is also a scenario's
+    base) runs once."""
+    def run() -> Run:
+        k = sim.run_kernel(config, load_market(config, window, mem))
+        return Run(k.times, k.curve[:, 2], k.metrics, config.initial_capital)
+
+    return mem.remember(("full", config.config_hash(), window), run)
 
 
 def combine(members: list[sim.KernelRun], initials: list[float], bar_ns: int) -> Run:

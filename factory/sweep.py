@@ -264,11 +264,15 @@ def _init_worker(mem: MemoryMarket, memo_bytes: int) -> None:
 
 def run_trial(config: SystemConfig, window: str, mem: MemoryMarket, memo: FeatureMemo | None = None
               ) -> tuple[dict[str, float], list[float]]:
-    """Metrics and block statistics of one trial (indicator outputs shared through ``memo``)."""
-    m = load_market(config, window, mem)
-    stats, blocks = sim.run_stats(config, m, memo)
-    metrics = from_stats(stats, config.initial_capital, tf_ns(config.timeframe))
-    return metrics, blocks.ravel().tolist()
+    """Metrics and block statistics of one trial (indicator outputs shared through ``memo``); a
+    ``MemoryMarket`` keeps them, so asking again for the same config and window runs nothing."""
+    def run() -> tuple[dict[str, float], list[float]]:
+        m = load_market(config, window, mem)
+        stats, blocks = sim.run_stats(config, m, memo)
+        return from_stats(stats, config.initial_capital, tf_ns(config.timeframe)), blocks.ravel().tolist()
+
+    metrics, blocks = mem.remember(("trial", config.config_hash(), window), run)
+    return dict(metrics), list(blocks)
 
 
 Outcome = tuple[str, "dict[str, float] | None", list[float], str]  # trial id, metrics (None: failed), blocks, error

@@ -241,3 +241,20 @@ def test_shared_indicators_and_resampled_bars_change_no_result(md, tmp_path):
     scored = [o for o in alone if o[1]["total_trades"] >= 5]
     assert scored and all(stored[tid]["sharpe"] == m["sharpe"] and stored[tid]["return_pct"] == m["return_pct"]
                           for tid, m, _, _ in scored)
+
+
+def test_validation_and_scenarios_run_a_config_over_a_window_once(md, monkeypatch):
+    """They ask for the same (config, window) more than once (a candidate's train run, a scan's base): a
+    MemoryMarket keeps the result; another config or window runs, and the result is the same as fresh."""
+    from tradebus.factory import sim
+    from tradebus.factory.sweep import run_trial
+
+    mem = MemoryMarket.load(md, "bybit", "linear", ["BTCUSDT", "ETHUSDT"])
+    config = plan(parse_job(job()), mem).trials[0].config
+    fresh = run_trial(config, "hygiene", md)
+    calls = []
+    real = sim.run_stats
+    monkeypatch.setattr(sim, "run_stats", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first, again = run_trial(config, "hygiene", mem), run_trial(config, "hygiene", mem)
+    other = run_trial(config, "test", mem)
+    assert first == again == fresh and other != first and len(calls) == 2
