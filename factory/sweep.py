@@ -308,10 +308,11 @@ def run_trials(batch: list[tuple[str, SystemConfig, str]], mem: MemoryMarket, me
     return [done[tid] for tid, _, _ in batch]
 
 
-def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> tuple[list[Outcome], tuple[int, int, int]]:
-    """A worker's batch: its outcomes, and its memo's counts so far (computed, reused, peak bytes)."""
+def _run_batch(batch: list[tuple[str, SystemConfig, str]]) -> tuple[list[Outcome], int, tuple[int, int, int]]:
+    """A worker's batch: its outcomes, the worker's pid and its memo's counts so far (computed, reused, peak
+    bytes)."""
     assert _WORKER_MARKET is not None and _WORKER_MEMO is not None
-    return run_trials(batch, _WORKER_MARKET, _WORKER_MEMO), _WORKER_MEMO.counts()
+    return run_trials(batch, _WORKER_MARKET, _WORKER_MEMO), os.getpid(), _WORKER_MEMO.counts()
 
 
 @dataclass
@@ -419,23 +420,21 @@ def run_sweep(job: SweepJob, md: MarketData, tracker: Tracker, *, workers: int |
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
     batches = [[(t.id, t.config, t.window) for t in b] for b in work.batches(batch)]
     memos: dict[int, tuple[int, int, int]] = {}  # per worker process: its memo's latest counts
-    if workers == 1:
-        _init_worker(work.mem, memo_bytes)
-        for b in batches:
-            results, memos[os.getpid()] = _run_batch(b)
+
+    def collect(done: Iterator[tuple[list[Outcome], int, tuple[int, int, int]]]) -> None:
+        for results, pid, counts in done:
+            memos[pid] = counts
             out.take(results)
-    elif batches:
+
+    if workers == 1 or not batches:
+        _init_worker(work.mem, memo_bytes)
+        collect(map(_run_batch, batches))
+    else:
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(work.mem, memo_bytes)) as pool:
-            for results, counts in pool.map(_run_batch_in_worker, batches):
-                memos[counts[0]] = counts[1]
-                out.take(results)
+            collect(pool.map(_run_batch, batches))
     report = out.report()
     report.features_computed = sum(c for c, _, _ in memos.values())
     report.features_reused = sum(r for _, r, _ in memos.values())
     report.memo_peak_bytes = max((p for _, _, p in memos.values()), default=0)
     return report
 
-
-def _run_batch_in_worker(batch: list[tuple[str, SystemConfig, str]]) -> tuple[list[Outcome], tuple[int, tuple]]:
-    results, counts = _run_batch(batch)
-    return results, (os.getpid(), counts)
