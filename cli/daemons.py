@@ -180,13 +180,17 @@ def _command(system: Optional[str], all_: bool, state: str, reason: str, nats_ur
         out.print(f"no daemon answered; recorded in {path}: {what} -> {state} at next start")
 
 
+ReasonOpt = typer.Option("", "--reason", help="Why: recorded in the risk event.")
+CommandStoreOpt = typer.Option(None, "--store", help="The daemon's store, used when no daemon answers over NATS.")
+WaitOpt = typer.Option(5.0, "--wait", help="Seconds to wait for the daemon's answer.")
+
+
 @app.command()
 def kill(
     system: Optional[str] = typer.Argument(None, help="The system to halt."),
     all_: bool = typer.Option(False, "--all", help="Halt every system trading in the account."),
-    reason: str = typer.Option("", "--reason", help="Why: recorded in the risk event."),
-    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store", help="The daemon's store, used when no daemon answers over NATS."),
-    wait: float = typer.Option(5.0, "--wait", help="Seconds to wait for the daemon's answer."),
+    reason: str = ReasonOpt, nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = CommandStoreOpt,
+    wait: float = WaitOpt,
 ) -> None:
     """Kill switch: halt a system (cancel its open orders, no new ones) until `tradebus resume`."""
     _command(system, all_, "halted", reason, nats_url, store, wait)
@@ -196,9 +200,8 @@ def kill(
 def resume(
     system: Optional[str] = typer.Argument(None, help="The system to resume."),
     all_: bool = typer.Option(False, "--all", help="Lift an account-wide halt."),
-    reason: str = typer.Option("", "--reason", help="Why: recorded in the risk event."),
-    nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = typer.Option(None, "--store", help="The daemon's store, used when no daemon answers over NATS."),
-    wait: float = typer.Option(5.0, "--wait", help="Seconds to wait for the daemon's answer."),
+    reason: str = ReasonOpt, nats_url: Optional[str] = NatsUrlOpt, store: Optional[Path] = CommandStoreOpt,
+    wait: float = WaitOpt,
 ) -> None:
     """Lift a halt (kill switch, drawdown, failed reconciliation): the system trades again."""
     _command(system, all_, "active", reason, nats_url, store, wait)

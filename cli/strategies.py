@@ -78,6 +78,7 @@ def strategies_check(
 ) -> None:
     """Run the checks every strategy must pass on a practice market: no look-ahead, and (for a compiled
     step) the sweep kernel trading it exactly as the replay does."""
+    from tradebus.components.strategies import StrategyError
     from tradebus.configs.schema import ConfigError
     from tradebus.replay import checks
 
@@ -91,17 +92,19 @@ def strategies_check(
         config = checks.practice_config(strategy, values)
     except ConfigError as exc:
         fail(str(exc))
+    runs = [("no look-ahead", checks.no_lookahead, "events")]
+    if config.strategy_def().compiled:
+        runs.append(("sweep kernel = replay", checks.kernel_equals_replay, "fills"))
+    else:
+        out.print("[yellow]skip[/] sweep kernel = replay: a plain-Python step is never swept")
     failed = False
-    for title, check in (("no look-ahead", checks.no_lookahead), ("sweep kernel = replay", checks.kernel_equals_replay)):
-        if check is checks.kernel_equals_replay and not config.strategy_def().compiled:
-            out.print(f"[yellow]skip[/] {title}: a plain-Python step is never swept")
-            continue
+    for title, check, unit in runs:
         try:
             n = check(config)
-        except checks.CheckFailed as exc:
+        except (checks.CheckFailed, StrategyError) as exc:  # StrategyError: a plain step returned no decision
             failed = True
             out.print(f"[red]FAIL[/] {title}: {exc}")
         else:
-            out.print(f"[green]ok[/]   {title} ({n:,} {'events' if check is checks.no_lookahead else 'fills'} compared)")
+            out.print(f"[green]ok[/]   {title} ({n:,} {unit} compared)")
     if failed:
         raise typer.Exit(1)

@@ -3,21 +3,26 @@ line writes it and says which data commands fill what it reads)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tradebus.components import strategies
 from tradebus.configs import yamlfile
-from tradebus.configs.schema import SystemConfig, parse_config
+from tradebus.configs.schema import ConfigError, SystemConfig, parse_config
 
 
 def starter(strategy_id: str, symbol: str, timeframe: str) -> tuple[str, SystemConfig, str]:
     """(system name, the validated config, its YAML with comments). Raises ConfigError for a bad choice."""
-    defn = strategies.get(strategy_id)
+    try:
+        defn = strategies.get(strategy_id)
+    except strategies.StrategyError as exc:
+        raise ConfigError(f"--strategy: {exc}") from None
     try:
         params: dict[str, Any] = defn.params().model_dump(mode="json")
     except ValueError:  # a strategy whose parameters have no defaults: the user fills them in
         params = {}
-    system = f"{strategy_id.split(':')[-1].lower()}_{symbol.lower()}_{timeframe}"
+    # Only the chosen values are checked below (a bad symbol is named once, as the symbol).
+    system = re.sub(r"[^A-Za-z0-9_-]", "_", f"{strategy_id.split(':')[-1].lower()}_{symbol.lower()}_{timeframe}")[:64]
     data = {
         "system": system, "symbol": symbol, "timeframe": timeframe,
         "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},

@@ -491,17 +491,16 @@ def kernel_inputs(config: SystemConfig, m: MarketSlice, record: bool, memo: Feat
     defn = config.strategy_def()
     params = config.params()
     atr_name = f"atr_{config.risk.stop.atr_period}"
+    bound = None if memo is None else memo.bind(m.candles, m.source, config.timeframe)
 
     def rows_and_atr() -> tuple[np.ndarray, np.ndarray]:
         own, higher = feature_tables(config, m.candles, bound)
         atr = own.values[:, own.names.index(atr_name)].copy() if atr_name in own.names else _empty()
         return strategy_rows(defn, params, own, higher), atr
 
-    if memo is None:
-        bound = None
+    if bound is None:
         rows, atr = rows_and_atr()
     else:  # trials whose rows hold the same features share them (the loop only reads its inputs)
-        bound = memo.bind(m.candles, m.source, config.timeframe)
         own_names, higher_names = row_names(defn, params)
         rows, atr = bound(("rows", tuple(own_names), tuple(higher_names), atr_name), rows_and_atr)
     cd = m.candles

@@ -95,7 +95,7 @@ def no_lookahead(config: SystemConfig, market: MemoryMarket | None = None, cut: 
         changed[k][after] *= 1.37
     changed["volume"][after] *= 3
     runs = [run_replay(config, "hygiene", m) for m in (market, MemoryMarket({**market.series, key: changed}))]
-    before = [_decided_before(r, t_cut) for r in runs]
+    before = [decided_before(r, t_cut) for r in runs]
     if not any(isinstance(e, ev.Fill) for e in before[0]):
         raise CheckFailed(f"{config.strategy.id}: no fill before the cut, so the check proves nothing; give the "
                           "practice config parameters that trade")
@@ -109,7 +109,7 @@ def no_lookahead(config: SystemConfig, market: MemoryMarket | None = None, cut: 
     return len(before[0])
 
 
-def _decided_before(result: ReplayResult, t_cut: int) -> list[ev.Event]:
+def decided_before(result: ReplayResult, t_cut: int) -> list[ev.Event]:
     """Events decided at or before ``t_cut``, ids blanked: ids hash the run, whose id hashes the data."""
     out = []
     for e in result.events:

@@ -237,6 +237,9 @@ def test_init_writes_a_starter_config_and_says_which_data_to_fetch(md, tmp_path)
 
     again = run_tradebus("init", "--dir", str(tmp_path / "sys"), "--symbol", "BTCUSDT", "--timeframe", "1h",
                          "--strategy", "sma_cross", "--db", db)
+    unknown = run_tradebus("init", "--dir", str(tmp_path / "x"), "--strategy", "nope")
+    assert unknown.returncode == 1 and "--strategy: unknown strategy 'nope'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
     bad = run_tradebus("init", "--dir", str(tmp_path / "x"), "--timeframe", "7m")
     assert again.returncode == 1 and "already exists; nothing written" in again.stderr
     assert bad.returncode == 1 and "timeframe '7m'; allowed: 1m" in bad.stderr and not (tmp_path / "x").exists()

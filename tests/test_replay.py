@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import msgspec
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from tradebus.components.timeframes import DAY, HOUR, MINUTE
 from tradebus.configs.schema import ConfigError, load_config, parse_config
 from tradebus.eventstore.store import EventStore
 from tradebus.engine import report
+from tradebus.replay import checks
 from tradebus.replay.backtest import record, run_replay, write_outputs
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.engine.market import MissingDataError
@@ -130,21 +130,9 @@ def test_decisions_never_see_the_future(tmp_path, fill):
             m.write(KEY, data)
             runs.append(run_replay(config, "hygiene", m))
 
-    def decided_before(result):
-        # A decision at the close of bar t has ts_init <= t_cut. Ids derive from the run id, which hashes
-        # the data, so they differ by construction: compare everything else.
-        out = []
-        for e in result.events:
-            if e.ts_init > t_cut or isinstance(e, (ev.RunStarted, ev.RunFinished)):
-                continue
-            e = msgspec.structs.replace(e, id="", run="", cause="")
-            for derived in ("order_id", "exec_id", "venue_order_id"):  # all carry the run id
-                if hasattr(e, derived):
-                    e = msgspec.structs.replace(e, **{derived: ""})
-            out.append(e)
-        return out
-
-    before_a, before_b = decided_before(runs[0]), decided_before(runs[1])
+    # A decision at the close of bar t has ts_init <= t_cut; ids (from the run id, which hashes the data)
+    # are blanked, everything else compared.
+    before_a, before_b = checks.decided_before(runs[0], t_cut), checks.decided_before(runs[1], t_cut)
     assert len(before_a) > 50
     assert [(type(e), e.ts_event) for e in before_a] == [(type(e), e.ts_event) for e in before_b]
     assert before_a == before_b
