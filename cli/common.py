@@ -113,3 +113,29 @@ def open_market(db: Optional[Path], *, read_only: bool = True):
 
 
 ExperimentsOpt = typer.Option(None, "--experiments", help="Experiments file (default: $TRADEBUS_HOME/experiments.duckdb).")
+
+
+def write_new(directory: Path, texts: dict[str, str]) -> list[Path]:
+    """Write new files into ``directory``, all or none: refused (one line, exit 1) if any exists or the folder
+    cannot be written; each staged beside its place first, then all renamed."""
+    paths = [directory / name for name in texts]
+    taken = [str(p) for p in paths if p.exists()]
+    if taken:
+        one = len(taken) == 1
+        fail(f"{', '.join(taken)} already exist{'s' if one else ''}; nothing written "
+             f"(remove {'it' if one else 'them'}, or choose another name or --dir)")
+    staged = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for path, text in zip(paths, texts.values()):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            staged.append((tmp, path))
+    except OSError as exc:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        fail(f"--dir {directory}: cannot write there ({exc.strerror or exc}); nothing written")
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    return paths
+

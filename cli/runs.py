@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 from tradebus import settings
-from tradebus.cli.common import MarketOpt, NatsUrlOpt, StoreOpt, app, err, fail, open_market, out
+from tradebus.cli.common import MarketOpt, NatsUrlOpt, StoreOpt, app, err, fail, open_market, out, write_new
 from tradebus.cli.data import fetch_missing
 
 
@@ -70,13 +69,7 @@ def init(
         system, config, text = starter(strategy, symbol, timeframe)
     except ConfigError as exc:
         fail(str(exc))
-    path = directory / f"{system}.yaml"
-    if path.exists():
-        fail(f"{path} already exists; nothing written (remove it, or choose another --dir)")
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    (path,) = write_new(directory, {f"{system}.yaml": text})
     out.print(f"wrote {path}")
     day_ns = 86_400 * 10**9
     end = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0).timestamp() * 10**9

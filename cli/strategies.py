@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import typer
 from rich.table import Table
-from tradebus.cli.common import HELP, app, err, fail, out
+from tradebus.cli.common import HELP, app, err, fail, out, write_new
 
 strategies_app = typer.Typer(help="Strategies: list them, scaffold your own, check one.", invoke_without_command=True,
                               context_settings=HELP)
@@ -52,20 +51,9 @@ def strategies_new(
     problem = scaffold.check_name(name)
     if problem:
         fail(problem)
-    texts = scaffold.files(name)
-    taken = [str(directory / n) for n in texts if (directory / n).exists()]
-    if taken:
-        fail(f"{', '.join(taken)} already exist; nothing written (choose another name or --dir)")
-    directory.mkdir(parents=True, exist_ok=True)
-    staged = []
-    for file_name, text in texts.items():  # every file staged, then all renamed: none or all appear
-        tmp = directory / f".{file_name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        staged.append((tmp, directory / file_name))
-    for tmp, final in staged:
-        os.replace(tmp, final)
+    written = write_new(directory, scaffold.files(name))
     cls = scaffold.class_name(name)
-    out.print(f"wrote {', '.join(str(directory / n) for n in texts)}\n"
+    out.print(f"wrote {', '.join(map(str, written))}\n"
               f"  its tests:  cd {directory} && pytest test_{name}.py\n"
               f"  run it:     cd {directory} && tradebus replay {name}.yaml\n"
               f"  in configs and sweep jobs: strategy id {name}:{cls} (from {directory})")
