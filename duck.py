@@ -68,3 +68,29 @@ class Database:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_parquet(tables: list, path: Path, order_by: str) -> None:
+    """Stack Arrow tables (columns by name) ordered by ``order_by`` into one Parquet file (zstd), written to a
+    temporary name and renamed: a reader never sees half a file."""
+    con = duckdb.connect()
+    try:
+        for i, table in enumerate(tables):
+            con.register(f"t{i}", table)
+        union = " UNION ALL BY NAME ".join(f"SELECT * FROM t{i}" for i in range(len(tables)))
+        tmp = path.with_name(path.name + ".tmp")
+        con.execute(f"COPY ({union} ORDER BY {order_by}) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)")
+        tmp.replace(path)
+    finally:
+        con.close()
+
+
+def read_parquet(path: Path, where: str = "", params: list | None = None):
+    """A Parquet file (or the rows matching ``where``) as an Arrow table."""
+    con = duckdb.connect()
+    try:
+        sql = "SELECT * FROM read_parquet(?)" + (f" WHERE {where}" if where else "")
+        rel = con.sql(sql, params=[str(path), *(params or [])])
+        return (getattr(rel, "to_arrow_table", None) or rel.arrow)()  # DuckDB 2 / 1.x
+    finally:
+        con.close()

@@ -86,7 +86,10 @@ class Snapshot(Event, frozen=True, kw_only=True, tag="snapshot"):
 
 
 class Forecast(Event, frozen=True, kw_only=True, tag="forecast"):
-    """A model's view of the next ``horizon_bars`` bars."""
+    """A model's view of the next ``horizon_bars`` bars, made at the close of the bar that caused it
+    (``ts_event``) from the features of that bar's snapshot: the return close[t+H] / close[t] - 1, the
+    realised volatility over (t, t+H], the probability of each regime over it (``regime`` is the likeliest)
+    and a confidence in [0, 1] (one minus the regime distribution's normalised entropy)."""
 
     model_id: str
     model_version: str
@@ -97,6 +100,32 @@ class Forecast(Event, frozen=True, kw_only=True, tag="forecast"):
     expected_vol: float
     regime: Regime = "unknown"
     confidence: float = 0.0
+    p_trend_up: float = 0.0
+    p_trend_down: float = 0.0
+    p_chop: float = 0.0
+    p_crash: float = 0.0
+
+
+class ForecastScored(Event, frozen=True, kw_only=True, tag="forecast.scored"):
+    """A forecast (``cause``) against what happened over its horizon, published at the close of bar t+H:
+    the realised return, volatility and regime and the forecast's losses (squared return error, QLIKE of
+    the variance, multiclass Brier of the regime probabilities)."""
+
+    model_id: str
+    model_version: str
+    symbol: str
+    timeframe: str
+    horizon_bars: int
+    forecast_time: int
+    expected_return: float
+    realised_return: float
+    expected_vol: float
+    realised_vol: float
+    regime_probs: tuple[float, float, float, float]
+    realised_regime: Regime
+    return_error: float
+    qlike: float
+    brier: float
 
 
 # --- decisions ---------------------------------------------------------------------------------
@@ -306,6 +335,7 @@ AnyEvent = Union[
     BarClosed,
     Snapshot,
     Forecast,
+    ForecastScored,
     Signal,
     OrderIntent,
     OrderSubmitted,

@@ -62,6 +62,7 @@ _BY_TYPE = {
     ev.BarClosed: lambda e: f"tb.md.bar.{e.venue}.{e.symbol}.{e.timeframe}",
     ev.Snapshot: lambda e: f"tb.md.snap.{e.bar.venue}.{e.bar.symbol}.{e.bar.timeframe}",
     ev.Forecast: lambda e: f"tb.fc.{e.model_id}.{e.symbol}",
+    ev.ForecastScored: lambda e: f"tb.fc.{e.model_id}.{e.symbol}",
     ev.Signal: lambda e: f"tb.sig.{_sys(e)}",
     ev.OrderIntent: lambda e: f"tb.ord.{_sys(e)}",
     ev.OrderSubmitted: lambda e: f"tb.ord.{_sys(e)}",

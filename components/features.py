@@ -87,6 +87,21 @@ def _stochrsi(r: float, s: float, k: float, d: float) -> Runner:
     return lambda c: _done(ind.stoch_rsi_run(*st, int(s), int(k), c["close"], *(o := _out(c, 2))), *o)
 
 
+def _logret(n: float) -> Runner:
+    st, ring = ind.logret_state(int(n))
+    return lambda c: _done(ind.logret_run(st, ring, c["close"], o := _out(c)[0]), o)
+
+
+def _rvol(n: float) -> Runner:
+    st, ring = ind.rvol_state(int(n))
+    return lambda c: _done(ind.rvol_run(st, ring, c["close"], o := _out(c)[0]), o)
+
+
+def _relvol(n: float) -> Runner:
+    st, ring = ind.sma_state(int(n))
+    return lambda c: _done(ind.relvol_run(st, ring, np.asarray(c["volume"], dtype=np.float64), o := _out(c)[0]), o)
+
+
 def _obv() -> Runner:
     st = ind.obv_state()
     return lambda c: _done(ind.obv_run(st, c["close"], c["volume"], o := _out(c)[0]), o)
@@ -120,6 +135,9 @@ _KINDS: dict[str, tuple[tuple[str, ...], Callable[..., Runner], Callable[..., in
     "chop": (("chop",), _chop, lambda n: int(n)),
     "stochrsi": (("stochrsi_k", "stochrsi_d"), _stochrsi, lambda r, s, k, d: int(r) + int(s) + int(k) + int(d) - 3),
     "obv": (("obv",), _obv, lambda: 0),
+    "logret": (("logret",), _logret, lambda n: int(n)),
+    "rvol": (("rvol",), _rvol, lambda n: int(n)),
+    "relvol": (("relvol",), _relvol, lambda n: int(n) - 1),
     "vwap": (("vwap",), _vwap, lambda: 0),
 }
 

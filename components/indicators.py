@@ -557,6 +557,102 @@ def stoch_rsi(close: np.ndarray, rsi_n: int, stoch_n: int, k_smooth: int, d_smoo
     return k, d
 
 
+# --- returns, realised volatility, relative volume (forecast inputs) ---------------------------------
+
+
+@_jit
+def logret_state(n):
+    """(state, ring of the last n log closes) of the log return over n bars."""
+    return _record(WINDOW, n), np.zeros(max(n, 1))
+
+
+@_jit
+def logret_run(st, ring, close, out):
+    """log(close[t] / close[t-n]): NaN for the first n bars."""
+    s = st[0]
+    n = s.n
+    for i in range(close.shape[0]):
+        x = math.log(close[i])
+        j = s.count % n
+        out[i] = x - ring[j] if s.count >= n else np.nan
+        ring[j] = x
+        s.count += 1
+
+
+@_jit
+def logret(close: np.ndarray, n: int) -> np.ndarray:
+    """Log return over n bars."""
+    st, ring = logret_state(n)
+    out = np.empty(close.shape[0])
+    logret_run(st, ring, close, out)
+    return out
+
+
+@_jit
+def rvol_state(n):
+    """(state, ring of the last n squared log returns) of realised volatility over n bars."""
+    return _record(SMOOTH, n), np.zeros(max(n, 1))
+
+
+@_jit
+def rvol_run(st, ring, close, out):
+    """sqrt(sum of the last n squared one-bar log returns): NaN until n returns are known (n + 1 closes).
+    ``prev`` holds the previous close; the rolling sum is the SMA's (add the new, drop the oldest)."""
+    s = st[0]
+    for i in range(close.shape[0]):
+        if s.count == 0:
+            s.prev = close[i]
+            s.count = 1
+            out[i] = np.nan
+            continue
+        r = math.log(close[i] / s.prev)
+        s.prev = close[i]
+        k = s.count - 1  # returns seen before this one
+        s.count += 1
+        v = sma_step_sum(s, ring, r * r, k)
+        out[i] = math.sqrt(max(v, 0.0)) if k + 1 >= s.n else np.nan
+
+
+@_jit
+def sma_step_sum(s, ring, x, i):
+    """The running sum of the last ``s.n`` values after adding ``x`` as value number ``i`` (from 0)."""
+    n = s.n
+    if i < n:
+        s.sum += x
+        ring[i] = x
+    else:
+        j = i % n
+        s.sum += x - ring[j]
+        ring[j] = x
+    return s.sum
+
+
+@_jit
+def rvol(close: np.ndarray, n: int) -> np.ndarray:
+    """Realised volatility over n bars (not annualised)."""
+    st, ring = rvol_state(n)
+    out = np.empty(close.shape[0])
+    rvol_run(st, ring, close, out)
+    return out
+
+
+@_jit
+def relvol_run(st, ring, volume, out):
+    """volume[t] / SMA(volume, n)[t]: NaN until the SMA is defined, 1.0 where it is zero."""
+    s = st[0]
+    for i in range(volume.shape[0]):
+        m = sma_step(s, ring, volume[i])
+        out[i] = (volume[i] / m if m > 0 else 1.0) if not math.isnan(m) else np.nan
+
+
+def relvol(volume: np.ndarray, n: int) -> np.ndarray:
+    """Volume relative to its n-bar mean."""
+    st, ring = sma_state(n)
+    out = np.empty(volume.shape[0])
+    relvol_run(st, ring, np.asarray(volume, dtype=np.float64), out)
+    return out
+
+
 # --- OBV, VWAP ---------------------------------------------------------------------------------------------
 
 

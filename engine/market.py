@@ -85,14 +85,28 @@ def resolve_window(spec: WindowSpec | str, data_first: int | None, data_end: int
 
 def base_key(config: SystemConfig, md: MarketData) -> SeriesKey:
     """The stored series to read: the system's timeframe if stored, else the coarsest finer one that divides it."""
-    primary = tf_ns(config.timeframe)
+    return stored_key(md, config.venue, config.market, config.symbol, config.timeframe)
+
+
+def stored_key(md: MarketData, venue: str, market: str, symbol: str, timeframe: str) -> SeriesKey:
+    """The stored candles a ``timeframe`` series is read from: itself, else the coarsest finer stored one
+    that divides it (resampled), else itself (which then reports as missing)."""
+    primary = tf_ns(timeframe)
     for tf in sorted(TIMEFRAMES, key=TIMEFRAMES.__getitem__, reverse=True):
         length = tf_ns(tf)
         if length <= primary and primary % length == 0:
-            key = SeriesKey(config.venue, config.market, config.symbol, tf)
+            key = SeriesKey(venue, market, symbol, tf)
             if md.coverage(key).rows:
                 return key
-    return SeriesKey(config.venue, config.market, config.symbol, config.timeframe)
+    return SeriesKey(venue, market, symbol, timeframe)
+
+
+def read_series(md: MarketData, venue: str, market: str, symbol: str, timeframe: str, start: int | None = None,
+                end: int | None = None) -> tuple[SeriesKey, Columns]:
+    """(the stored key read, the candles of ``timeframe`` over [start, end)), resampled when needed."""
+    key = stored_key(md, venue, market, symbol, timeframe)
+    cols = md.read(key, start, end)
+    return key, cols if key.timeframe == timeframe else resample(cols, key.timeframe, timeframe)
 
 
 def funding_keys(config: SystemConfig) -> tuple[SeriesKey, ...]:

@@ -17,10 +17,8 @@ target_vol_<N>         float64                      sqrt(sum of squared log retu
 target_regime_<N>      string                       crash / trend_up / trend_down / chop over t+1..t+N
 =====================  ===========================  ===================================================
 
-Targets are computed here, outside the strategy, from the closes after t; the last N rows have no
-future and hold NaN / "". Regime over the horizon: ``crash`` if the close falls at least
-``crash_drawdown`` below the close at t at any point; else ``trend_up`` / ``trend_down`` when the net
-log return is at least one realised volatility up / down; else ``chop``.
+Targets are computed outside the strategy, from the closes after t, by the forecasting contract's rule
+(``components.forecast.forward_targets``); the last N rows have no future and hold NaN / "".
 """
 
 from __future__ import annotations
@@ -31,31 +29,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tradebus.components.forecast import REGIMES, forward_targets
 from tradebus.engine.snapshot import FeatureTable
-
-
-def forward_targets(close: np.ndarray, horizon: int, crash_drawdown: float = 0.05
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (forward return, forward realised vol, regime label) for each bar."""
-    n = len(close)
-    ret = np.full(n, np.nan)
-    vol = np.full(n, np.nan)
-    regime = np.full(n, "", dtype=object)
-    if n <= horizon:
-        return ret, vol, regime
-    logp = np.log(close)
-    r2 = np.concatenate(([0.0], np.diff(logp) ** 2))
-    csum = np.cumsum(r2)
-    t = np.arange(n - horizon)
-    ret[t] = close[t + horizon] / close[t] - 1.0
-    vol[t] = np.sqrt(csum[t + horizon] - csum[t])
-    windows = np.lib.stride_tricks.sliding_window_view(close[1:], horizon)[: n - horizon]
-    worst = windows.min(axis=1) / close[t] - 1.0
-    net = logp[t + horizon] - logp[t]
-    labels = np.where(worst <= -crash_drawdown, "crash",
-                      np.where(net >= vol[t], "trend_up", np.where(net <= -vol[t], "trend_down", "chop")))
-    regime[t] = labels
-    return ret, vol, regime
 
 
 def training_table(times: np.ndarray, symbol: str, timeframe: str, strategy: str, own: FeatureTable,
@@ -79,9 +54,10 @@ def training_table(times: np.ndarray, symbol: str, timeframe: str, strategy: str
     cols["position_qty"] = pa.array(position_qty, type=pa.float64())
     cols["position_side"] = pa.array(np.sign(position_qty).astype(np.int8), type=pa.int8())
     ret, vol, regime = forward_targets(close, horizon)
+    labels = np.array(("", *REGIMES), dtype=object)[regime.astype(np.int64) + 1]
     cols[f"target_return_{horizon}"] = pa.array(ret, type=pa.float64())
     cols[f"target_vol_{horizon}"] = pa.array(vol, type=pa.float64())
-    cols[f"target_regime_{horizon}"] = pa.array(regime.astype(str), type=pa.string())
+    cols[f"target_regime_{horizon}"] = pa.array(labels.astype(str), type=pa.string())
     return pa.table(cols)
 
 

@@ -27,7 +27,8 @@ def one_of_each() -> list[ev.Event]:
         ev.Snapshot(**env(1, cause=bar.id), bar=bar, features={"ema_20": 1.7, "rsi_14": 55.0},
                     htf={"1h": {"ema_50": 1.6}, "4h": {"adx_14": 22.5}}),
         ev.Forecast(**env(2), model_id="gbm", model_version="3", symbol="BTCUSDT", timeframe="5m",
-                    horizon_bars=12, expected_return=0.001, expected_vol=0.01, regime="trend_up", confidence=0.6),
+                    horizon_bars=12, expected_return=0.001, expected_vol=0.01, regime="trend_up", confidence=0.6,
+                    p_trend_up=0.5, p_trend_down=0.1, p_chop=0.35, p_crash=0.05),
         ev.Signal(**sys_env(3), strategy="ema_rsi_atr", symbol="BTCUSDT", timeframe="5m", direction="long",
                   strength=0.8, stop_price=1.2, take_profit=None, reason="ema cross up"),
         ev.OrderIntent(**sys_env(4), order_id="01ABC-entry", venue="bybit", symbol="BTCUSDT", side="buy",
@@ -58,6 +59,11 @@ def one_of_each() -> list[ev.Event]:
         ev.SweepResult(**env(19), job="trend_4h", worker="host-1",
                        outcomes=[ev.TrialOutcome(id="t1", metrics={"sharpe": 1.5}, blocks=[10.0, 0.1, 0.01]),
                                  ev.TrialOutcome(id="t2", error="ValueError: no candles")]),
+        ev.ForecastScored(**env(20, cause="01FORECAST"), model_id="gbm", model_version="3", symbol="BTCUSDT",
+                          timeframe="5m", horizon_bars=12, forecast_time=T0, expected_return=0.001,
+                          realised_return=-0.002, expected_vol=0.01, realised_vol=0.012,
+                          regime_probs=(0.4, 0.2, 0.3, 0.1), realised_regime="chop", return_error=9e-6,
+                          qlike=0.04, brier=0.7),
     ]
     assert {type(e) for e in out} == set(ev.EVENT_TYPES), "add the new event type to one_of_each()"
     return out
@@ -106,6 +112,8 @@ def _for_type(tp: typing.Any) -> st.SearchStrategy:
         return st.one_of(*(_for_type(a) for a in args))
     if origin is list:
         return st.lists(_for_type(args[0]), max_size=3)
+    if origin is tuple:
+        return st.tuples(*(_for_type(a) for a in args))
     if origin is dict:
         return st.dictionaries(_for_type(args[0]), _for_type(args[1]), max_size=4)
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):

@@ -130,6 +130,28 @@ def test_vwap_resets_each_utc_day_and_matches_its_formula():
         assert got[i] == pytest.approx((tp[same_day] * v[same_day]).sum() / v[same_day].sum(), rel=1e-12)
 
 
+def test_log_return_and_relative_volume_match_talib(bars):
+    c, v = bars["close"], bars["volume"]
+    same(ind.logret(c, 12), np.log(talib.ROCR(c, 12)))
+    assert np.isnan(ind.logret(c, 12)[:12]).all()
+    sma = talib.SMA(v, 20)
+    expected = np.where(np.isnan(sma), np.nan, np.where(sma > 0, v / np.where(sma > 0, sma, 1.0), 1.0))
+    same(ind.relvol(v, 20), expected)
+    assert np.isnan(ind.relvol(v, 20)[:19]).all()
+
+
+def test_realised_volatility_matches_its_formula(bars):
+    c = bars["close"][:800]
+    n = 24
+
+    got = ind.rvol(c, n)
+
+    r = np.diff(np.log(c))
+    for i in range(n, 800):
+        assert got[i] == pytest.approx(math.sqrt(np.sum(r[i - n:i] ** 2)), rel=1e-9), i
+    assert np.isnan(got[:n]).all()
+
+
 ALL = {
     "sma": lambda b: ind.sma(b["close"], 20),
     "ema": lambda b: ind.ema(b["close"], 20),
@@ -143,6 +165,9 @@ ALL = {
     "stoch_rsi": lambda b: np.column_stack(ind.stoch_rsi(b["close"], 14, 14, 3, 3)),
     "obv": lambda b: ind.obv(b["close"], b["volume"]),
     "vwap": lambda b: ind.vwap(b["open_time"], b["high"], b["low"], b["close"], b["volume"]),
+    "logret": lambda b: ind.logret(b["close"], 12),
+    "rvol": lambda b: ind.rvol(b["close"], 12),
+    "relvol": lambda b: ind.relvol(b["volume"], 20),
 }
 
 

@@ -1,0 +1,188 @@
+"""Forecasting datasets, built from the stored candles with the engine's own feature code, written to Parquet
+through DuckDB and keyed by a hash of their content.
+
+**Market dataset** (``tradebus dataset market MODEL.yaml``): one row per symbol and bar of the model's
+timeframe whose open lies in its window, after the features' warm-up. Schema (stable; columns are only
+added):
+
+=================  ==================  ==============================================================
+column             type                meaning
+=================  ==================  ==============================================================
+time               timestamp[ns, UTC]  the bar's close: when every ``x.`` value was known
+symbol, timeframe  string              the series
+close              float64             the bar's close
+x.<input>          float64             a model input (``components.forecast``), from features at t only
+past_regime        int8                regime index over (t-H, t], known at t (-1: unknown); baselines
+target_return      float64             close[t+H] / close[t] - 1
+target_vol         float64             sqrt(sum of squared one-bar log returns over t+1..t+H)
+target_regime      int8                0 trend_up, 1 trend_down, 2 chop, 3 crash over (t, t+H]; -1 none
+=================  ==================  ==============================================================
+
+Targets read only closes inside the window: the last H rows of each symbol, and rows whose horizon spans
+a gap in the stored bars, have none (NaN, -1). The file is ``$TRADEBUS_HOME/datasets/market/ID.parquet``
+with ``ID.json`` beside it (what built it: the spec, each series' hash, the code digest); ID is the first
+16 hex characters of SHA-256 over the table's columns, so equal content means an equal id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from tradebus import duck
+from tradebus.components import forecast
+from tradebus.components.features import lookback
+from tradebus.components.timeframes import tf_ns
+from tradebus.configs.forecast import ModelSpec
+from tradebus.engine import artifacts
+from tradebus.engine.market import day, fill_command, read_series
+from tradebus.engine.marketdata import MarketData
+from tradebus.engine.snapshot import seed_tables
+from tradebus.engine.wiring import WARMUP_FACTOR
+from tradebus.identity import code_digest
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be built from what is stored, and what to do about it."""
+
+
+@dataclass
+class Dataset:
+    id: str
+    path: Path
+    manifest: dict
+    table: pa.Table
+
+
+def _ns(d) -> int | None:
+    return None if d is None else int(np.datetime64(d, "ns").astype(np.int64))
+
+
+def symbol_table(spec: ModelSpec, symbol: str, cols: dict[str, np.ndarray]) -> pa.Table:
+    """The market rows of one symbol's candles (its whole stored history up to the window's end)."""
+    tf, step, h = spec.timeframe, tf_ns(spec.timeframe), spec.horizon
+    inputs = [forecast.parse_input(n) for n in spec.inputs]
+    own_feats, higher_feats = forecast.input_features(inputs)
+    own, higher = seed_tables(tf, own_feats, higher_feats, cols)
+    by_tf = {t.timeframe: t for t in higher}
+
+    def column(t: str | None, feat) -> np.ndarray:
+        if t is None:
+            return own.values[:, own.names.index(feat.name)]
+        table = by_tf[t]
+        values = table.values[:, table.names.index(feat.name)]
+        r = table.row_for_bar
+        return np.where(r >= 0, values[np.maximum(r, 0)], np.nan)
+
+    open_t = np.asarray(cols["open_time"], dtype=np.int64)
+    close = np.asarray(cols["close"], dtype=np.float64)
+    x = forecast.input_matrix(inputs, column, open_t + step)
+    ret, vol, regime = forecast.forward_targets(close, h, spec.crash_drawdown)
+    n = len(open_t)
+    spans = np.full(n, -1, dtype=np.int64)
+    spans[: max(n - h, 0)] = open_t[h:] - open_t[: max(n - h, 0)]
+    broken = spans != h * step  # a gap inside (t, t+H]: the target would mix bars far apart
+    ret[broken], vol[broken], regime[broken] = np.nan, np.nan, -1
+    past = np.full(n, -1, dtype=np.int8)
+    past[h:] = regime[:-h] if h < n else past[h:]
+    warm = WARMUP_FACTOR * max([lookback(own_feats)] + [(lookback(fs) + 1) * tf_ns(t) // step
+                                                          for t, fs in higher_feats.items()])
+    start = _ns(spec.window.start)
+    keep = np.arange(n) >= warm
+    if start is not None:
+        keep &= open_t >= start
+    data: dict[str, pa.Array] = {
+        "time": pa.array(open_t[keep] + step, type=pa.timestamp("ns", tz="UTC")),
+        "symbol": pa.array([symbol] * int(keep.sum()), type=pa.string()),
+        "timeframe": pa.array([tf] * int(keep.sum()), type=pa.string()),
+        "close": pa.array(close[keep], type=pa.float64()),
+    }
+    for j, inp in enumerate(inputs):
+        data[f"x.{inp.name}"] = pa.array(x[keep, j], type=pa.float64())
+    data["past_regime"] = pa.array(past[keep], type=pa.int8())
+    data["target_return"] = pa.array(ret[keep], type=pa.float64())
+    data["target_vol"] = pa.array(vol[keep], type=pa.float64())
+    data["target_regime"] = pa.array(regime[keep], type=pa.int8())
+    return pa.table(data)
+
+
+def content_id(table: pa.Table) -> str:
+    """16 hex characters of SHA-256 over the column names, types and values (row order included)."""
+    h = hashlib.sha256()
+    for name in table.column_names:
+        col = table.column(name)
+        h.update(f"\0{name}\0{col.type}\0".encode())
+        if pa.types.is_string(col.type):
+            h.update("\0".join(col.to_pylist()).encode())
+        else:
+            h.update(np.ascontiguousarray(col.to_numpy(zero_copy_only=False)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _series_hash(cols: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(cols):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(cols[name]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def datasets_dir(home: Path, kind: str = "market") -> Path:
+    return home / "datasets" / kind
+
+
+def spec_part(spec: ModelSpec) -> dict:
+    """What of a model file decides its market dataset."""
+    return {"venue": spec.venue, "market": spec.market, "symbols": spec.symbols, "timeframe": spec.timeframe,
+            "horizon": spec.horizon, "inputs": spec.inputs, "crash_drawdown": spec.crash_drawdown,
+            "window": {"start": str(spec.window.start) if spec.window.start else None,
+                       "end": str(spec.window.end) if spec.window.end else None}}
+
+
+def build_market(spec: ModelSpec, md: MarketData, home: Path) -> Dataset:
+    """Build (or find, when the same spec, data and code built it before) the model's market dataset."""
+    end = _ns(spec.window.end)
+    read: dict[str, tuple[str, dict[str, np.ndarray]]] = {}
+    missing = []
+    for symbol in spec.symbols:
+        key, cols = read_series(md, spec.venue, spec.market, symbol, spec.timeframe, None, end)
+        if len(cols["close"]) <= spec.horizon:
+            first = _ns(spec.window.start) or _ns("2025-01-01")
+            missing.append(f"{symbol} {spec.timeframe}: {len(cols['close'])} bars stored; fill with:\n  "
+                           + fill_command(key, first, end or time.time_ns()))
+        read[symbol] = (str(key), cols)
+    if missing:
+        raise DatasetError("the dataset needs candles that are not stored:\n" + "\n".join(missing))
+    series = {s: {"source": k, "hash": _series_hash(c)} for s, (k, c) in read.items()}
+    build = {"kind": "market", "spec": spec_part(spec), "series": series, "code": code_digest()}
+    build_key = hashlib.sha256(json.dumps(build, sort_keys=True).encode()).hexdigest()[:16]
+    folder = datasets_dir(home)
+    for found in sorted(folder.glob("*.json")) if folder.exists() else ():
+        man = json.loads(found.read_text())
+        parquet = found.with_suffix(".parquet")
+        if man.get("build_key") == build_key and parquet.exists():
+            return Dataset(man["id"], parquet, man, duck.read_parquet(parquet))
+    tables = [symbol_table(spec, s, c) for s, (_, c) in read.items()]
+    empty = [s for s, t in zip(read, tables) if t.num_rows == 0]
+    if empty:
+        raise DatasetError(f"no rows for {', '.join(empty)} in the window after the features' warm-up: "
+                           "widen the window or store more history before it")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".building-{build_key}.parquet"
+    duck.write_parquet(tables, tmp, "time, symbol")
+    table = duck.read_parquet(tmp)
+    ident = content_id(table)
+    path = folder / f"{ident}.parquet"
+    tmp.replace(path)
+    times = table.column("time").to_numpy().astype("datetime64[ns]").astype(np.int64)
+    manifest = {**build, "id": ident, "build_key": build_key, "rows": table.num_rows, "columns": table.column_names,
+                "first": day(int(times.min())), "last": day(int(times.max())),
+                "rows_by_symbol": {s: t.num_rows for s, t in zip(read, tables)}}
+    artifacts.write_json(path.with_suffix(".json"), manifest)
+    return Dataset(ident, path, manifest, table)

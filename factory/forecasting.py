@@ -1,0 +1,247 @@
+"""Training and judging a forecaster: purged, embargoed walk-forward against classical baselines on the same
+folds, then the final model on every row, stored as a registry version.
+
+**Folds.** The last ``test_fraction`` of the dataset's time range is cut into ``folds`` equal blocks. Fold k
+tests on block k and trains on rows closing before the block's start less ``embargo`` bars (at least H,
+so no training target reaches into the block: purged), every ``train_stride``-th bar; with ``rolling``,
+only the ``train_bars`` bars before that gap. The model's settings are the file's: nothing is tuned on
+a test block.
+
+**Baselines**, each fitted on the fold's training rows only and forecasting from data up to t:
+return: zero and momentum (the last H bars' return); volatility: EWMA(0.94), GARCH(1,1) (arch) and
+HAR-RV; regime: the training base rate and persistence (a Markov chain: the training rows' frequency of
+each regime after the regime of the H bars just ended).
+
+**Metrics** per fold and pooled over every fold's test rows: IC, rank IC, monthly IC's IR and share of
+months above zero; QLIKE and RMSE of the volatility (QLIKE on variances); Brier score, its skill against
+each regime baseline, log loss and classwise calibration error. Rows overlap by H - 1 bars, so adjacent
+rows are not independent: a monthly IC's spread, not the row count, says how sure an IC is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from tradebus.components import forecast
+from tradebus.components.timeframes import DAY, tf_ns
+from tradebus.configs.forecast import ModelSpec
+from tradebus.factory import forecast_eval as fe
+from tradebus.identity import code_digest
+
+RETURN_MODELS = ("model", "zero", "momentum")
+VOL_MODELS = ("model", "ewma", "garch", "har")
+REGIME_MODELS = ("model", "base_rate", "persistence")
+
+
+@dataclass(frozen=True)
+class Fold:
+    index: int
+    test_start: int  # ns, bar close times: [test_start, test_end)
+    test_end: int
+    train_end: int  # training rows close before this
+    train_start: int  # ... and at or after this
+
+
+def make_folds(times: np.ndarray, spec: ModelSpec) -> list[Fold]:
+    """The walk-forward folds over the dataset's bar close times (ns)."""
+    step = tf_ns(spec.timeframe)
+    t0, t1 = int(times.min()), int(times.max()) + step
+    wf = spec.walk_forward
+    first = t0 + int((t1 - t0) * (1 - wf.test_fraction)) // step * step
+    edges = [first + (t1 - first) * k // wf.folds // step * step for k in range(wf.folds)] + [t1]
+    out = []
+    for k in range(wf.folds):
+        train_end = edges[k] - spec.embargo * step
+        train_start = train_end - wf.train_bars * step if wf.rolling else t0
+        out.append(Fold(k, edges[k], edges[k + 1], train_end, train_start))
+    return out
+
+
+@dataclass
+class Rows:
+    """The dataset as arrays (sorted by symbol, then time: each symbol's rows are one contiguous run)."""
+
+    time: np.ndarray
+    symbol: np.ndarray
+    close: np.ndarray
+    x: np.ndarray
+    past_regime: np.ndarray
+    ret: np.ndarray
+    vol: np.ndarray
+    regime: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table, inputs: list[str]) -> "Rows":
+        sym = np.asarray(table.column("symbol").to_pylist(), dtype=object)
+        t = table.column("time").to_numpy().astype("datetime64[ns]").astype(np.int64)
+        order = np.lexsort((t, sym))
+        col = lambda n: np.asarray(table.column(n).to_numpy(zero_copy_only=False))[order]  # noqa: E731
+        x = np.column_stack([col(f"x.{n}") for n in inputs]).astype(np.float64)
+        return cls(t[order], sym[order], col("close"), x, col("past_regime").astype(np.int64), col("target_return"),
+                   col("target_vol"), col("target_regime").astype(np.int64))
+
+    def spans(self) -> list[tuple[str, slice]]:
+        """(symbol, its rows)."""
+        change = np.flatnonzero(self.symbol[1:] != self.symbol[:-1]) + 1
+        bounds = [0, *change.tolist(), len(self.symbol)]
+        return [(str(self.symbol[a]), slice(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _past_var(logret: np.ndarray, n: int, h: int) -> np.ndarray:
+    """Realised variance over the last n bars, scaled to h bars (NaN until n returns are known)."""
+    r2 = np.where(np.isfinite(logret), logret ** 2, 0.0)
+    c = np.concatenate(([0.0], np.cumsum(r2)))
+    out = np.full(len(logret), np.nan)
+    if len(logret) > n:
+        idx = np.arange(n, len(logret))
+        out[n:] = (c[idx + 1] - c[idx + 1 - n]) * h / n
+    return out
+
+
+def baselines(rows: Rows, train: np.ndarray, horizon: int) -> dict[str, np.ndarray]:
+    """Every baseline's forecast for every row, fitted on ``train`` rows only (per symbol where a baseline
+    reads a series: momentum, EWMA, GARCH, HAR)."""
+    n = len(rows.time)
+    out = {"momentum": np.full(n, np.nan), "ewma": np.full(n, np.nan), "garch": np.full(n, np.nan),
+           "har": np.full(n, np.nan)}
+    for _, s in rows.spans():
+        close = rows.close[s]
+        logret = np.concatenate(([np.nan], np.diff(np.log(close))))
+        out["momentum"][s] = fe.momentum(close, horizon)
+        out["ewma"][s] = fe.ewma_variance(logret, horizon)
+        if train[s].sum() > 200:
+            mask = train[s]
+            # GARCH's training block: this symbol's training rows form one run (expanding or rolling).
+            out["garch"][s] = fe.garch_variance(logret, mask, horizon)
+            out["har"][s] = fe.har_variance(_past_var(logret, horizon, horizon), _past_var(logret, 5 * horizon, horizon),
+                                            _past_var(logret, 22 * horizon, horizon), rows.vol[s] ** 2, mask)
+    labels = rows.regime[train]
+    ok = labels >= 0
+    out["base_rate"] = np.tile(fe.base_rate(labels[ok]), (n, 1))
+    okp = ok & (rows.past_regime[train] >= 0)
+    out["persistence"] = fe.markov_persistence(rows.past_regime[train][okp], labels[okp], rows.past_regime)
+    return out
+
+
+def scores(times: np.ndarray, real: dict[str, np.ndarray], fc: dict[str, np.ndarray]) -> dict:
+    """Every metric of every model and baseline on one set of rows."""
+    ret = {}
+    for name in RETURN_MODELS:
+        pred = np.zeros_like(real["ret"]) if name == "zero" else fc[f"ret_{name}"]
+        _, mic, mrank = fe.monthly_ic(times, pred, real["ret"])
+        ret[name] = {"ic": fe.ic(pred, real["ret"]), "rank_ic": fe.rank_ic(pred, real["ret"]),
+                     "icir": fe.icir(mic), "rank_icir": fe.icir(mrank), "months_positive": fe.share_positive(mic),
+                     "months": int(len(mic)), "rmse": fe.rmse(pred, real["ret"])}
+    var_real = real["vol"] ** 2
+    vol = {name: {"qlike": fe.qlike(var_real, fc[f"var_{name}"]),
+                  "rmse": fe.rmse(np.sqrt(fc[f"var_{name}"]), real["vol"])} for name in VOL_MODELS}
+    regime = {name: {"brier": fe.brier(fc[f"p_{name}"], real["regime"]),
+                     "log_loss": fe.log_loss(fc[f"p_{name}"], real["regime"]),
+                     "calibration_error": fe.calibration_error(fc[f"p_{name}"], real["regime"])}
+              for name in REGIME_MODELS}
+    for ref in REGIME_MODELS[1:]:
+        regime["model"][f"skill_vs_{ref}"] = fe.brier_skill(regime["model"]["brier"], regime[ref]["brier"])
+    return {"rows": int(np.isfinite(real["ret"]).sum()), "return": ret, "vol": vol, "regime": regime}
+
+
+@dataclass
+class Evaluation:
+    folds: list[dict]
+    pooled: dict
+    per_symbol: dict[str, dict]
+    predictions: pa.Table
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def _fit_predict(spec: ModelSpec, rows: Rows, train: np.ndarray, test: np.ndarray) -> tuple[dict[str, str], float,
+                                                                                             tuple]:
+    idx = np.flatnonzero(train)[:: spec.train_stride]
+    texts, scale = forecast.fit(rows.x[idx], rows.ret[idx], rows.vol[idx], rows.regime[idx],
+                                spec.lightgbm.params(), spec.lightgbm.rounds)
+    model = forecast.Model(spec.model, "", spec.timeframe, spec.horizon, spec.inputs, 0, 0, scale, texts)
+    return texts, scale, model.predict(rows.x[test])
+
+
+def walk_forward(spec: ModelSpec, rows: Rows, progress=None) -> Evaluation:
+    """Train and test every fold; score the model and the baselines on each and pooled."""
+    t0 = time.perf_counter()
+    folds = make_folds(rows.time, spec)
+    n = len(rows.time)
+    keys = ["ret_model", "ret_momentum", *(f"var_{m}" for m in VOL_MODELS)]
+    fc = {k: np.full(n, np.nan) for k in keys} | {f"p_{m}": np.full((n, 4), np.nan) for m in REGIME_MODELS}
+    fold_of = np.full(n, -1)
+    results = []
+    for fold in folds:
+        train = (rows.time < fold.train_end) & (rows.time >= fold.train_start)
+        test = (rows.time >= fold.test_start) & (rows.time < fold.test_end)
+        if train.sum() < 100 or test.sum() == 0:
+            raise ValueError(f"fold {fold.index + 1}: {int(train.sum())} training and {int(test.sum())} test rows; "
+                             "store more history or use fewer folds / a smaller test_fraction")
+        _, _, (ret, vol, probs) = _fit_predict(spec, rows, train, test)
+        base = baselines(rows, train, spec.horizon)
+        fc["ret_model"][test], fc["var_model"][test], fc["p_model"][test] = ret, vol ** 2, probs
+        fc["ret_momentum"][test] = base["momentum"][test]
+        for m in ("ewma", "garch", "har"):
+            fc[f"var_{m}"][test] = base[m][test]
+        fc["p_base_rate"][test], fc["p_persistence"][test] = base["base_rate"][test], base["persistence"][test]
+        fold_of[test] = fold.index
+        real = {"ret": rows.ret[test], "vol": rows.vol[test], "regime": rows.regime[test]}
+        results.append({"fold": fold.index + 1, "train_start": _day(fold.train_start), "train_end": _day(fold.train_end),
+                        "test_start": _day(fold.test_start), "test_end": _day(fold.test_end),
+                        "train_rows": int(train[::1].sum()), "test_rows": int(test.sum()),
+                        **scores(rows.time[test], real, {k: v[test] for k, v in fc.items()})})
+        if progress:
+            progress(fold.index + 1, len(folds))
+    tested = fold_of >= 0
+    real = {"ret": rows.ret, "vol": rows.vol, "regime": rows.regime}
+    pooled = scores(rows.time[tested], {k: v[tested] for k, v in real.items()}, {k: v[tested] for k, v in fc.items()})
+    per_symbol = {}
+    for sym, s in rows.spans():
+        m = np.zeros(n, dtype=bool)
+        m[s] = True
+        m &= tested
+        per_symbol[sym] = scores(rows.time[m], {k: v[m] for k, v in real.items()}, {k: v[m] for k, v in fc.items()})
+    pred = {"time": pa.array(rows.time[tested], type=pa.timestamp("ns", tz="UTC")),
+            "symbol": pa.array(rows.symbol[tested].tolist(), type=pa.string()),
+            "fold": pa.array(fold_of[tested] + 1, type=pa.int16()),
+            "target_return": rows.ret[tested], "target_vol": rows.vol[tested],
+            "target_regime": pa.array(rows.regime[tested], type=pa.int8())}
+    for k, v in fc.items():
+        if v.ndim == 1:
+            pred[k] = v[tested]
+        else:
+            for j, r in enumerate(forecast.REGIMES):
+                pred[f"{k}_{r}"] = v[tested, j]
+    return Evaluation(results, pooled, per_symbol, pa.table(pred), time.perf_counter() - t0)
+
+
+def _day(ns: int) -> str:
+    return str(np.datetime64(ns, "ns").astype("datetime64[m]")) + "Z"
+
+
+def version_of(dataset_id: str, spec: ModelSpec) -> str:
+    """The registry version: data, settings and code."""
+    h = hashlib.sha256(json.dumps({"dataset": dataset_id, "spec": spec.model_dump(mode="json"),
+                                   "code": code_digest()}, sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
+def final_model(spec: ModelSpec, rows: Rows, dataset_id: str) -> forecast.Model:
+    """The model on every row with a target; it covers bars closing after its data, for ``valid_for_days``."""
+    has = np.isfinite(rows.ret)
+    idx = np.flatnonzero(has)[:: spec.train_stride]
+    texts, scale = forecast.fit(rows.x[idx], rows.ret[idx], rows.vol[idx], rows.regime[idx],
+                                spec.lightgbm.params(), spec.lightgbm.rounds)
+    step = tf_ns(spec.timeframe)
+    # The last bar whose data it saw: the last row's close (its features) or the close H bars after the
+    # last row with a target, whichever is later.
+    seen = int(max(rows.time.max(), rows.time[has].max() + spec.horizon * step))
+    return forecast.Model(spec.model, version_of(dataset_id, spec), spec.timeframe, spec.horizon, spec.inputs, seen,
+                          seen + spec.valid_for_days * DAY, scale, texts)
