@@ -462,3 +462,82 @@ def render_heatmap(path: Path, title: str, subtitle: str, x: str, y: str, metric
                       height=max(360, 60 + 40 * len(ys)), template="plotly_white",
                       margin={"l": 80, "r": 20, "t": 30, "b": 60})
     _write_page(path, title, subtitle, fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-heatmap"))
+
+
+def _num(v: object, digits: int = 4) -> str:
+    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _metric_table(caption: str, block: dict, columns: Sequence[tuple[str, str]], better: dict[str, str]) -> str:
+    """Models as rows, metrics as columns; the best value of each column in bold (``better``: min or max)."""
+    best = {}
+    for key, _ in columns:
+        vals = [m.get(key) for m in block.values() if isinstance(m.get(key), float) and math.isfinite(m.get(key))]
+        if vals and key in better:
+            best[key] = (min if better[key] == "min" else max)(vals)
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
+    rows = []
+    for name, m in block.items():
+        cells = []
+        for key, _ in columns:
+            v = m.get(key)
+            text = _num(v)
+            cells.append(f"<td><b>{text}</b></td>" if key in best and v == best[key] else f"<td>{text}</td>")
+        rows.append(f"<tr><th>{html.escape(name)}</th>{''.join(cells)}</tr>")
+    return f"<h3>{html.escape(caption)}</h3><table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def render_forecast(path: Path, title: str, subtitle: str, pooled: dict, folds: Sequence[dict],
+                    per_symbol: dict[str, dict], monthly: dict[str, tuple[list[str], list[float]]],
+                    calibration: dict[str, tuple[list[float], list[float]]], notes: Sequence[str] = ()) -> None:
+    """A forecaster beside its baselines, out of sample: pooled metric tables, per fold, per symbol, the
+    monthly IC and the regime probabilities' reliability."""
+    body = [f'<p class="warn">{html.escape(n)}</p>' for n in notes]
+    body.append(f"<p>{pooled['rows']:,} out-of-sample rows over {len(folds)} walk-forward folds. Bold: the best "
+                "of each column.</p>")
+    body.append(_metric_table("Return over the horizon", pooled["return"],
+                              [("ic", "IC"), ("rank_ic", "rank IC"), ("icir", "ICIR (monthly)"),
+                               ("months_positive", "months IC > 0"), ("rmse", "RMSE")],
+                              {"ic": "max", "rank_ic": "max", "icir": "max", "months_positive": "max", "rmse": "min"}))
+    body.append(_metric_table("Realised volatility over the horizon", pooled["vol"],
+                              [("qlike", "QLIKE (variance)"), ("rmse", "RMSE (vol)")], {"qlike": "min", "rmse": "min"}))
+    body.append(_metric_table("Regime over the horizon", pooled["regime"],
+                              [("brier", "Brier"), ("skill_vs_base_rate", "skill vs base rate"),
+                               ("skill_vs_persistence", "skill vs persistence"), ("log_loss", "log loss"),
+                               ("calibration_error", "calibration error")],
+                              {"brier": "min", "log_loss": "min", "calibration_error": "min"}))
+    head = ("<tr><th>fold</th><th>train</th><th>test</th><th>rows</th><th>rank IC</th><th>rank IC momentum</th>"
+            "<th>QLIKE</th><th>QLIKE EWMA</th><th>QLIKE GARCH</th><th>QLIKE HAR</th><th>Brier skill vs base</th>"
+            "<th>vs persistence</th></tr>")
+    rows = []
+    for f in folds:
+        r, v, g = f["return"], f["vol"], f["regime"]["model"]
+        rows.append(f"<tr><th>{f['fold']}</th><td class=text>{f['train_start'][:10]} .. {f['train_end'][:10]}</td>"
+                    f"<td class=text>{f['test_start'][:10]} .. {f['test_end'][:10]}</td><td>{f['test_rows']:,}</td>"
+                    f"<td>{_num(r['model']['rank_ic'])}</td><td>{_num(r['momentum']['rank_ic'])}</td>"
+                    + "".join(f"<td>{_num(v[m]['qlike'])}</td>" for m in ("model", "ewma", "garch", "har"))
+                    + f"<td>{_num(g['skill_vs_base_rate'])}</td><td>{_num(g['skill_vs_persistence'])}</td></tr>")
+    body.append(f"<h3>Per fold</h3><table>{head}{''.join(rows)}</table>")
+    syms = sorted(per_symbol)
+    fig = go.Figure()
+    for m in ("model", "ewma", "garch", "har"):
+        fig.add_trace(go.Bar(x=syms, y=[per_symbol[s]["vol"][m]["qlike"] for s in syms], name=m))
+    fig.update_layout(title="Volatility QLIKE per symbol (lower is better)", barmode="group", height=380,
+                      template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 30}, legend={"orientation": "h"})
+    body.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-qlike"))
+    fig = go.Figure()
+    for name, (months, ics) in monthly.items():
+        fig.add_trace(go.Bar(x=months, y=ics, name=name))
+    fig.update_layout(title="Rank IC of the return forecast by month", barmode="group", height=340,
+                      template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 30}, legend={"orientation": "h"})
+    body.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-monthly-ic"))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#999"},
+                             name="perfectly calibrated"))
+    for name, (pred, freq) in calibration.items():
+        fig.add_trace(go.Scatter(x=pred, y=freq, mode="lines+markers", name=name))
+    fig.update_layout(title="Regime probabilities: predicted vs observed frequency (all classes)", height=420,
+                      xaxis_title="predicted probability", yaxis_title="observed frequency", template="plotly_white",
+                      margin={"l": 60, "r": 20, "t": 50, "b": 40}, legend={"orientation": "h"})
+    body.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id="tradebus-calibration"))
+    _write_page(path, title, subtitle, "\n".join(body))

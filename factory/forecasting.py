@@ -245,3 +245,61 @@ def final_model(spec: ModelSpec, rows: Rows, dataset_id: str) -> forecast.Model:
     seen = int(max(rows.time.max(), rows.time[has].max() + spec.horizon * step))
     return forecast.Model(spec.model, version_of(dataset_id, spec), spec.timeframe, spec.horizon, spec.inputs, seen,
                           seen + spec.valid_for_days * DAY, scale, texts)
+
+
+def report_series(ev: Evaluation) -> tuple[dict, dict]:
+    """(monthly rank IC per return model, reliability curve per regime model) from the pooled predictions."""
+    p = ev.predictions
+    t = p.column("time").to_numpy().astype("datetime64[ns]").astype(np.int64)
+    real = p.column("target_return").to_numpy()
+    monthly = {}
+    for name, col in (("model", "ret_model"), ("momentum", "ret_momentum")):
+        keys, _, ranks = fe.monthly_ic(t, p.column(col).to_numpy(), real)
+        monthly[name] = ([f"{k // 100}-{k % 100:02d}" for k in keys.tolist()], ranks.tolist())
+    labels = p.column("target_regime").to_numpy().astype(np.int64)
+    ok = labels >= 0
+    onehot = np.eye(len(forecast.REGIMES))[labels[ok]].ravel()
+    calibration = {}
+    for name in REGIME_MODELS:
+        probs = np.column_stack([p.column(f"p_{name}_{r}").to_numpy() for r in forecast.REGIMES])[ok].ravel()
+        bins = np.minimum((probs * 10).astype(int), 9)
+        xs, ys = [], []
+        for b in range(10):
+            m = bins == b
+            if m.sum() >= 50:
+                xs.append(float(probs[m].mean()))
+                ys.append(float(onehot[m].mean()))
+        calibration[name] = (xs, ys)
+    return monthly, calibration
+
+
+def verdict(pooled: dict, per_symbol: dict[str, dict]) -> list[str]:
+    """The issue's targets, each as one plain sentence with its numbers."""
+    lines = []
+    ew = [s for s, v in per_symbol.items() if v["vol"]["model"]["qlike"] <= 0.9 * v["vol"]["ewma"]["qlike"]]
+    lines.append(f"volatility: QLIKE at least 10% below EWMA(0.94) on {len(ew)} of {len(per_symbol)} symbols "
+                 f"(pooled {pooled['vol']['model']['qlike']:.4f} vs {pooled['vol']['ewma']['qlike']:.4f})")
+    g = pooled["regime"]["model"]
+    lines.append(f"regime: Brier skill {g['skill_vs_base_rate']:+.4f} vs the base rate, "
+                 f"{g['skill_vs_persistence']:+.4f} vs persistence (target: at least +0.05 against both)")
+    r, mom = pooled["return"]["model"], pooled["return"]["momentum"]
+    lines.append(f"return: rank IC {r['rank_ic']:+.4f} (momentum {mom['rank_ic']:+.4f}), monthly rank ICIR "
+                 f"{r['rank_icir']:+.2f}, IC above zero in {r['months_positive']:.0%} of {r['months']} months")
+    return lines
+
+
+def live_scores(scored) -> list[dict]:
+    """Per (model, version, system, symbol): how many forecasts were scored and their rank IC, mean QLIKE and
+    mean Brier, from ``ForecastScored`` events (a daemon's store, or a replay's)."""
+    groups: dict[tuple, list] = {}
+    for e in scored:
+        groups.setdefault((e.model_id, e.model_version, e.system, e.symbol), []).append(e)
+    out = []
+    for (mid, ver, system, symbol), evs in sorted(groups.items()):
+        exp = np.array([e.expected_return for e in evs])
+        real = np.array([e.realised_return for e in evs])
+        q = np.array([e.qlike for e in evs], dtype=np.float64)
+        out.append({"model": mid, "version": ver, "system": system, "symbol": symbol, "scored": len(evs),
+                    "rank_ic": fe.rank_ic(exp, real), "qlike": float(np.nanmean(q)) if np.isfinite(q).any() else None,
+                    "brier": float(np.mean([e.brier for e in evs]))})
+    return out

@@ -1,0 +1,230 @@
+"""Forecasting commands: datasets, training against baselines, the model registry, live scoring."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from tradebus import settings
+from tradebus.cli.common import HELP, MarketOpt, StoreOpt, app, fail, open_market, open_reader, out
+
+dataset_app = typer.Typer(help="Forecasting datasets (Parquet, keyed by content hash).", no_args_is_help=True,
+                          context_settings=HELP)
+forecast_app = typer.Typer(help="Forecast models: train against baselines, the registry, live scores.",
+                           no_args_is_help=True, context_settings=HELP)
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(forecast_app, name="forecast")
+
+ModelArg = typer.Argument(..., metavar="MODEL.yaml", help="Forecast model file (see configs/forecasts/).")
+
+
+def _spec(path: Path):
+    from tradebus.configs.forecast import load_model_spec
+    from tradebus.configs.schema import ConfigError
+
+    try:
+        return load_model_spec(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _dataset(spec, db: Optional[Path]):
+    from tradebus.factory.datasets import DatasetError, build_market
+
+    with open_market(db) as md:
+        try:
+            return build_market(spec, md, settings.data_home())
+        except DatasetError as exc:
+            fail(str(exc))
+
+
+@dataset_app.command("market")
+def dataset_market(model_path: Path = ModelArg, db: Optional[Path] = MarketOpt) -> None:
+    """Per symbol and bar: the model's inputs at t and the targets over (t, t+H]."""
+    spec = _spec(model_path)
+    ds = _dataset(spec, db)
+    m = ds.manifest
+    out.print(f"dataset {ds.id}: {m['rows']:,} rows, {len(m['columns'])} columns, {m['first']} .. {m['last']}")
+    out.print("  " + ", ".join(f"{s} {n:,}" for s, n in m["rows_by_symbol"].items()))
+    out.print(f"  {ds.path}")
+
+
+@forecast_app.command("train")
+def forecast_train(
+    model_path: Path = ModelArg,
+    db: Optional[Path] = MarketOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default runs/forecast-MODEL)."),
+    promote: bool = typer.Option(False, "--promote", help="Promote the trained version."),
+) -> None:
+    """Walk-forward the model against its baselines, write the report, store the final model as a version."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tradebus.cli.common import err
+    from tradebus.engine import artifacts, models, report
+    from tradebus.factory import forecasting as F
+
+    spec = _spec(model_path)
+    ds = _dataset(spec, db)
+    rows = F.Rows.of(ds.table, spec.inputs)
+    with Progress(TextColumn(f"walk-forward {spec.model}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err) as bar:
+        task = bar.add_task("folds", total=spec.walk_forward.folds)
+        try:
+            ev = F.walk_forward(spec, rows, lambda done, total: bar.update(task, completed=done))
+        except ValueError as exc:
+            fail(f"{model_path}: {exc}")
+    model = F.final_model(spec, rows, ds.id)
+    lines = F.verdict(ev.pooled, ev.per_symbol)
+    manifest = {
+        "model": spec.model, "version": model.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dataset": ds.id,
+        "timeframe": spec.timeframe, "horizon": spec.horizon, "inputs": spec.inputs, "spec": spec.model_dump(mode="json"),
+        "trained_until": F._day(model.trained_until), "trained_until_ns": model.trained_until,
+        "valid_until": F._day(model.valid_until), "valid_until_ns": model.valid_until, "vol_scale": model.vol_scale,
+        "training_window": {"first": ds.manifest["first"], "last": ds.manifest["last"]},
+        "walk_forward": {"pooled": ev.pooled, "folds": ev.folds, "per_symbol": ev.per_symbol, "verdict": lines,
+                         "seconds": round(ev.seconds, 2)},
+    }
+    version = models.save(settings.data_home(), model, manifest)
+    folder = out_dir or Path("runs") / f"forecast-{spec.model}"
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(folder / "evaluation.json", manifest)
+    from tradebus import duck
+    duck.write_parquet([ev.predictions], folder / "predictions.parquet", "time, symbol")
+    monthly, calibration = F.report_series(ev)
+    report.render_forecast(folder / "report.html", f"forecast {spec.model} · version {model.version}",
+                           f"{', '.join(spec.symbols)} · {spec.timeframe} · H = {spec.horizon} bars · dataset "
+                           f"{ds.id} · walk-forward {len(ev.folds)} folds, embargo {spec.embargo} bars",
+                           ev.pooled, ev.folds, ev.per_symbol, monthly, calibration, notes=lines)
+    out.print(f"model {spec.model} version {model.version} (dataset {ds.id}, walk-forward {ev.seconds:.1f} s); "
+              f"forecasts bars closing {F._day(model.trained_until)} .. {F._day(model.valid_until)}")
+    for line in lines:
+        out.print(f"  {line}")
+    out.print(f"  report: {folder / 'report.html'}")
+    if promote:
+        models.promote(settings.data_home(), spec.model, model.version, reason="forecast train --promote")
+        out.print(f"  promoted {spec.model} {model.version}")
+    else:
+        out.print(f"  promote it with: tradebus forecast promote {spec.model} {version.version}")
+
+
+def _registry_call(fn, *args):
+    from tradebus.engine.models import RegistryError
+
+    try:
+        return fn(*args)
+    except RegistryError as exc:
+        fail(str(exc))
+
+
+@forecast_app.command("list")
+def forecast_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every stored model version, its validity and pooled out-of-sample scores; * marks the promoted one."""
+    from tradebus.engine import models
+
+    home = settings.data_home()
+    rows = []
+    for mid in models.model_ids(home):
+        current = models.promoted(home, mid)
+        for v in models.versions(home, mid):
+            p = v.manifest["walk_forward"]["pooled"]
+            rows.append({"model": mid, "version": v.version, "promoted": v.version == current,
+                         "created": v.manifest["created"], "valid_until": v.manifest["valid_until"],
+                         "rank_ic": p["return"]["model"]["rank_ic"], "qlike": p["vol"]["model"]["qlike"],
+                         "qlike_ewma": p["vol"]["ewma"]["qlike"],
+                         "brier_skill": p["regime"]["model"]["skill_vs_base_rate"]})
+    if as_json:
+        out.print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        out.print(f"no models in {models.models_dir(home)}; train one: tradebus forecast train MODEL.yaml")
+        return
+    table = Table(title="forecast models")
+    for col in ("model", "version", "created", "valid until", "rank IC", "QLIKE (EWMA)", "Brier skill"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["model"], ("* " if r["promoted"] else "  ") + r["version"], r["created"], r["valid_until"],
+                      f"{r['rank_ic']:+.4f}", f"{r['qlike']:.4f} ({r['qlike_ewma']:.4f})", f"{r['brier_skill']:+.4f}")
+    out.print(table)
+
+
+@forecast_app.command("show")
+def forecast_show(model_id: str = typer.Argument(..., metavar="MODEL"),
+                  version: Optional[str] = typer.Argument(None, help="Default: the promoted one.")) -> None:
+    """One version's manifest: data, settings, validity, walk-forward verdict and history of promotions."""
+    from tradebus.engine import models
+
+    home = settings.data_home()
+    if version is None:
+        version = models.promoted(home, model_id)
+        if version is None:
+            stored = [v.version for v in models.versions(home, model_id)]
+            fail(f"model {model_id!r} has no promoted version; name one ({', '.join(stored) or 'none stored'})")
+    v = _registry_call(models.get, home, model_id, version)
+    m = v.manifest
+    out.print(f"{model_id} {v.version}  dataset {m['dataset']}  {m['timeframe']} H={m['horizon']}  created {m['created']}")
+    out.print(f"  forecasts bars closing {m['trained_until']} .. {m['valid_until']}")
+    out.print(f"  inputs: {', '.join(m['inputs'])}")
+    for line in m["walk_forward"]["verdict"]:
+        out.print(f"  {line}")
+    for h in models.history(home, model_id):
+        out.print(f"  {h['time']} {h['action']} {h['version']} (from {h['from']}) {h.get('reason', '')}")
+
+
+@forecast_app.command("promote")
+def forecast_promote(model_id: str = typer.Argument(..., metavar="MODEL"), version: str = typer.Argument(...),
+                     reason: str = typer.Option("", "--reason")) -> None:
+    """Make a version the one forecasters load."""
+    from tradebus.engine import models
+
+    e = _registry_call(models.promote, settings.data_home(), model_id, version, reason)
+    out.print(f"{model_id}: promoted {e['version']} (was {e['from'] or 'none'})")
+
+
+@forecast_app.command("rollback")
+def forecast_rollback(model_id: str = typer.Argument(..., metavar="MODEL"), reason: str = typer.Option("", "--reason")
+                      ) -> None:
+    """Return to the version promoted before the current one."""
+    from tradebus.engine import models
+
+    e = _registry_call(models.rollback, settings.data_home(), model_id, reason)
+    out.print(f"{model_id}: rolled back from {e['from']} to {e['version']}")
+
+
+@forecast_app.command("score")
+def forecast_score(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Live forecast quality from a store's scored forecasts, next to the version's walk-forward scores."""
+    from tradebus.engine import models
+    from tradebus.factory.forecasting import live_scores
+
+    reader = open_reader(store)
+    try:
+        summary = live_scores(r.event for r in reader.read(types=["forecast.scored"]))
+    finally:
+        reader.close()
+    home = settings.data_home()
+    for row in summary:
+        try:
+            pooled = models.get(home, row["model"], row["version"]).manifest["walk_forward"]["pooled"]
+            row["backtest"] = {"rank_ic": pooled["return"]["model"]["rank_ic"], "qlike": pooled["vol"]["model"]["qlike"],
+                               "brier": pooled["regime"]["model"]["brier"]}
+        except models.RegistryError:
+            row["backtest"] = None
+    if as_json:
+        out.print(json.dumps(summary, indent=2))
+        return
+    if not summary:
+        out.print("no scored forecasts in the store (a forecast is scored H bars after it is made)")
+        return
+    table = Table(title="forecast quality: live (this store) vs walk-forward (the version's manifest)")
+    for col in ("model", "version", "system", "symbol", "scored", "rank IC", "QLIKE", "Brier"):
+        table.add_column(col)
+    for r in summary:
+        b = r["backtest"] or {}
+        fmt = lambda live, key: f"{live:.4f}" + (f" ({b[key]:.4f})" if key in b else "")  # noqa: E731
+        table.add_row(r["model"], r["version"], r["system"], r["symbol"], f"{r['scored']:,}",
+                      fmt(r["rank_ic"], "rank_ic"), fmt(r["qlike"], "qlike"), fmt(r["brier"], "brier"))
+    out.print(table)
