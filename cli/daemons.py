@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -38,6 +39,7 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
     from tradebus.eventstore.store import StoreError
     from tradebus.live.bybit import Credentials
     from tradebus.live.bybit_public import VenueError
+    from tradebus.engine.wiring import forecast_model
     from tradebus.live.daemon import EXIT_FAIL_CLOSED, DaemonGroup, DaemonSettings, check_daemons
 
     try:
@@ -62,6 +64,11 @@ def _daemon(mode: str, config_path: Path, store: Optional[Path], nats_url: Optio
 
     try:
         check_daemons(daemon_settings(None))
+        for config in configs:  # a forecaster must load and cover the bars it is about to see
+            if config.forecaster is not None:
+                why = forecast_model(config).covers(time.time_ns())
+                if why:
+                    fail(f"{config_path}: {config.system}: {why}")
     except ValueError as exc:
         fail(f"{config_path}: {exc}")
 

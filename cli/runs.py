@@ -113,6 +113,7 @@ def replay(
     """Backtest a system config with the same components that trade live; write artifacts and a report."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from tradebus.components.strategies import StrategyError
+    from tradebus.engine.wiring import ModelRefused
     from tradebus.configs.limits import load_limits
     from tradebus.configs.portfolio import is_portfolio
     from tradebus.configs.schema import ConfigError, load_config, read_yaml
@@ -168,7 +169,7 @@ def replay(
             try:
                 result = run_replay(config, window, md, bus=bus, nats_url=nats_url, market=m, limits=limits,
                                     progress=lambda done, total: bar.update(task, completed=done, total=total))
-            except StrategyError as exc:  # a plain-Python step that returned what is not a decision
+            except (StrategyError, ModelRefused) as exc:  # a plain-Python step's bad return; a model out of range
                 fail(f"{config_path}: {exc}; nothing written")
     dest = out_dir or Path("runs") / config.system / window.replace(":", "_")
     write_outputs(result, dest, events_jsonl=events, log_features=horizon if log_features else None)

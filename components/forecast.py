@@ -307,6 +307,15 @@ class Forecaster(Component):
     def patterns(self) -> tuple[str, ...]:
         return (self._subject,)
 
+    def restore(self, open_times: np.ndarray, closes: np.ndarray, stored: list[ev.Forecast]) -> None:
+        """After a restart: the history's last bars (open times, closes) and the forecasts the last session
+        stored, so a forecast made up to H bars before the restart is still scored on time."""
+        h = self.model.horizon
+        by_time = {f.ts_event: f for f in stored if f.model_id == self.model.model_id}
+        for t, c in zip(open_times[-h:].tolist(), closes[-h:].tolist()):
+            self._closes.append(float(c))
+            self._pending.append(by_time.get(t + self._step))
+
     def row(self, snap: ev.Snapshot) -> np.ndarray:
         """The model's input row from one snapshot's features."""
         def column(tf: str | None, feat: Feature) -> np.ndarray:

@@ -119,6 +119,21 @@ class CostModel(_Strict):
 ADDED_FIELDS = (("risk", "qty_step"),)
 
 
+class ForecasterRef(_Strict):
+    """The forecast model a system's snapshots feed: a registry model id and a version (default: the one
+    promoted when the run or daemon starts; the run's manifest names it)."""
+
+    id: str
+    version: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _token(cls, v: str) -> str:
+        if not _ID_RE.match(v):
+            raise ValueError(f"{v!r} must be 1-64 characters of letters, digits, '_' or '-'")
+        return v
+
+
 class SystemConfig(_Strict):
     system: str
     venue: str = "bybit"
@@ -134,6 +149,7 @@ class SystemConfig(_Strict):
     participation: float | None = Field(None, gt=0, le=1, description="max share of a bar's volume one order may fill")
     maintenance_margin: float = Field(0.005, ge=0, lt=1)
     initial_capital: float = Field(10_000.0, gt=0)
+    forecaster: ForecasterRef | None = None
 
     @field_validator("system", "symbol")
     @classmethod
@@ -192,6 +208,8 @@ class SystemConfig(_Strict):
         so equal configs written differently are equal here."""
         data = self.model_dump(mode="json")
         data["strategy"]["params"] = self.params().model_dump(mode="json")
+        if data["forecaster"] is None:  # added later: a system without one keeps the ids it had
+            del data["forecaster"]
         # Fields added since ids were first stored are left out at their default, so those ids hold.
         for section, name in ADDED_FIELDS:
             if data[section][name] == type(self).model_fields[section].default.model_dump(mode="json")[name]:

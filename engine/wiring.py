@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from tradebus.components import strategies
+from tradebus.components import forecast, strategies
 from tradebus.components.base import Component, Gate, Stamper
 from tradebus.components.exchange import CostParams, SimExchange
 from tradebus.components.features import Candles, Feature, Memo, f, lookback
@@ -33,18 +33,62 @@ HTF_CONTEXT = [f("close"), f("ema", 20), f("ema", 50), f("rsi", 14), f("atr", 14
 
 
 def features_for(config: SystemConfig) -> tuple[list[Feature], dict[str, list[Feature]]]:
-    """Own-timeframe and higher-timeframe features the system needs (strategy, risk, context), deduplicated."""
+    """Own-timeframe and higher-timeframe features the system needs (strategy, risk, context, its forecast
+    model's inputs), deduplicated."""
     defn = config.strategy_def()
     params = config.params()
     own: list[Feature] = []
-    for feat in defn.features(params) + risk_features(config.risk.stop.kind, config.risk.stop.atr_period):
+    higher: dict[str, list[Feature]] = {tf: list(HTF_CONTEXT) for tf in config.higher_timeframes}
+    model_own, model_higher = ([], {}) if config.forecaster is None else forecast.input_features(
+        forecast_model(config).parsed_inputs())
+    for feat in defn.features(params) + risk_features(config.risk.stop.kind, config.risk.stop.atr_period) + model_own:
         if feat not in own:
             own.append(feat)
-    higher: dict[str, list[Feature]] = {tf: list(HTF_CONTEXT) for tf in config.higher_timeframes}
-    for tf, feats in defn.htf_features(params).items():
+    for tf, feats in [*defn.htf_features(params).items(), *model_higher.items()]:
         higher.setdefault(tf, [])
         higher[tf] += [feat for feat in feats if feat not in higher[tf]]
     return own, higher
+
+
+def forecast_model(config: SystemConfig) -> forecast.Model:
+    """The system's forecast model from the registry in the data home (the promoted version unless the
+    config names one), loaded once per version; a ``ModelRefused`` says why it cannot serve this system."""
+    from tradebus import settings
+    from tradebus.engine import models
+
+    ref = config.forecaster
+    assert ref is not None
+    home = settings.data_home()
+    version = ref.version or models.promoted(home, ref.id)
+    model = _MODELS.get((str(home), ref.id, version or ""))
+    if model is None:
+        try:
+            model = models.load(home, ref.id, version)
+        except models.RegistryError as exc:
+            raise ModelRefused(f"{config.system}: forecaster: {exc}") from None
+        _MODELS[(str(home), ref.id, model.version)] = model
+    if model.timeframe != config.timeframe:
+        raise ModelRefused(f"{config.system}: forecaster {ref.id} {model.version} forecasts {model.timeframe} bars; "
+                           f"the system trades {config.timeframe}")
+    return model
+
+
+_MODELS: dict[tuple[str, str, str], forecast.Model] = {}
+
+
+class ModelRefused(ValueError):
+    """A system's forecaster that cannot be loaded or does not fit the system."""
+
+
+def table_column(own: FeatureTable, higher: list[FeatureTable], tf: str | None, name: str) -> np.ndarray:
+    """A feature's value at every own bar (NaN before a higher timeframe has closed a bar): what the bar's
+    snapshot holds."""
+    if tf is None:
+        return own.values[:, own.names.index(name)]
+    table = next(t for t in higher if t.timeframe == tf)
+    values = table.values[:, table.names.index(name)]
+    r = table.row_for_bar
+    return np.where(r >= 0, values[np.maximum(r, 0)], math.nan)
 
 
 def warmup_ns(config: SystemConfig) -> int:
@@ -85,6 +129,7 @@ class Core:
     risk: RiskManager
     portfolio: Portfolio
     rows: np.ndarray  # the strategy's feature row for every bar of the history
+    forecaster: forecast.Forecaster | None = None
 
     @property
     def tables(self) -> tuple[FeatureTable, list[FeatureTable]]:
@@ -93,8 +138,9 @@ class Core:
     def components(self, venue: Component) -> list[Component]:
         """Every component of the system in dispatch order, around its venue (simulated or Bybit): the
         venue and the guard see a bar (fills at its open, caps at its price) before the strategy sees the
-        bar's snapshot, as they would live."""
-        return [venue, self.guard, self.builder, self.host, self.risk, self.portfolio]
+        bar's snapshot, as they would live; the forecaster sees the snapshot before the strategy."""
+        extra = [self.forecaster] if self.forecaster is not None else []
+        return [venue, self.guard, self.builder, *extra, self.host, self.risk, self.portfolio]
 
 
 def simulated_venue(config: SystemConfig, stamp: Stamper, gate: Gate, funding: Candles | None = None,
@@ -129,7 +175,16 @@ def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], history: C
     first = int(np.searchsorted(np.asarray(history["open_time"]), serve_from))
     rows = strategy_rows(config.strategy_def(), config.params(), own, higher)
     host, risk, portfolio = decision_components(config, stamp, rows[first - 1] if first > 0 else None)
-    return Core(guard, builder, host, risk, portfolio, rows)
+    forecaster = None
+    if config.forecaster is not None:
+        model = forecast_model(config)
+        times = np.asarray(history["open_time"], dtype=np.int64)[first:]
+        x = forecast.input_matrix(model.parsed_inputs(),
+                                  lambda tf, feat: table_column(own, higher, tf, feat.name)[first:],
+                                  times + tf_ns(config.timeframe))
+        forecaster = forecast.Forecaster(stamp("forecaster"), model, config.venue, config.symbol,
+                                         dict(zip(times.tolist(), x)))
+    return Core(guard, builder, host, risk, portfolio, rows, forecaster)
 
 
 def decision_components(config: SystemConfig, stamp: Callable[[str], Stamper], prev_row: np.ndarray | None
@@ -155,12 +210,7 @@ def strategy_rows(defn: strategies.StrategyDef, params: strategies.Params, own: 
     """The strategy's feature row for every loaded bar, in the layout its ``decide`` reads (NaN before a
     higher timeframe has a closed bar): what the strategy host assembles from each snapshot."""
     names, htf_names = row_names(defn, params)
-    cols = [own.values[:, own.names.index(n)] for n in names]
-    for tf, n in htf_names:
-        table = next(t for t in higher if t.timeframe == tf)
-        values = table.values[:, table.names.index(n)]
-        r = table.row_for_bar
-        cols.append(np.where(r >= 0, values[np.maximum(r, 0)], math.nan))
+    cols = [table_column(own, higher, None, n) for n in names] + [table_column(own, higher, tf, n) for tf, n in htf_names]
     return np.ascontiguousarray(np.column_stack(cols)) if cols else np.empty((len(own.row_for_bar), 0))
 
 

@@ -44,7 +44,7 @@ from tradebus.engine import artifacts
 from tradebus.engine.market import day, fill_command, read_series
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine.snapshot import seed_tables
-from tradebus.engine.wiring import WARMUP_FACTOR
+from tradebus.engine.wiring import WARMUP_FACTOR, table_column
 from tradebus.identity import code_digest
 
 
@@ -70,19 +70,9 @@ def symbol_table(spec: ModelSpec, symbol: str, cols: dict[str, np.ndarray]) -> p
     inputs = [forecast.parse_input(n) for n in spec.inputs]
     own_feats, higher_feats = forecast.input_features(inputs)
     own, higher = seed_tables(tf, own_feats, higher_feats, cols)
-    by_tf = {t.timeframe: t for t in higher}
-
-    def column(t: str | None, feat) -> np.ndarray:
-        if t is None:
-            return own.values[:, own.names.index(feat.name)]
-        table = by_tf[t]
-        values = table.values[:, table.names.index(feat.name)]
-        r = table.row_for_bar
-        return np.where(r >= 0, values[np.maximum(r, 0)], np.nan)
-
     open_t = np.asarray(cols["open_time"], dtype=np.int64)
     close = np.asarray(cols["close"], dtype=np.float64)
-    x = forecast.input_matrix(inputs, column, open_t + step)
+    x = forecast.input_matrix(inputs, lambda t, feat: table_column(own, higher, t, feat.name), open_t + step)
     ret, vol, regime = forecast.forward_targets(close, h, spec.crash_drawdown)
     n = len(open_t)
     spans = np.full(n, -1, dtype=np.int64)

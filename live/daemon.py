@@ -227,6 +227,11 @@ class Daemon:
         if len(history["close"]):
             self.guard.price = float(history["close"][-1])
         self._restore(state, records)
+        self.forecaster = core.forecaster
+        if self.forecaster is not None:
+            self.forecaster.restore(history["open_time"], history["close"],
+                                    [e for e in records if isinstance(e, ev.Forecast) and e.system == c.system])
+        self._refusal = ""
         self.bus_host = LocalHost(core.components(self.venue), self.clock, sinks=[self._collect])
         self._collected: list[ev.Event] = []
         log.info("daemon set up", system=c.system, mode=s.mode, run=self.run_id, clock_offset_ms=offset,
@@ -252,6 +257,10 @@ class Daemon:
         self._collected = []
         self.bus_host.step(roots, time.time_ns())
         decided_ns = time.perf_counter_ns()
+        if self.forecaster is not None and self.forecaster.refusal != self._refusal:
+            self._refusal = self.forecaster.refusal  # said once when it starts (an expired model), and when it ends
+            if self._refusal:
+                log.error("forecaster refuses to forecast", system=self.config.system, reason=self._refusal)
         done = self._collected
         durable = [e for e in done if type(e) is not ev.Snapshot]
         if durable:

@@ -21,6 +21,7 @@ from tradebus.configs.schema import SystemConfig
 from tradebus.configs import yamlfile
 from tradebus.eventstore.store import EventStore
 from tradebus.engine.snapshot import FeatureTable
+from tradebus.engine.wiring import ModelRefused, forecast_model
 from tradebus.engine import artifacts
 from tradebus.replay import training
 from tradebus.engine.host import LocalHost, NatsHost
@@ -97,6 +98,13 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
                 nats_url: str | None, progress: Progress | None, keep_market_data: bool,
                 market: MarketSlice | None, limits: Limits) -> ReplayResult:
     m = market if market is not None else load_market(config, window, md)
+    if config.forecaster is not None:
+        step = tf_ns(config.timeframe)
+        model = forecast_model(config)
+        why = model.covers(m.start + step) or model.covers(m.end)
+        if why:
+            raise ModelRefused(f"{config.system}: {why}; replay a window after the model's data "
+                               f"(--window START:END) or train a version on earlier data")
     run = run_id_for(config, m, window, limits)
     man = manifest(config, m, window, run, bus, limits)
     w = wire(config, m, run, limits)
@@ -110,7 +118,8 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
     t0 = time.perf_counter()
     # Nothing is kept from a quiet bar's step: skip those, when the strategy's decisions can be asked ahead
     # (a compiled step is a pure function; a plain-Python one may not be, so it is stepped bar by bar).
-    if bus == "local" and not keep_market_data and config.strategy_def().compiled:
+    # A forecaster forecasts (and scores) at every bar, so no bar is quiet.
+    if bus == "local" and not keep_market_data and config.strategy_def().compiled and config.forecaster is None:
         LocalHost(w.components, w.clock, [collector]).run(active_steps(config, m, run, w, tick))
     elif bus == "local":
         LocalHost(w.components, w.clock, [collector]).run(bar_steps(config, m, run), tick)

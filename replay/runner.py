@@ -30,7 +30,7 @@ from tradebus.configs.schema import SystemConfig
 from tradebus.engine.market import MarketSlice, day
 from tradebus.engine.marketdata import Columns
 from tradebus.engine.quiet import decisions, next_active
-from tradebus.engine.wiring import Core, build_core, simulated_venue
+from tradebus.engine.wiring import Core, build_core, forecast_model, simulated_venue
 
 MD_TYPES = (ev.BarClosed, ev.Snapshot)
 
@@ -179,6 +179,8 @@ def run_id_for(config: SystemConfig, m: MarketSlice, window: str, limits: Limits
     """A run id that is a pure function of config, window, data, caps and code: a rerun is the same run,
     and a rerun after a change to the code that decides results is a new one."""
     key = f"{config.config_hash()}|{window}|{m.start}|{m.end}|{m.data_hash}|{code_digest()}"
+    if config.forecaster is not None:  # the version the run loads (the config may say "the promoted one")
+        key += f"|forecaster {forecast_model(config).version}"
     if limits is not None and limits != Limits():
         key += "|" + limits.model_dump_json(by_alias=True)
     digest = hashlib.sha256(key.encode()).hexdigest()
@@ -205,6 +207,8 @@ def manifest(config: SystemConfig, m: MarketSlice, window: str, run: str, bus: s
         "limits": (limits or Limits()).model_dump(mode="json", by_alias=True),
         "code_version": __version__,
         "code_digest": code_digest(),
+        **({"forecaster": {"id": config.forecaster.id, "version": forecast_model(config).version}}
+           if config.forecaster is not None else {}),
     }
 
 
