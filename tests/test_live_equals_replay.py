@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.engine.wiring import warmup_bars
 from tradebus.replay.backtest import run_replay
 
+from .forecastkit import train_and_promote
 from .livekit import SYMBOL, nats_bus, running, settings_for
 from tradebus.live.fake_bybit import FakeBybit, FakeBybitState, FakeBybitWs
 
@@ -63,6 +65,8 @@ def _configs() -> list[tuple[str, dict]]:
     # step as plain Python, which the daemon calls bar by bar.
     for sid in ("user_trend:UserTrend", "user_trend_py:UserTrendPy"):
         out.append((sid.split(":")[0], {**base, "strategy": {"id": sid, "params": USER_PARAMS}}))
+    # A system with a forecaster: its forecasts and their scores must be the replay's too.
+    out.append(("forecaster", {**base, "forecaster": {"id": "test_fc"}}))
     return out
 
 
@@ -71,6 +75,7 @@ def _config(name: str, spec: dict, paper: bool = False) -> SystemConfig:
         return parse_config({**spec, "system": f"lr_{name}", "symbol": SYMBOL, "timeframe": "5m",
                              "costs": {**spec["costs"], "funding": False}})
     return parse_config({
+        **({"forecaster": spec["forecaster"]} if "forecaster" in spec else {}),
         "system": f"lr_{name}", "symbol": SYMBOL, "timeframe": "5m", "strategy": spec["strategy"],
         "higher_timeframes": spec["higher_timeframes"],
         "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},
@@ -84,9 +89,13 @@ def _config(name: str, spec: dict, paper: bool = False) -> SystemConfig:
 
 @pytest.fixture(scope="module")
 def candles() -> dict[str, np.ndarray]:
+    return _candles(OFFSET, 9_000)
+
+
+def _candles(offset: int, n: int) -> dict[str, np.ndarray]:
     import pyarrow.parquet as pq
 
-    t = pq.read_table(DATA).slice(OFFSET, 9_000)
+    t = pq.read_table(DATA).slice(offset, n)
     cols = {k: t.column(k).to_numpy().astype(np.float64) for k in ("open", "high", "low", "close", "volume")}
     cols["open_time"] = t.column("open_time").cast("int64").to_numpy()
     cols["turnover"] = cols["volume"] * cols["close"]
@@ -105,7 +114,12 @@ def _decisions(events: list[ev.Event]) -> dict[str, list]:
     intents = [(e.ts_event, e.label, e.side, e.order_type, e.qty, e.price, e.trigger_price, e.reduce_only,
                 e.stop_distance) for e in events if isinstance(e, ev.OrderIntent)]
     fills = [(e.side, e.qty, e.price, e.fee) for e in events if isinstance(e, ev.Fill)]
-    return {"snapshots": snaps, "signals": signals, "intents": intents, "fills": fills}
+    forecasts = [(e.ts_event, e.model_version, e.expected_return, e.expected_vol, e.regime, e.confidence, e.p_trend_up,
+                  e.p_trend_down, e.p_chop, e.p_crash) for e in events if isinstance(e, ev.Forecast)]
+    scored = [(e.ts_event, e.forecast_time, e.realised_return, e.realised_vol, e.realised_regime, e.qlike, e.brier)
+              for e in events if isinstance(e, ev.ForecastScored)]
+    return {"snapshots": snaps, "signals": signals, "intents": intents, "fills": fills, "forecasts": forecasts,
+            "scored": scored}
 
 
 async def _live(config: SystemConfig, c: dict[str, np.ndarray], start: int, bus, home: Path,
@@ -160,6 +174,8 @@ def _venue_position(state: FakeBybitState) -> float:
 @pytest.mark.parametrize("name,spec", _configs(), ids=[n for n, _ in _configs()])
 async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec, mode, candles, nats_server, tmp_path,
                                                                      user_strategies):
+    if "forecaster" in spec:  # trained on the bars before the stretch, promoted in this test's data home
+        train_and_promote(Path(os.environ["TRADEBUS_HOME"]), _candles(OFFSET - 10_000, 10_000))
     config = _config(name, spec, paper=mode == "paper")
     warm = warmup_bars(config)
     start = warm + 100  # the venue holds more history than the warm-up: the daemon takes only its last `warm`
@@ -185,5 +201,7 @@ async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec,
     assert want["fills"], "and trade"
     if mode == "paper" and config.risk.stop.kind != "none":
         assert {"sl"} <= {i[1] for i in want["intents"]}, "paper runs the example's protective orders too"
-    for what in ("snapshots", "signals", "intents", "fills"):
+    if "forecaster" in spec:
+        assert len(want["forecasts"]) == TRADED and len(want["scored"]) == TRADED - 12
+    for what in ("snapshots", "signals", "intents", "fills", "forecasts", "scored"):
         assert got[what] == want[what], f"{name}: live {what} differ from the replay's"
