@@ -154,7 +154,7 @@ def parse_input(name: str) -> Input:
                          f"{', '.join(k for k in INPUT_KINDS if k not in _NO_PERIOD)}, or macd, hour")
     if kind == "hour":
         if m["tf"]:
-            raise ValueError(f"input {name!r}: hour is the model's own bar's")
+            raise ValueError(f"input {name!r}: hour is allowed only for the model's own bars, without a timeframe")
         return Input(name, None, (), lambda g: g(None))
     feats, value = _input(kind, int(m["n"] or 0))
     return Input(name, m["tf"], feats, value)
