@@ -144,6 +144,25 @@ class Signal(Event, frozen=True, kw_only=True, tag="signal"):
     reason: str = ""
 
 
+class PolicyDecision(Event, frozen=True, kw_only=True, tag="policy"):
+    """A composite system's policy, on a forecast (``cause``): which pool members count and with what weight,
+    what each of them holds, the net exposure, the direction it gives and the risk scale of an entry.
+    Published when any of regime, weights, direction or reason changes."""
+
+    policy_id: str
+    policy_version: str
+    symbol: str
+    regime: Regime
+    confidence: float
+    expected_vol: float
+    weights: dict[str, float]
+    positions: dict[str, int]
+    exposure: float
+    direction: Direction
+    scale: float
+    reason: str = ""
+
+
 # --- order lifecycle ---------------------------------------------------------------------------
 
 
@@ -337,6 +356,7 @@ AnyEvent = Union[
     Forecast,
     ForecastScored,
     Signal,
+    PolicyDecision,
     OrderIntent,
     OrderSubmitted,
     OrderAccepted,

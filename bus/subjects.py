@@ -64,6 +64,7 @@ _BY_TYPE = {
     ev.Forecast: lambda e: f"tb.fc.{e.model_id}.{e.symbol}",
     ev.ForecastScored: lambda e: f"tb.fc.{e.model_id}.{e.symbol}",
     ev.Signal: lambda e: f"tb.sig.{_sys(e)}",
+    ev.PolicyDecision: lambda e: f"tb.sig.{_sys(e)}",
     ev.OrderIntent: lambda e: f"tb.ord.{_sys(e)}",
     ev.OrderSubmitted: lambda e: f"tb.ord.{_sys(e)}",
     ev.OrderAccepted: lambda e: f"tb.ord.{_sys(e)}",
@@ -119,6 +120,11 @@ def _of(root: str, system: str) -> str:
     """Pattern for one kind of a system's events: ``system`` a system id, ``NO_SYSTEM`` (the account's),
     or ``*`` (everyone's)."""
     return f"{PREFIX}.{root}.{system if system in ('*', '>', NO_SYSTEM) else token(system, 'system')}"
+
+
+def forecasts(model: str = "*", symbol: str = "*") -> str:
+    """Pattern for a model's forecasts (and their scores)."""
+    return f"tb.fc.{model}.{symbol}"
 
 
 def signals(system: str = "*") -> str:

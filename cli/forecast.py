@@ -121,7 +121,7 @@ def _registry_call(fn, *args):
 
 
 @forecast_app.command("list")
-def forecast_list(as_json: bool = typer.Option(False, "--json")) -> None:
+def forecast_list(as_json: bool = typer.Option(False, "--json", help="One JSON list instead of the table.")) -> None:
     """Every stored model version, its validity and pooled out-of-sample scores; * marks the promoted one."""
     from tradebus.engine import models
 
@@ -152,7 +152,7 @@ def forecast_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @forecast_app.command("show")
-def forecast_show(model_id: str = typer.Argument(..., metavar="MODEL"),
+def forecast_show(model_id: str = typer.Argument(..., metavar="MODEL", help="The model's id."),
                   version: Optional[str] = typer.Argument(None, help="Default: the promoted one.")) -> None:
     """One version's manifest: data, settings, validity, walk-forward verdict and history of promotions."""
     from tradebus.engine import models
@@ -175,8 +175,9 @@ def forecast_show(model_id: str = typer.Argument(..., metavar="MODEL"),
 
 
 @forecast_app.command("promote")
-def forecast_promote(model_id: str = typer.Argument(..., metavar="MODEL"), version: str = typer.Argument(...),
-                     reason: str = typer.Option("", "--reason")) -> None:
+def forecast_promote(model_id: str = typer.Argument(..., metavar="MODEL", help="The model's id."),
+                     version: str = typer.Argument(..., help="A stored version (tradebus forecast list)."),
+                     reason: str = typer.Option("", "--reason", help="Why, kept in the history.")) -> None:
     """Make a version the one forecasters load."""
     from tradebus.engine import models
 
@@ -185,8 +186,8 @@ def forecast_promote(model_id: str = typer.Argument(..., metavar="MODEL"), versi
 
 
 @forecast_app.command("rollback")
-def forecast_rollback(model_id: str = typer.Argument(..., metavar="MODEL"), reason: str = typer.Option("", "--reason")
-                      ) -> None:
+def forecast_rollback(model_id: str = typer.Argument(..., metavar="MODEL", help="The model's id."),
+                      reason: str = typer.Option("", "--reason", help="Why, kept in the history.")) -> None:
     """Return to the version promoted before the current one."""
     from tradebus.engine import models
 
@@ -195,7 +196,8 @@ def forecast_rollback(model_id: str = typer.Argument(..., metavar="MODEL"), reas
 
 
 @forecast_app.command("score")
-def forecast_score(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def forecast_score(store: Optional[Path] = StoreOpt,
+                   as_json: bool = typer.Option(False, "--json", help="One JSON list instead of the table.")) -> None:
     """Live forecast quality from a store's scored forecasts, next to the version's walk-forward scores."""
     from tradebus.engine import models
     from tradebus.factory.forecasting import live_scores

@@ -299,6 +299,7 @@ class Forecaster(Component):
         self._closes: deque[float] = deque(maxlen=model.horizon + 1)
         self._pending: deque[ev.Forecast | None] = deque()
         self.refusal = ""
+        self._refused: dict[str, str] = {}  # snapshot id -> why no forecast (the last few bars')
         self._handlers[ev.Snapshot] = self._on_snapshot
         self._tpl = stamp.template(ev.Forecast, model_id=model.model_id, model_version=model.version, symbol=symbol,
                                    timeframe=model.timeframe, horizon_bars=model.horizon, expected_return=0.0,
@@ -315,6 +316,10 @@ class Forecaster(Component):
         for t, c in zip(open_times[-h:].tolist(), closes[-h:].tolist()):
             self._closes.append(float(c))
             self._pending.append(by_time.get(t + self._step))
+
+    def refused(self, snapshot_id: str) -> str:
+        """Why this snapshot's bar got no forecast ('' if it got one, or is not among the last 64 bars)."""
+        return self._refused.get(snapshot_id, "")
 
     def row(self, snap: ev.Snapshot) -> np.ndarray:
         """The model's input row from one snapshot's features."""
@@ -337,6 +342,9 @@ class Forecaster(Component):
         forecast = None
         if why:
             self.refusal = why
+            self._refused[snap.id] = why
+            if len(self._refused) > 64:
+                del self._refused[next(iter(self._refused))]
         else:
             self.refusal = ""
             hit = self._seeded.get(snap.bar.open_time)

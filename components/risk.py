@@ -106,10 +106,12 @@ class RiskManager(Component):
         atr = self._snap.features[self._atr_name] if self._snap and self._stop_kind == kernel.STOP_ATR else math.nan
         return kernel.stop_distance(self._stop_kind, self._atr_mult, atr, self._stop_percent, price)
 
-    def size(self, equity: float, price: float, stop_distance: float) -> tuple[float, str]:
-        """Return (qty, reason if refused)."""
-        qty, notional, code = kernel.size(self._sizing, equity, price, stop_distance, self._fraction, self._risk,
-                                          self._max_leverage, self._max_notional, self._qty_step)
+    def size(self, equity: float, price: float, stop_distance: float, strength: float = 1.0) -> tuple[float, str]:
+        """Return (qty, reason if refused); ``strength`` (a signal's, in (0, 1]) scales the fraction or the
+        risk per trade (a strategy's signals carry 1: the sweep kernel's sizes)."""
+        qty, notional, code = kernel.size(self._sizing, equity, price, stop_distance, self._fraction * strength,
+                                          self._risk * strength, self._max_leverage, self._max_notional,
+                                          self._qty_step)
         if code == kernel.SIZE_NO_EQUITY:
             return 0.0, f"no equity to trade (equity {equity:.2f})"
         if code == kernel.SIZE_NO_STOP:
@@ -138,7 +140,7 @@ class RiskManager(Component):
             price = self._snap.bar.close if self._snap else math.nan
             equity = kernel.marked(self.balance, self.qty, self.avg, price)
             stop = self._stop_distance(price)
-            qty, reason = self.size(equity, price, stop)
+            qty, reason = self.size(equity, price, stop, sig.strength)
             if reason:
                 out.append(ev.OrderRejected(**self._stamp(sig.ts_event, sig.id),
                                             order_id=order_id_for(sig.id, "entry"), reason=reason))

@@ -19,6 +19,8 @@ import msgspec
 from pydantic import AfterValidator, BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tradebus.components import strategies
+from tradebus.components.policy import PolicySpec
+from tradebus.components.strategies.pool import Member
 from tradebus.components.strict import StrictModel
 from tradebus.components.timeframes import TIMEFRAMES, check_resample
 from tradebus.configs import yamlfile
@@ -150,6 +152,32 @@ class SystemConfig(_Strict):
     maintenance_margin: float = Field(0.005, ge=0, lt=1)
     initial_capital: float = Field(10_000.0, gt=0)
     forecaster: ForecasterRef | None = None
+    # A composite system: a pool of strategies, the policy that picks among them on each forecast. The pool
+    # becomes the strategy ``pool`` (its members' features, run by the pool host).
+    policy: PolicySpec | None = None
+    pool: dict[str, Member] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pool_is_the_strategy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("pool") is not None:
+            if isinstance(data.get("strategy"), dict) and data["strategy"].get("id") != "pool":
+                raise ValueError("a composite system has a pool instead of a strategy: give one, not both")
+            data = {**data, "strategy": {"id": "pool", "params": {"members": data["pool"]}}}
+        return data
+
+    @model_validator(mode="after")
+    def _composite_parts(self) -> "SystemConfig":
+        if self.pool is None:
+            if self.policy is not None:
+                raise ValueError("policy: a policy needs a pool of strategies to choose from")
+            if self.strategy.id == "pool":
+                raise ValueError("strategy pool: write the members as the config's pool section")
+            return self
+        if self.forecaster is None or self.policy is None:
+            raise ValueError("a composite system (pool) needs a forecaster and a policy")
+        self.policy.check_members(list(self.pool))
+        return self
 
     @field_validator("system", "symbol")
     @classmethod
@@ -208,8 +236,9 @@ class SystemConfig(_Strict):
         so equal configs written differently are equal here."""
         data = self.model_dump(mode="json")
         data["strategy"]["params"] = self.params().model_dump(mode="json")
-        if data["forecaster"] is None:  # added later: a system without one keeps the ids it had
-            del data["forecaster"]
+        for added in ("forecaster", "policy", "pool"):  # added later: a system without them keeps its ids
+            if data[added] is None:
+                del data[added]
         # Fields added since ids were first stored are left out at their default, so those ids hold.
         for section, name in ADDED_FIELDS:
             if data[section][name] == type(self).model_fields[section].default.model_dump(mode="json")[name]:

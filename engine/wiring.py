@@ -16,6 +16,7 @@ from tradebus.components import forecast, strategies
 from tradebus.components.base import Component, Gate, Stamper
 from tradebus.components.exchange import CostParams, SimExchange
 from tradebus.components.features import Candles, Feature, Memo, f, lookback
+from tradebus.components.policy import PoolHost
 from tradebus.components.portfolio import Portfolio
 from tradebus.components.risk import RiskManager, risk_features
 from tradebus.components.strategy_host import StrategyHost, row_names
@@ -125,7 +126,7 @@ class Core:
 
     guard: RiskGuard
     builder: SnapshotBuilder
-    host: StrategyHost
+    host: StrategyHost | PoolHost
     risk: RiskManager
     portfolio: Portfolio
     rows: np.ndarray  # the strategy's feature row for every bar of the history
@@ -184,6 +185,12 @@ def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], history: C
                                   times + tf_ns(config.timeframe))
         forecaster = forecast.Forecaster(stamp("forecaster"), model, config.venue, config.symbol,
                                          dict(zip(times.tolist(), x)))
+    if config.pool is not None:
+        assert forecaster is not None and config.policy is not None
+        pool = config.params()
+        warm = {name: strategy_rows(d, p, own, higher)[:first] for name, (d, p) in pool.resolved().items()}
+        host = PoolHost(stamp("strategy"), pool, config.policy, forecaster.model.model_id, config.venue,
+                        config.symbol, config.timeframe, warm, forecaster.refused)
     return Core(guard, builder, host, risk, portfolio, rows, forecaster)
 
 

@@ -291,3 +291,55 @@ def test_timeframes_of_the_model_must_match_the_system(tmp_path, monkeypatch):
     with pytest.raises(ModelRefused, match="forecasts 1h bars; the system trades 5m"):
         features_for(config)
     assert tf_ns("1h") == HOUR
+
+
+def _fc(regime: str = "chop", confidence: float = 0.5, vol: float = 0.02):
+    from tradebus.bus import events as ev
+
+    return ev.Forecast(id="f", ts_event=1, ts_init=1, model_id="m", model_version="v", symbol="BTCUSDT",
+                       timeframe="1h", horizon_bars=12, expected_return=0.0, expected_vol=vol, regime=regime,
+                       confidence=confidence)
+
+
+def test_the_policy_nets_the_regimes_members_and_scales_by_volatility():
+    from tradebus.components.policy import PolicySpec, decide
+    from tradebus.components.strategies import FLAT, LONG, SHORT
+
+    p = PolicySpec(id="p", min_confidence=0.2, agreement=0.5, vol_target=0.01, min_scale=0.25,
+                   regimes={"trend_up": {"a": 2.0, "b": 1.0}, "chop": {"c": 1.0}, "crash": {}})
+    pos = {"a": 1, "b": -1, "c": -1}
+
+    up = decide(p, _fc("trend_up", vol=0.02), pos)
+    assert up.exposure == pytest.approx(1 / 3) and up.direction == FLAT  # 2 - 1 over 3: below the agreement
+    assert decide(p, _fc("trend_up"), {**pos, "b": 1}).direction == LONG
+    chop = decide(p, _fc("chop", vol=0.02), pos)
+    assert chop.direction == SHORT and chop.scale == pytest.approx(0.5) and chop.weights == {"c": 1.0}
+    assert decide(p, _fc("chop", vol=0.001), pos).scale == 1.0 and decide(p, _fc("chop", vol=1.0), pos).scale == 0.25
+    assert decide(p, _fc("crash"), pos).reason == "no member trades in crash"
+    assert decide(p, _fc("chop", confidence=0.1), pos).direction == FLAT
+    assert "no forecast" in decide(p, None, pos).reason
+    # A regime the policy leaves out counts every member with weight 1.
+    assert decide(p, _fc("trend_down"), {"a": -1, "b": -1, "c": 1}).exposure == pytest.approx(-1 / 3)
+
+
+@pytest.mark.parametrize("change,says", [
+    ({"policy": None}, "needs a forecaster and a policy"),
+    ({"forecaster": None}, "needs a forecaster and a policy"),
+    ({"strategy": {"id": "sma_cross"}}, "a pool instead of a strategy"),
+    ({"policy": {"id": "p", "regimes": {"chop": {"nobody": 1.0}}}}, "nobody not in the pool"),
+    ({"policy": {"id": "p", "regimes": {"sideways": {"a": 1.0}}}}, "sideways"),
+    ({"pool": {"a": {"id": "sma_cross", "params": {"fast": 50, "slow": 20}}}}, "member a"),
+    ({"pool": {"a": {"id": "nope"}}}, "unknown strategy 'nope'"),
+])
+def test_a_bad_composite_config_names_what_is_wrong(change, says):
+    from tradebus.configs.schema import parse_config
+
+    good = {"system": "c", "symbol": "BTCUSDT", "timeframe": "1h", "forecaster": {"id": "m"},
+            "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},
+            "policy": {"id": "p", "regimes": {"chop": {"a": 1.0}}},
+            "pool": {"a": {"id": "sma_cross", "params": {"fast": 5, "slow": 20}}}}
+    assert parse_config(good).strategy.id == "pool"
+    bad = {k: v for k, v in {**good, **change}.items() if v is not None}
+
+    with pytest.raises(ConfigError, match=says):
+        parse_config(bad)

@@ -127,10 +127,15 @@ def assert_same_events(skipping, stepping) -> None:
     assert not checks.stepping_differences(skipping, stepping)
 
 
+# Every strategy the kernel runs (the pool of a composite is not one: its forecaster and policy run only in
+# the event-driven engine, and a sweep refuses it).
+KERNEL = sorted(s for s, d in strategies.known().items() if d.compiled)
+
+
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-@pytest.mark.parametrize("strategy", sorted(strategies.known()))
+@pytest.mark.parametrize("strategy", KERNEL)
 def test_kernel_equals_replay(md, strategy, scenario):
-    assert set(PARAMS) == set(strategies.known()), "give every built-in strategy parameter sets here"
+    assert set(PARAMS) == set(KERNEL), "give every built-in strategy parameter sets here"
     for params in PARAMS[strategy]:
         cfg = config(strategy, params, scenario)
         m = load_market(cfg, "hygiene", md)

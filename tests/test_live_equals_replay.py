@@ -67,7 +67,19 @@ def _configs() -> list[tuple[str, dict]]:
         out.append((sid.split(":")[0], {**base, "strategy": {"id": sid, "params": USER_PARAMS}}))
     # A system with a forecaster: its forecasts and their scores must be the replay's too.
     out.append(("forecaster", {**base, "forecaster": {"id": "test_fc"}}))
+    # A composite: the forecaster, a policy and a pool; its policy decisions must be the replay's too.
+    composite = {k: v for k, v in base.items() if k != "strategy"}
+    out.append(("composite", {**composite, "forecaster": {"id": "test_fc"}, "policy": POLICY, "pool": POOL}))
     return out
+
+
+POOL = {"trend": {"id": "sma_cross", "params": {"fast": 5, "slow": 20, "allow_short": True}},
+        "breakout": {"id": "donchian_breakout", "params": {"entry_period": 20, "exit_period": 10, "allow_short": True}},
+        "reversion": {"id": "bollinger_reversion", "params": {"period": 20, "k": 1.5, "allow_short": True}}}
+# Every regime trades someone, so the stretch decides often (the small test model says chop most of the time).
+POLICY = {"id": "lr_policy", "min_confidence": 0.0, "agreement": 0.5, "vol_target": 0.004, "min_scale": 0.3,
+          "regimes": {"trend_up": {"trend": 1.0, "breakout": 1.0}, "trend_down": {"trend": 1.0, "breakout": 1.0},
+                      "chop": {"reversion": 1.0, "trend": 1.0}, "crash": {"reversion": 1.0}}}
 
 
 def _config(name: str, spec: dict, paper: bool = False) -> SystemConfig:
@@ -75,8 +87,8 @@ def _config(name: str, spec: dict, paper: bool = False) -> SystemConfig:
         return parse_config({**spec, "system": f"lr_{name}", "symbol": SYMBOL, "timeframe": "5m",
                              "costs": {**spec["costs"], "funding": False}})
     return parse_config({
-        **({"forecaster": spec["forecaster"]} if "forecaster" in spec else {}),
-        "system": f"lr_{name}", "symbol": SYMBOL, "timeframe": "5m", "strategy": spec["strategy"],
+        **{k: spec[k] for k in ("forecaster", "policy", "pool", "strategy") if spec.get(k) is not None},
+        "system": f"lr_{name}", "symbol": SYMBOL, "timeframe": "5m",
         "higher_timeframes": spec["higher_timeframes"],
         "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},
         "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1, "stop": {"kind": "none"},
@@ -118,8 +130,10 @@ def _decisions(events: list[ev.Event]) -> dict[str, list]:
                   e.p_trend_down, e.p_chop, e.p_crash) for e in events if isinstance(e, ev.Forecast)]
     scored = [(e.ts_event, e.forecast_time, e.realised_return, e.realised_vol, e.realised_regime, e.qlike, e.brier)
               for e in events if isinstance(e, ev.ForecastScored)]
+    policy = [(e.ts_event, e.regime, e.weights, e.positions, e.exposure, e.direction, e.scale, e.reason)
+              for e in events if isinstance(e, ev.PolicyDecision)]
     return {"snapshots": snaps, "signals": signals, "intents": intents, "fills": fills, "forecasts": forecasts,
-            "scored": scored}
+            "scored": scored, "policy": policy}
 
 
 async def _live(config: SystemConfig, c: dict[str, np.ndarray], start: int, bus, home: Path,
@@ -174,7 +188,7 @@ def _venue_position(state: FakeBybitState) -> float:
 @pytest.mark.parametrize("name,spec", _configs(), ids=[n for n, _ in _configs()])
 async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec, mode, candles, nats_server, tmp_path,
                                                                      user_strategies):
-    if "forecaster" in spec:  # trained on the bars before the stretch, promoted in this test's data home
+    if spec.get("forecaster"):  # trained on the bars before the stretch, promoted in this test's data home
         train_and_promote(Path(os.environ["TRADEBUS_HOME"]), _candles(OFFSET - 10_000, 10_000))
     config = _config(name, spec, paper=mode == "paper")
     warm = warmup_bars(config)
@@ -201,7 +215,9 @@ async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec,
     assert want["fills"], "and trade"
     if mode == "paper" and config.risk.stop.kind != "none":
         assert {"sl"} <= {i[1] for i in want["intents"]}, "paper runs the example's protective orders too"
-    if "forecaster" in spec:
+    if spec.get("forecaster"):
         assert len(want["forecasts"]) == TRADED and len(want["scored"]) == TRADED - 12
-    for what in ("snapshots", "signals", "intents", "fills", "forecasts", "scored"):
+    if spec.get("pool"):
+        assert len({p[5] for p in want["policy"]}) >= 2, "the stretch must see the policy change its mind"
+    for what in ("snapshots", "signals", "intents", "fills", "forecasts", "scored", "policy"):
         assert got[what] == want[what], f"{name}: live {what} differ from the replay's"

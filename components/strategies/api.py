@@ -159,7 +159,7 @@ class StrategyDef:
 
 
 REGISTRY: dict[str, StrategyDef] = {}
-_BUILTINS = ("builtin", "composable", "adaptive")
+_BUILTINS = ("builtin", "composable", "adaptive", "pool")
 
 
 def register(defn: StrategyDef) -> StrategyDef:

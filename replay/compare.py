@@ -1,0 +1,159 @@
+"""A composite system against the baselines its owner names, out of sample, symbol by symbol.
+
+For each symbol (the forecaster's, or those given) three things trade the same test window, the bars
+after the forecaster's training data (so the forecasts are out of sample) up to its expiry or the data's
+end:
+
+- the composite (forecaster + policy + pool), replayed with the live components;
+- the best single pool member, chosen by Sharpe on the config's ``hygiene`` window (which must end before
+  the test window: the choice sees no test bar);
+- the equal-weight blend of the pool: each member on 1/N of the capital, equity summed.
+
+Every run is an event-driven replay (the forecaster is not in the sweep kernel). The composite's
+deflated Sharpe counts every trial that built it: each version of its forecaster in the registry and each
+composite (policy, pool) this command has compared with it before, logged in the model's folder; the
+Sharpe variance is that of every candidate's on the test window. PBO (CSCV, 16 blocks of the test window)
+asks whether picking the best of {composite, each member, the blend} in half the blocks holds in the other
+half.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tradebus.components.timeframes import tf_ns
+from tradebus.configs.schema import SystemConfig, parse_config
+from tradebus.engine import models
+from tradebus.engine.market import day, resolve_window, stored_key
+from tradebus.engine.marketdata import MarketData
+from tradebus.engine.metrics import bar_returns, summarize, sum_accounts
+from tradebus.engine.wiring import ModelRefused, forecast_model
+from tradebus.factory import overfit
+from tradebus.replay.backtest import run_replay
+
+BLOCKS = 16
+
+
+@dataclass
+class Leg:
+    name: str
+    metrics: dict
+    times: np.ndarray
+    equity: np.ndarray  # per unit of capital
+
+
+@dataclass
+class SymbolResult:
+    symbol: str
+    window: str
+    composite: Leg
+    best_single: Leg
+    chosen_by: dict[str, float]  # member -> its train-window Sharpe
+    equal_weight: Leg
+    members: list[Leg]
+    dsr: float
+    pbo: float | None
+
+
+def _window(start: int, end: int) -> str:
+    return f"{np.datetime64(start, 'ns')}:{np.datetime64(end, 'ns')}"
+
+
+def member_config(config: SystemConfig, symbol: str, name: str) -> SystemConfig:
+    """One pool member as a system of its own (the composite's risk, costs and windows)."""
+    data = config.model_dump(mode="json", exclude={"pool", "policy", "forecaster", "strategy"})
+    member = config.pool[name]  # type: ignore[index]
+    return parse_config({**data, "system": f"{config.system}-{name}", "symbol": symbol,
+                         "strategy": {"id": member.id, "params": member.params}})
+
+
+def _leg(name: str, result, capital: float) -> Leg:
+    return Leg(name, result.metrics, result.times, result.curve[:, 2] / capital)
+
+
+def _blend(legs: list[Leg], bar_ns: int) -> Leg:
+    n = len(legs)
+    times, equity, exposed = sum_accounts([(leg.times, leg.equity / n, np.zeros(len(leg.times))) for leg in legs],
+                                          [1.0 / n] * n)
+    m = summarize(times, equity, exposed, 1.0, bar_ns, [], 0.0, 0.0)
+    m["total_trades"] = sum(int(leg.metrics.get("total_trades", 0)) for leg in legs)
+    return Leg("equal_weight", m, times, equity)
+
+
+def _block_stats(legs: list[Leg]) -> np.ndarray:
+    """(candidates, blocks, 3): bar count, sum and sum of squares of each candidate's bar returns per block."""
+    rets = [bar_returns(leg.equity, 1.0) for leg in legs]
+    n = min(len(r) for r in rets)
+    edges = np.linspace(0, n, BLOCKS + 1).astype(int)
+    out = np.zeros((len(legs), BLOCKS, 3))
+    for i, r in enumerate(rets):
+        for b in range(BLOCKS):
+            x = r[edges[b]:edges[b + 1]]
+            out[i, b] = (len(x), x.sum(), (x * x).sum())
+    return out
+
+
+def trials_log(home: Path, model_id: str) -> Path:
+    return models.models_dir(home) / model_id / "compare_trials.jsonl"
+
+
+def count_trials(home: Path, config: SystemConfig) -> int:
+    """Trials that built this composite: its forecaster's versions, times the composites compared with it
+    (this one included, logged once)."""
+    assert config.forecaster is not None and config.policy is not None
+    key = hashlib.sha256(json.dumps({"policy": config.policy.model_dump(mode="json"),
+                                     "pool": {k: v.model_dump(mode="json") for k, v in (config.pool or {}).items()}},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+    path = trials_log(home, config.forecaster.id)
+    seen = {json.loads(line)["composite"] for line in path.read_text().splitlines() if line} if path.exists() else set()
+    if key not in seen:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"composite": key, "system": config.system}) + "\n")
+        seen.add(key)
+    return max(1, len(models.versions(home, config.forecaster.id))) * len(seen)
+
+
+def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: int) -> SymbolResult:
+    """The composite, the best single member and the equal-weight blend on one symbol's test window."""
+    model = forecast_model(config)
+    bar_ns = tf_ns(config.timeframe)
+    key = stored_key(md, config.venue, config.market, symbol, config.timeframe)
+    cov = md.coverage(key)
+    if cov.last is None:
+        raise ModelRefused(f"{symbol}: no {config.timeframe} candles stored")
+    start = -(-model.trained_until // bar_ns) * bar_ns
+    end = min(model.valid_until, cov.last + tf_ns(key.timeframe)) // bar_ns * bar_ns
+    if end - start < 50 * bar_ns:
+        raise ModelRefused(f"{symbol}: only {(end - start) // bar_ns} bars between the model's data "
+                           f"({day(model.trained_until)}) and {day(end)}: too few to compare")
+    train_start, train_end = resolve_window(config.windows["hygiene"], cov.first, cov.last)
+    if train_end > start:
+        raise ModelRefused(f"{config.system}: the hygiene window (choosing the best single member) ends "
+                           f"{day(train_end)}, after the test window starts ({day(start)})")
+    test, train = _window(start, end), _window(train_start, train_end)
+    comp_cfg = parse_config({**config.model_dump(mode="json"), "system": f"{config.system}-{symbol}",
+                             "symbol": symbol})
+    composite = _leg("composite", run_replay(comp_cfg, test, md), config.initial_capital)
+    members, chosen = [], {}
+    for name in config.pool or {}:
+        mc = member_config(config, symbol, name)
+        chosen[name] = float(run_replay(mc, train, md).metrics.get("sharpe") or -math.inf)
+        members.append(_leg(name, run_replay(mc, test, md), config.initial_capital))
+    best_name = max(chosen, key=lambda k: chosen[k])
+    best = next(leg for leg in members if leg.name == best_name)
+    blend = _blend(members, bar_ns)
+    legs = [composite, *members, blend]
+    rets = bar_returns(composite.equity, 1.0)
+    sr, skew, kurt = overfit.moments(rets)
+    variances = [overfit.moments(bar_returns(leg.equity, 1.0))[0] for leg in legs]
+    sr_var = float(np.nanvar(variances, ddof=1)) if len(variances) > 1 else 0.0
+    dsr = overfit.deflated_sharpe(sr, len(rets), skew, kurt, n_trials, sr_var)
+    pbo = overfit.pbo_cscv(_block_stats(legs)).pbo if min(len(leg.equity) for leg in legs) > 4 * BLOCKS else None
+    return SymbolResult(symbol, test, composite, Leg(f"best_single ({best_name})", best.metrics, best.times,
+                                                     best.equity), chosen, blend, members, dsr, pbo)
