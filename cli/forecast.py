@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 from typing import Optional
 
 import typer
@@ -61,38 +63,75 @@ def forecast_train(
     promote: bool = typer.Option(False, "--promote", help="Promote the trained version."),
 ) -> None:
     """Walk-forward the model against its baselines, write the report, store the final model as a version."""
+    spec = _spec(model_path)
+    ds = _dataset(spec, db)
+    _train(model_path, spec, ds, out_dir, promote, None)
+
+
+@forecast_app.command("retrain")
+def forecast_retrain(
+    model_path: Path = ModelArg,
+    db: Optional[Path] = MarketOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default runs/forecast-MODEL)."),
+    promote: bool = typer.Option(False, "--promote", help="Promote the retrained version."),
+) -> None:
+    """Retrain on the data stored since the promoted (frozen) version: walk-forward over the new bars only,
+    the frozen model scored on the same bars, the IC change; then the new version on everything."""
+    from tradebus.engine import models
+
+    spec = _spec(model_path)
+    home = settings.data_home()
+    frozen = _registry_call(models.load, home, spec.model, None)
+    ds = _dataset(spec, db)
+    _train(model_path, spec, ds, out_dir, promote, frozen)
+
+
+def _train(model_path: Path, spec, ds, out_dir: Optional[Path], promote: bool, frozen) -> None:
+    """Walk-forward (over the new bars only when a frozen model is given), report, store, promote."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from tradebus import duck
     from tradebus.cli.common import err
     from tradebus.engine import artifacts, models, report
     from tradebus.factory import forecasting as F
 
-    spec = _spec(model_path)
-    ds = _dataset(spec, db)
     rows = F.Rows.of(ds.table, spec.inputs)
+    test_from = None if frozen is None else frozen.trained_until
+    if frozen is not None and not (rows.time > frozen.trained_until).any():
+        fail(f"{model_path}: no bars stored after {F._day(frozen.trained_until)}, the data of the promoted version "
+             f"{frozen.version}: fetch or import newer candles first")
     with Progress(TextColumn(f"walk-forward {spec.model}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as bar:
         task = bar.add_task("folds", total=spec.walk_forward.folds)
         try:
-            ev = F.walk_forward(spec, rows, lambda done, total: bar.update(task, completed=done))
+            ev = F.walk_forward(spec, rows, lambda done, total: bar.update(task, completed=done), test_from)
         except ValueError as exc:
             fail(f"{model_path}: {exc}")
     model = F.final_model(spec, rows, ds.id)
     lines = F.verdict(ev.pooled, ev.per_symbol)
+    retrain = None
+    if frozen is not None:
+        retrain = {"frozen_version": frozen.version, **F.against_frozen(ev, rows, frozen)}
+        fr, rt = retrain["frozen"], retrain["retrained"]
+        lines.append(f"retraining on the {retrain['rows']:,} rows since {F._day(frozen.trained_until)}: IC "
+                     f"{fr['ic']:+.4f} frozen ({frozen.version}) -> {rt['ic']:+.4f} retrained "
+                     f"({retrain['ic_change']:+.4f}); rank IC {fr['rank_ic']:+.4f} -> {rt['rank_ic']:+.4f}; "
+                     f"QLIKE {fr['qlike']:.4f} -> {rt['qlike']:.4f}; Brier {fr['brier']:.4f} -> {rt['brier']:.4f}")
     manifest = {
-        "model": spec.model, "version": model.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dataset": ds.id,
-        "timeframe": spec.timeframe, "horizon": spec.horizon, "inputs": spec.inputs, "spec": spec.model_dump(mode="json"),
-        "trained_until": F._day(model.trained_until), "trained_until_ns": model.trained_until,
-        "valid_until": F._day(model.valid_until), "valid_until_ns": model.valid_until, "vol_scale": model.vol_scale,
+        "model": spec.model, "version": model.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dataset": ds.id, "timeframe": spec.timeframe, "horizon": spec.horizon, "inputs": spec.inputs,
+        "spec": spec.model_dump(mode="json"), "trained_until": F._day(model.trained_until),
+        "trained_until_ns": model.trained_until, "valid_until": F._day(model.valid_until),
+        "valid_until_ns": model.valid_until, "vol_scale": model.vol_scale,
         "training_window": {"first": ds.manifest["first"], "last": ds.manifest["last"]},
         "walk_forward": {"pooled": ev.pooled, "folds": ev.folds, "per_symbol": ev.per_symbol, "verdict": lines,
                          "seconds": round(ev.seconds, 2)},
+        **({"retrain": retrain} if retrain else {}),
     }
     version = models.save(settings.data_home(), model, manifest)
     folder = out_dir or Path("runs") / f"forecast-{spec.model}"
     folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(folder / "evaluation.json", manifest)
-    from tradebus import duck
     duck.write_parquet([ev.predictions], folder / "predictions.parquet", "time, symbol")
     monthly, calibration = F.report_series(ev)
     report.render_forecast(folder / "report.html", f"forecast {spec.model} · version {model.version}",
@@ -104,11 +143,85 @@ def forecast_train(
     for line in lines:
         out.print(f"  {line}")
     out.print(f"  report: {folder / 'report.html'}")
-    if promote:
-        models.promote(settings.data_home(), spec.model, model.version, reason="forecast train --promote")
+    if promote and models.promoted(settings.data_home(), spec.model) != model.version:
+        models.promote(settings.data_home(), spec.model, model.version, reason=f"forecast {'retrain' if frozen else 'train'} --promote")
         out.print(f"  promoted {spec.model} {model.version}")
-    else:
+    elif not promote:
         out.print(f"  promote it with: tradebus forecast promote {spec.model} {version.version}")
+
+
+@forecast_app.command("compare")
+def forecast_compare(
+    config_path: Path = typer.Argument(..., metavar="COMPOSITE.yaml", help="A composite system config."),
+    symbols: Optional[str] = typer.Option(None, "--symbols", help="Comma-separated (default: the forecaster's)."),
+    db: Optional[Path] = MarketOpt,
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default runs/compare-SYSTEM)."),
+) -> None:
+    """The composite against the best single pool member (chosen on the hygiene window) and the equal-weight
+    blend, on the bars after the forecaster's data, per symbol; deflated Sharpe and PBO."""
+    from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.engine import artifacts, models, report
+    from tradebus.engine.market import MissingDataError
+    from tradebus.engine.wiring import ModelRefused, forecast_model
+    from tradebus.replay.compare import compare_symbol, count_trials
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc))
+    if config.pool is None:
+        fail(f"{config_path}: not a composite system (it has no pool); compare needs forecaster, policy and pool")
+    home = settings.data_home()
+    try:
+        model = forecast_model(config)
+        spec_symbols = models.get(home, model.model_id, model.version).manifest.get("spec", {}).get("symbols")
+    except ModelRefused as exc:
+        fail(str(exc))
+    chosen = [s.strip() for s in symbols.split(",")] if symbols else (spec_symbols or [config.symbol])
+    results = []
+    with open_market(db) as md:
+        n_trials = count_trials(home, config)
+        for sym in chosen:
+            try:
+                results.append(compare_symbol(config, sym, md, n_trials))
+            except (ModelRefused, MissingDataError, ValueError) as exc:
+                fail(f"{config_path}: {sym}: {exc}")
+    table = Table(title=f"{config.system}: composite vs baselines, out of sample ({n_trials} trials built it)")
+    for col in ("symbol", "test window", "composite", "best single (by train Sharpe)", "equal weight", "DSR", "PBO"):
+        table.add_column(col)
+    fmt = lambda m: f"{m.get('return_pct', 0) * 100:+.1f}% · Sharpe {m.get('sharpe') or 0:+.2f}"  # noqa: E731
+    rows, data = [], []
+    for r in results:
+        best = max(r.chosen_by, key=lambda k: r.chosen_by[k])
+        table.add_row(r.symbol, r.window, fmt(r.composite.metrics), f"{best}: {fmt(r.best_single.metrics)}",
+                      fmt(r.equal_weight.metrics), f"{r.dsr:.3f}", "—" if r.pbo is None else f"{r.pbo:.2f}")
+        for leg, kind in ((r.composite, "composite"), (r.best_single, "best single"), (r.equal_weight, "blend")):
+            rows.append(report.Compared(f"{r.symbol} {leg.name}", kind, f"{r.symbol} · {r.window}", None, leg.metrics,
+                                        (leg.times, leg.equity)))
+        data.append({"symbol": r.symbol, "window": r.window, "composite": r.composite.metrics,
+                     "best_single": {"member": r.best_single.name, "train_sharpe": r.chosen_by,
+                                     "metrics": r.best_single.metrics},
+                     "equal_weight": r.equal_weight.metrics, "dsr": r.dsr, "pbo": r.pbo})
+    out.print(table)
+    sharpe = lambda leg: leg.metrics.get("sharpe") or 0.0  # noqa: E731
+    beats_best = sum(sharpe(r.composite) > sharpe(r.best_single) for r in results)
+    beats_blend = sum(sharpe(r.composite) > sharpe(r.equal_weight) for r in results)
+    summary = (f"composite Sharpe above the best single member on {beats_best} of {len(results)} symbols, above "
+               f"the equal-weight blend on {beats_blend}; mean Sharpe composite "
+               f"{np.mean([sharpe(r.composite) for r in results]):+.2f}, best single "
+               f"{np.mean([sharpe(r.best_single) for r in results]):+.2f}, blend "
+               f"{np.mean([sharpe(r.equal_weight) for r in results]):+.2f}")
+    out.print(summary)
+    folder = out_dir or Path("runs") / f"compare-{config.system}"
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(folder / "compare.json", {"system": config.system, "forecaster": {"id": model.model_id,
+                         "version": model.version}, "policy": {"id": config.policy.id, "version": config.policy.version},
+                         "trials": n_trials, "summary": summary, "symbols": data})
+    report.render_comparison(folder / "report.html", f"{config.system}: composite vs baselines",
+                             f"forecaster {model.model_id} {model.version} · policy {config.policy.id} "
+                             f"{config.policy.version} · {n_trials} trials", rows, [], warnings=[summary],
+                             what="system", test_name="out-of-sample")
+    out.print(f"report: {folder / 'report.html'}")
 
 
 def _registry_call(fn, *args):

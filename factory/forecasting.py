@@ -48,12 +48,16 @@ class Fold:
     train_start: int  # ... and at or after this
 
 
-def make_folds(times: np.ndarray, spec: ModelSpec) -> list[Fold]:
-    """The walk-forward folds over the dataset's bar close times (ns)."""
+def make_folds(times: np.ndarray, spec: ModelSpec, test_from: int | None = None) -> list[Fold]:
+    """The walk-forward folds over the dataset's bar close times (ns); ``test_from``: test only bars closing
+    after it (a retrain tests on the data its frozen model never saw) instead of the last ``test_fraction``."""
     step = tf_ns(spec.timeframe)
     t0, t1 = int(times.min()), int(times.max()) + step
     wf = spec.walk_forward
-    first = t0 + int((t1 - t0) * (1 - wf.test_fraction)) // step * step
+    if test_from is not None:
+        first = (test_from // step + 1) * step
+    else:
+        first = t0 + int((t1 - t0) * (1 - wf.test_fraction)) // step * step
     edges = [first + (t1 - first) * k // wf.folds // step * step for k in range(wf.folds)] + [t1]
     out = []
     for k in range(wf.folds):
@@ -169,10 +173,10 @@ def _fit_predict(spec: ModelSpec, rows: Rows, train: np.ndarray, test: np.ndarra
     return texts, scale, model.predict(rows.x[test])
 
 
-def walk_forward(spec: ModelSpec, rows: Rows, progress=None) -> Evaluation:
+def walk_forward(spec: ModelSpec, rows: Rows, progress=None, test_from: int | None = None) -> Evaluation:
     """Train and test every fold; score the model and the baselines on each and pooled."""
     t0 = time.perf_counter()
-    folds = make_folds(rows.time, spec)
+    folds = make_folds(rows.time, spec, test_from)
     n = len(rows.time)
     keys = ["ret_model", "ret_momentum", *(f"var_{m}" for m in VOL_MODELS)]
     fc = {k: np.full(n, np.nan) for k in keys} | {f"p_{m}": np.full((n, 4), np.nan) for m in REGIME_MODELS}
@@ -302,4 +306,28 @@ def live_scores(scored) -> list[dict]:
         out.append({"model": mid, "version": ver, "system": system, "symbol": symbol, "scored": len(evs),
                     "rank_ic": fe.rank_ic(exp, real), "qlike": float(np.nanmean(q)) if np.isfinite(q).any() else None,
                     "brier": float(np.mean([e.brier for e in evs]))})
+    return out
+
+
+def against_frozen(ev: Evaluation, rows: Rows, frozen: forecast.Model) -> dict:
+    """The frozen model's scores on the rows the walk-forward tested (data it never saw), beside the
+    retrained folds': the IC change of retraining, and the volatility and regime scores' change."""
+    p = ev.predictions
+    t = p.column("time").to_numpy().astype("datetime64[ns]").astype(np.int64)
+    sym = np.asarray(p.column("symbol").to_pylist(), dtype=object)
+    index = {(s_, t_): i for i, (s_, t_) in enumerate(zip(rows.symbol.tolist(), rows.time.tolist()))}
+    idx = np.array([index[(s_, t_)] for s_, t_ in zip(sym.tolist(), t.tolist())], dtype=np.int64)
+    ret, vol, probs = frozen.predict(rows.x[idx])
+    real_ret, real_vol, real_reg = rows.ret[idx], rows.vol[idx], rows.regime[idx]
+    retrained = {"ret": p.column("ret_model").to_numpy(), "var": p.column("var_model").to_numpy(),
+                 "p": np.column_stack([p.column(f"p_model_{r}").to_numpy() for r in forecast.REGIMES])}
+    out = {}
+    for name, (r, v, pr) in {"frozen": (ret, vol ** 2, probs),
+                             "retrained": (retrained["ret"], retrained["var"], retrained["p"])}.items():
+        _, mic, _ = fe.monthly_ic(t, r, real_ret)
+        out[name] = {"ic": fe.ic(r, real_ret), "rank_ic": fe.rank_ic(r, real_ret), "icir": fe.icir(mic),
+                     "qlike": fe.qlike(real_vol ** 2, v), "brier": fe.brier(pr, real_reg)}
+    out["rows"] = int(len(idx))
+    out["ic_change"] = out["retrained"]["ic"] - out["frozen"]["ic"]
+    out["rank_ic_change"] = out["retrained"]["rank_ic"] - out["frozen"]["rank_ic"]
     return out

@@ -46,6 +46,7 @@ class Leg:
     metrics: dict
     times: np.ndarray
     equity: np.ndarray  # per unit of capital
+    position: np.ndarray  # signed quantity held at each close
 
 
 @dataclass
@@ -74,16 +75,16 @@ def member_config(config: SystemConfig, symbol: str, name: str) -> SystemConfig:
 
 
 def _leg(name: str, result, capital: float) -> Leg:
-    return Leg(name, result.metrics, result.times, result.curve[:, 2] / capital)
+    return Leg(name, result.metrics, result.times, result.curve[:, 2] / capital, result.curve[:, 3])
 
 
 def _blend(legs: list[Leg], bar_ns: int) -> Leg:
     n = len(legs)
-    times, equity, exposed = sum_accounts([(leg.times, leg.equity / n, np.zeros(len(leg.times))) for leg in legs],
+    times, equity, exposed = sum_accounts([(leg.times, leg.equity / n, leg.position) for leg in legs],
                                           [1.0 / n] * n)
     m = summarize(times, equity, exposed, 1.0, bar_ns, [], 0.0, 0.0)
     m["total_trades"] = sum(int(leg.metrics.get("total_trades", 0)) for leg in legs)
-    return Leg("equal_weight", m, times, equity)
+    return Leg("equal_weight", m, times, equity, exposed)
 
 
 def _block_stats(legs: list[Leg]) -> np.ndarray:
@@ -155,5 +156,6 @@ def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: 
     sr_var = float(np.nanvar(variances, ddof=1)) if len(variances) > 1 else 0.0
     dsr = overfit.deflated_sharpe(sr, len(rets), skew, kurt, n_trials, sr_var)
     pbo = overfit.pbo_cscv(_block_stats(legs)).pbo if min(len(leg.equity) for leg in legs) > 4 * BLOCKS else None
-    return SymbolResult(symbol, test, composite, Leg(f"best_single ({best_name})", best.metrics, best.times,
-                                                     best.equity), chosen, blend, members, dsr, pbo)
+    return SymbolResult(symbol, f"{day(start)} .. {day(end)}", composite,
+                        Leg(f"best_single ({best_name})", best.metrics, best.times, best.equity, best.position), chosen,
+                        blend, members, dsr, pbo)

@@ -343,3 +343,45 @@ def test_a_bad_composite_config_names_what_is_wrong(change, says):
 
     with pytest.raises(ConfigError, match=says):
         parse_config(bad)
+
+
+def test_compare_and_retrain_end_to_end(tmp_path):
+    """A model trained on the first months, a composite compared on the bars after them, then retrained."""
+    home = tmp_path / "home"
+    _import(home, tmp_path, ["BTCUSDT", "ETHUSDT"], n=4_000)  # 2025-01-01 .. mid-June, hourly
+    env = {"TRADEBUS_HOME": str(home)}
+    early = tmp_path / "early.yaml"
+    body = ("model: walk_1h\nsymbols: [BTCUSDT, ETHUSDT]\ntimeframe: 1h\nhorizon: 12\nvalid_for_days: 365\n"
+            "lightgbm: {rounds: 20, min_data_in_leaf: 50}\nwalk_forward: {folds: 3}\n")
+    early.write_text(body + "window: {end: 2025-05-01}\n")
+    assert run_tradebus("forecast", "train", str(early), "--promote", env=env, cwd=tmp_path,
+                        timeout=180).returncode == 0
+    composite = tmp_path / "composite.yaml"
+    composite.write_text(
+        "system: walk_composite\nsymbol: BTCUSDT\ntimeframe: 1h\nforecaster: {id: walk_1h}\n"
+        "windows: {hygiene: {start: 2025-01-20, end: 2025-04-25}, test: {start: 2025-05-01, end: 2025-06-01}}\n"
+        "policy: {id: p1, regimes: {trend_up: {trend: 1}, trend_down: {trend: 1}, chop: {rev: 1}, crash: {}}}\n"
+        "pool:\n  trend: {id: sma_cross, params: {fast: 10, slow: 40, allow_short: true}}\n"
+        "  rev: {id: bollinger_reversion, params: {period: 20, k: 1.5, allow_short: true}}\n"
+        "risk: {sizing: fixed_fraction, fraction: 0.5, stop: {kind: none}}\n")
+
+    cmp = run_tradebus("forecast", "compare", str(composite), env=env, cwd=tmp_path, timeout=180)
+    in_sample = run_tradebus("replay", str(composite), "--window", "hygiene", "--no-store", env=env, cwd=tmp_path)
+
+    assert cmp.returncode == 0, cmp.stderr
+    result = json.loads((tmp_path / "runs" / "compare-walk_composite" / "compare.json").read_text())
+    assert [s["symbol"] for s in result["symbols"]] == ["BTCUSDT", "ETHUSDT"] and result["trials"] == 1
+    for s in result["symbols"]:
+        assert s["window"].startswith("2025-05-01") and s["best_single"]["member"] in ("best_single (trend)",
+                                                                                        "best_single (rev)")
+        assert s["composite"]["total_trades"] > 0 and 0 <= s["dsr"] <= 1
+    assert "above the equal-weight blend on" in cmp.stdout
+    assert in_sample.returncode == 1 and "in sample" in in_sample.stderr and "Traceback" not in in_sample.stderr
+
+    later = tmp_path / "later.yaml"
+    later.write_text(body)  # the same model, on everything stored now
+    retrain = run_tradebus("forecast", "retrain", str(later), env=env, cwd=tmp_path, timeout=180)
+    assert retrain.returncode == 0, retrain.stderr
+    assert "retraining on the" in retrain.stdout and "rows since 2025-05-01" in retrain.stdout
+    versions = json.loads(run_tradebus("forecast", "list", "--json", env=env).stdout)
+    assert len(versions) == 2 and sum(v["promoted"] for v in versions) == 1
