@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tradebus.bus import codec, subjects
+from tradebus.configs.forecast import load_model_spec
 from tradebus.configs.limits import load_limits
 from tradebus.configs.portfolio import load_portfolio
 from tradebus.configs.schema import ConfigError, load_config, read_yaml
@@ -41,10 +42,11 @@ from .test_bad_input import BOMB
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOADERS: dict[str, Callable[[Path], Any]] = {
     "examples": load_config, "sweeps": load_job, "scenarios": load_scenarios, "portfolios": load_portfolio,
-    "limits": load_limits,
+    "limits": load_limits, "forecasts": load_model_spec, "composites": load_config,
 }
 SHIPPED = sorted([*CONFIGS.glob("examples/*.yaml"), *CONFIGS.glob("sweeps/*.yaml"), *CONFIGS.glob("scenarios/*.yaml"),
-                  *CONFIGS.glob("portfolios/*.yaml"), CONFIGS / "limits.example.yaml"])
+                  *CONFIGS.glob("portfolios/*.yaml"), *CONFIGS.glob("forecasts/*.yaml"),
+                  *CONFIGS.glob("composites/*.yaml"), CONFIGS / "limits.example.yaml"])
 MAX_MESSAGE = 3000
 
 
