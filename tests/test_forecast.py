@@ -377,6 +377,13 @@ def test_compare_and_retrain_end_to_end(tmp_path):
         assert s["composite"]["total_trades"] > 0 and 0 <= s["dsr"] <= 1
     assert "above the equal-weight blend on" in cmp.stdout
     assert in_sample.returncode == 1 and "in sample" in in_sample.stderr and "Traceback" not in in_sample.stderr
+    store = tmp_path / "s.sqlite"
+    replay = run_tradebus("replay", str(composite), "--window", "2025-05-02:2025-06-01", "--store", str(store),
+                          env=env, cwd=tmp_path)
+    assert replay.returncode == 0, replay.stderr
+    scores = json.loads(run_tradebus("forecast", "score", "--store", str(store), "--json", env=env).stdout)
+    assert len(scores) == 1 and scores[0]["system"] == "walk_composite" and scores[0]["scored"] > 600
+    assert scores[0]["backtest"]["qlike"] > 0 and 0 < scores[0]["brier"] < 2
 
     later = tmp_path / "later.yaml"
     later.write_text(body)  # the same model, on everything stored now
