@@ -55,6 +55,41 @@ def dataset_market(model_path: Path = ModelArg, db: Optional[Path] = MarketOpt) 
     out.print(f"  {ds.path}")
 
 
+@dataset_app.command("strategies")
+def dataset_strategies(
+    config_path: Path = typer.Argument(..., metavar="COMPOSITE.yaml", help="A composite system config (its pool)."),
+    db: Optional[Path] = MarketOpt,
+) -> None:
+    """Per bar and pool member: the inputs at t, the member's descriptors and its forward performance over
+    (t, t+H] (compiled loop), on the symbols, timeframe, horizon and window of the composite's forecaster."""
+    from tradebus.configs.forecast import ModelSpec
+    from tradebus.configs.schema import ConfigError, load_config
+    from tradebus.engine import models
+    from tradebus.engine.market import MissingDataError
+    from tradebus.engine.wiring import ModelRefused, forecast_model
+    from tradebus.factory.datasets import DatasetError, build_strategies
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        fail(str(exc))
+    if config.pool is None:
+        fail(f"{config_path}: not a composite system (no pool): the strategy dataset is per pool member")
+    try:
+        model = forecast_model(config)
+    except ModelRefused as exc:
+        fail(str(exc))
+    spec = ModelSpec.model_validate(models.get(settings.data_home(), model.model_id, model.version).manifest["spec"])
+    with open_market(db) as md:
+        try:
+            ds = build_strategies(config, spec, md, settings.data_home())
+        except (DatasetError, MissingDataError) as exc:
+            fail(str(exc))
+    out.print(f"dataset {ds.id}: {ds.manifest['rows']:,} rows ({len(config.pool)} members x "
+              f"{len(spec.symbols)} symbols), {len(ds.manifest['columns'])} columns")
+    out.print(f"  {ds.path}")
+
+
 @forecast_app.command("train")
 def forecast_train(
     model_path: Path = ModelArg,

@@ -231,6 +231,14 @@ class SystemConfig(_Strict):
         needed = set(self.higher_timeframes) | set(strategies.get(self.strategy.id).htf_features(self.params()))
         return tuple(sorted(needed, key=TIMEFRAMES.__getitem__))
 
+    def member(self, name: str, symbol: str | None = None) -> "SystemConfig":
+        """One pool member of a composite as a system of its own (the composite's risk, costs and windows)."""
+        assert self.pool is not None
+        data = self.model_dump(mode="json", exclude={"pool", "policy", "forecaster", "strategy"})
+        m = self.pool[name]
+        return parse_config({**data, "system": f"{self.system}-{name}", "symbol": symbol or self.symbol,
+                             "strategy": {"id": m.id, "params": m.params}})
+
     def canonical(self) -> dict[str, Any]:
         """The validated config as JSON data, strategy parameters included with their defaults and types,
         so equal configs written differently are equal here."""

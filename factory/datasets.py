@@ -18,6 +18,15 @@ target_vol         float64             sqrt(sum of squared one-bar log returns o
 target_regime      int8                0 trend_up, 1 trend_down, 2 chop, 3 crash over (t, t+H]; -1 none
 =================  ==================  ==============================================================
 
+**Strategy dataset** (``tradebus dataset strategies COMPOSITE.yaml``): one row per symbol, bar and pool
+member of a composite system, on its forecaster's symbols, timeframe, horizon and window: the market
+row's ``x.`` inputs at t, the member's static descriptors (``member``, ``strategy``, ``params`` as JSON,
+``position`` it holds at t's close) and its forward performance over (t, t+H], from its equity curve
+as the sweep kernel trades it alone on the composite's risk and costs: ``fwd_return`` (equity[t+H] /
+equity[t] - 1), ``fwd_sharpe`` (mean over standard deviation of its H bar returns, times sqrt(H); 0 when
+flat throughout) and ``fwd_max_drawdown`` (the largest fall from a peak within (t, t+H], <= 0). It is
+``$TRADEBUS_HOME/datasets/strategies/ID.parquet``, keyed the same way.
+
 Targets read only closes inside the window: the last H rows of each symbol, and rows whose horizon spans
 a gap in the stored bars, have none (NaN, -1). The file is ``$TRADEBUS_HOME/datasets/market/ID.parquet``
 with ``ID.json`` beside it (what built it: the spec, each series' hash, the code digest); ID is the first
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,5 +184,84 @@ def build_market(spec: ModelSpec, md: MarketData, home: Path) -> Dataset:
     manifest = {**build, "id": ident, "build_key": build_key, "rows": table.num_rows, "columns": table.column_names,
                 "first": day(int(times.min())), "last": day(int(times.max())),
                 "rows_by_symbol": {s: t.num_rows for s, t in zip(read, tables)}}
+    artifacts.write_json(path.with_suffix(".json"), manifest)
+    return Dataset(ident, path, manifest, table)
+
+
+def forward_performance(equity: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(return, Sharpe, max drawdown) of an equity curve over (t, t+H] for each bar t (NaN for the last H)."""
+    n = len(equity)
+    ret, sharpe, mdd = (np.full(n, np.nan) for _ in range(3))
+    if n <= horizon:
+        return ret, sharpe, mdd
+    t = np.arange(n - horizon)
+    ret[t] = equity[t + horizon] / equity[t] - 1.0
+    bar = np.diff(equity) / equity[:-1]  # bar[i]: the return of bar i+1
+    windows = np.lib.stride_tricks.sliding_window_view(bar, horizon)[: n - horizon]
+    sd = windows.std(axis=1, ddof=1) if horizon > 1 else np.zeros(len(t))
+    sharpe[t] = np.where(sd > 0, windows.mean(axis=1) / np.where(sd > 0, sd, 1.0) * np.sqrt(horizon), 0.0)
+    path = np.lib.stride_tricks.sliding_window_view(equity, horizon + 1)[: n - horizon]
+    peaks = np.maximum.accumulate(path, axis=1)
+    mdd[t] = (path / peaks - 1.0).min(axis=1)
+    return ret, sharpe, mdd
+
+
+def build_strategies(config, spec: ModelSpec, md: MarketData, home: Path) -> Dataset:
+    """The strategy dataset of a composite's pool (``config``) on its forecaster's spec."""
+    from tradebus.engine.market import load_market
+    from tradebus.factory.sim import run_kernel
+
+    market = build_market(spec, md, home)
+    step = tf_ns(spec.timeframe)
+    mt = market.table
+    times_all = mt.column("time").to_numpy().astype("datetime64[ns]").astype(np.int64)
+    syms_all = np.asarray(mt.column("symbol").to_pylist(), dtype=object)
+    xs = [n for n in mt.column_names if n.startswith("x.")]
+    tables, series = [], {}
+    for symbol in spec.symbols:
+        rows = syms_all == symbol
+        t_sym = times_all[rows]
+        window = f"{np.datetime64(int(t_sym.min()) - step, 'ns')}:{np.datetime64(int(t_sym.max()), 'ns')}"
+        for name, member in (config.pool or {}).items():
+            mc = config.member(name, symbol)
+            m = load_market(mc, window, md)
+            run = run_kernel(mc, m)
+            series[f"{symbol}/{name}"] = m.data_hash[:16]
+            pos_at = {int(t): q for t, q in zip(run.times.tolist(), run.curve[:, 3].tolist())}
+            eq = run.curve[:, 2]
+            ret, sharpe, mdd = forward_performance(eq, spec.horizon)
+            at = {int(t): i for i, t in enumerate(run.times.tolist())}
+            idx = np.array([at.get(int(t), -1) for t in t_sym.tolist()], dtype=np.int64)
+            ok = idx >= 0
+            pick = lambda a: np.where(ok, a[np.maximum(idx, 0)], np.nan)  # noqa: E731
+            data: dict[str, pa.Array] = {
+                "time": pa.array(t_sym, type=pa.timestamp("ns", tz="UTC")),
+                "symbol": pa.array([symbol] * len(t_sym), type=pa.string()),
+                "timeframe": pa.array([spec.timeframe] * len(t_sym), type=pa.string()),
+                "member": pa.array([name] * len(t_sym), type=pa.string()),
+                "strategy": pa.array([member.id] * len(t_sym), type=pa.string()),
+                "params": pa.array([json.dumps(mc.params().model_dump(mode="json"), sort_keys=True)] * len(t_sym),
+                                   type=pa.string()),
+                "position": pa.array(np.sign([pos_at.get(int(t), 0.0) for t in t_sym.tolist()]).astype(np.int8),
+                                     type=pa.int8()),
+            }
+            for x in xs:
+                data[x] = pa.array(mt.column(x).to_numpy()[rows], type=pa.float64())
+            data["fwd_return"] = pa.array(pick(ret), type=pa.float64())
+            data["fwd_sharpe"] = pa.array(pick(sharpe), type=pa.float64())
+            data["fwd_max_drawdown"] = pa.array(pick(mdd), type=pa.float64())
+            tables.append(pa.table(data))
+    folder = datasets_dir(home, "strategies")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".building-{os.getpid()}.parquet"
+    duck.write_parquet(tables, tmp, "time, symbol, member")
+    table = duck.read_parquet(tmp)
+    ident = content_id(table)
+    path = folder / f"{ident}.parquet"
+    tmp.replace(path)
+    manifest = {"kind": "strategies", "id": ident, "market_dataset": market.id, "spec": spec_part(spec),
+                "pool": {k: v.model_dump(mode="json") for k, v in (config.pool or {}).items()},
+                "risk": config.risk.model_dump(mode="json"), "costs": config.costs.model_dump(mode="json"),
+                "series": series, "code": code_digest(), "rows": table.num_rows, "columns": table.column_names}
     artifacts.write_json(path.with_suffix(".json"), manifest)
     return Dataset(ident, path, manifest, table)

@@ -66,14 +66,6 @@ def _window(start: int, end: int) -> str:
     return f"{np.datetime64(start, 'ns')}:{np.datetime64(end, 'ns')}"
 
 
-def member_config(config: SystemConfig, symbol: str, name: str) -> SystemConfig:
-    """One pool member as a system of its own (the composite's risk, costs and windows)."""
-    data = config.model_dump(mode="json", exclude={"pool", "policy", "forecaster", "strategy"})
-    member = config.pool[name]  # type: ignore[index]
-    return parse_config({**data, "system": f"{config.system}-{name}", "symbol": symbol,
-                         "strategy": {"id": member.id, "params": member.params}})
-
-
 def _leg(name: str, result, capital: float) -> Leg:
     return Leg(name, result.metrics, result.times, result.curve[:, 2] / capital, result.curve[:, 3])
 
@@ -143,7 +135,7 @@ def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: 
     composite = _leg("composite", run_replay(comp_cfg, test, md), config.initial_capital)
     members, chosen = [], {}
     for name in config.pool or {}:
-        mc = member_config(config, symbol, name)
+        mc = config.member(name, symbol)
         chosen[name] = float(run_replay(mc, train, md).metrics.get("sharpe") or -math.inf)
         members.append(_leg(name, run_replay(mc, test, md), config.initial_capital))
     best_name = max(chosen, key=lambda k: chosen[k])

@@ -377,6 +377,12 @@ def test_compare_and_retrain_end_to_end(tmp_path):
         assert s["composite"]["total_trades"] > 0 and 0 <= s["dsr"] <= 1
     assert "above the equal-weight blend on" in cmp.stdout
     assert in_sample.returncode == 1 and "in sample" in in_sample.stderr and "Traceback" not in in_sample.stderr
+    sd = run_tradebus("dataset", "strategies", str(composite), env=env, cwd=tmp_path, timeout=180)
+    assert sd.returncode == 0, sd.stderr
+    table = duck.read_parquet(next((home / "datasets" / "strategies").glob("*.parquet"))).to_pandas()
+    assert set(table["member"]) == {"trend", "rev"} and set(table["symbol"]) == {"BTCUSDT", "ETHUSDT"}
+    assert table["fwd_return"].notna().mean() > 0.95 and (table["fwd_max_drawdown"].dropna() <= 0).all()
+    assert set(table["position"].unique()) <= {-1, 0, 1} and "x.ret_1" in table.columns
     store = tmp_path / "s.sqlite"
     replay = run_tradebus("replay", str(composite), "--window", "2025-05-02:2025-06-01", "--store", str(store),
                           env=env, cwd=tmp_path)
@@ -392,3 +398,20 @@ def test_compare_and_retrain_end_to_end(tmp_path):
     assert "retraining on the" in retrain.stdout and "rows since 2025-05-01" in retrain.stdout
     versions = json.loads(run_tradebus("forecast", "list", "--json", env=env).stdout)
     assert len(versions) == 2 and sum(v["promoted"] for v in versions) == 1
+
+
+def test_forward_performance_matches_a_direct_loop():
+    rng = np.random.default_rng(5)
+    equity = 1000 * np.cumprod(1 + np.where(rng.random(400) < 0.3, 0.0, rng.normal(0, 0.01, 400)))
+    h = 12
+
+    ret, sharpe, mdd = datasets.forward_performance(equity, h)
+
+    for t in range(len(equity) - h):
+        path = equity[t:t + h + 1]
+        bars = np.diff(path) / path[:-1]
+        assert ret[t] == pytest.approx(path[-1] / path[0] - 1, rel=1e-12)
+        sd = bars.std(ddof=1)
+        assert sharpe[t] == pytest.approx(bars.mean() / sd * np.sqrt(h) if sd > 0 else 0.0, rel=1e-9, abs=1e-12)
+        assert mdd[t] == pytest.approx(min(0.0, (path / np.maximum.accumulate(path) - 1).min()), abs=1e-12)
+    assert np.isnan(ret[-h:]).all()
