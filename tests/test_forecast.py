@@ -415,3 +415,30 @@ def test_forward_performance_matches_a_direct_loop():
         assert sharpe[t] == pytest.approx(bars.mean() / sd * np.sqrt(h) if sd > 0 else 0.0, rel=1e-9, abs=1e-12)
         assert mdd[t] == pytest.approx(min(0.0, (path / np.maximum.accumulate(path) - 1).min()), abs=1e-12)
     assert np.isnan(ret[-h:]).all()
+
+
+def test_no_forecast_or_policy_decision_looks_ahead(tmp_path):
+    import os
+
+    from tradebus.configs.schema import parse_config
+    from tradebus.engine.marketdata import SeriesKey
+    from tradebus.factory.market import MemoryMarket
+    from tradebus.replay import checks
+
+    from .test_live_equals_replay import POLICY, POOL
+
+    cols = _walk(6_000)  # hourly from 2025-01-01
+    train_and_promote(Path(os.environ["TRADEBUS_HOME"]), {k: v[:3_000] for k, v in cols.items()}, spec(timeframe="1h"))
+    config = parse_config({
+        "system": "c", "symbol": "BTCUSDT", "timeframe": "1h", "forecaster": {"id": "test_fc"}, "policy": POLICY,
+        "pool": POOL, "windows": {"hygiene": {"start": "2025-05-10", "end": "2025-09-01"},
+                                  "test": {"start": "2025-09-01", "end": "2025-09-07"}},
+        "costs": {"funding": False}, "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "stop": {"kind": "none"}}})
+    market = MemoryMarket({SeriesKey("bybit", "linear", "BTCUSDT", "1h"): cols})
+
+    compared = checks.no_lookahead(config, market, cut=0.75)
+
+    replayed = checks.run_replay(config, "hygiene", market)
+    before = checks.decided_before(replayed, int(cols["open_time"][4_500]))
+    kinds = {type(e).__name__ for e in before}
+    assert {"Forecast", "ForecastScored", "PolicyDecision", "Fill"} <= kinds and compared == len(before)
