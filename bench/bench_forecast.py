@@ -1,13 +1,15 @@
 """Forecasting: training all eight perps (walk-forward + final model) at 1h and 5m, and the forecaster's cost
 per streamed bar (snapshot in -> Forecast out) against the snapshot builder's own per-bar cost in the same run.
 
-Needs the eight perps of ../shared/data imported (`tradebus data import ../shared/data/bybit/linear/5m/*.parquet`)
-in $TRADEBUS_HOME. Usage: python bench/bench_forecast.py [--quick]  (--quick: 1h only)
+Reads the eight perps' 5m candles from ../shared/data into a temporary data home (skips with a message when
+they are absent). Usage: python bench/bench_forecast.py [--quick]  (--quick: 1h only)
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +25,18 @@ from tradebus.engine.snapshot import MarketFeatures
 from tradebus.factory import datasets, forecasting
 
 ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "bybit" / "linear" / "5m"
+
+
+def import_perps(home: Path) -> int:
+    """The eight perps' 5m candles into ``home``'s market data; how many series."""
+    from tradebus.engine.marketdata import SeriesKey
+    from tradebus.replay.importer import read_file
+
+    files = sorted(SHARED.glob("*.parquet"))
+    with MarketData.open(home / "market.duckdb") as md:
+        md.write_all([(SeriesKey("bybit", "linear", f.stem, "5m"), read_file(f)) for f in files])
+    return len(files)
 
 
 def train(spec) -> tuple[float, float, forecast.Model, dict]:
@@ -65,7 +79,17 @@ def latency(model: forecast.Model, n: int = 2_000) -> tuple[np.ndarray, np.ndarr
 
 
 def main() -> None:
-    quick = "--quick" in sys.argv
+    if not SHARED.exists():
+        print(f"bench_forecast: {SHARED} is absent; nothing to measure")
+        return
+    with tempfile.TemporaryDirectory(prefix="tradebus-bench-forecast-", dir="/tmp") as tmp:
+        home = Path(tmp)
+        os.environ["TRADEBUS_HOME"] = str(home)
+        print(f"bench_forecast: {import_perps(home)} perps imported into a temporary data home")
+        measure("--quick" in sys.argv)
+
+
+def measure(quick: bool) -> None:
     spec = load_model_spec(ROOT / "configs" / "forecasts" / "perps_1h.yaml")
     specs = [spec] if quick else [spec, spec.model_copy(update={"model": "perps_5m", "timeframe": "5m",
                                                                  "train_stride": 6})]

@@ -147,6 +147,7 @@ class Daemon:
         # One sender, in order: an exit must reach the venue before the entry decided with it.
         self.requests: asyncio.Queue[tuple[Request, Latency | None]] = asyncio.Queue()
         self.latencies: deque[Latency] = deque(maxlen=100_000)  # the latest venue messages that caused a request
+        self.forecast_latencies: deque[int] = deque(maxlen=100_000)  # ns: kline received -> its Forecast published
         self.steps = 0
         self.busy = False  # inside a step (tests wait for the daemon to be idle)
         self.in_flight = 0
@@ -271,6 +272,8 @@ class Daemon:
             journal(event)
         for event in done:
             await self._publish(event)
+        if received_ns and self.forecaster is not None and any(type(e) is ev.Forecast for e in done):
+            self.forecast_latencies.append(time.perf_counter_ns() - received_ns)
         requests = self._take_outbox()
         timing = None
         if requests and received_ns:
