@@ -202,6 +202,7 @@ class Model:
     valid_until: int  # ns: expiry; a bar closing after it is refused
     vol_scale: float  # multiplies exp(log-variance prediction): the training rows' QLIKE-optimal scale
     boosters: dict[str, str]  # "return", "logvar", "regime" -> model text
+    crash_drawdown: float = CRASH_DRAWDOWN  # the regime rule its targets (and so its scores) use
     _loaded: dict[str, lgb.Booster] = field(default_factory=dict, repr=False, compare=False)
     _inputs: list[Input] = field(default_factory=list, repr=False, compare=False)
 
@@ -365,7 +366,7 @@ class Forecaster(Component):
 
     def _score(self, fc: ev.Forecast, snap: ev.Snapshot) -> ev.ForecastScored:
         closes = np.fromiter(self._closes, dtype=np.float64)
-        ret, vol, regime = forward_targets(closes, self.model.horizon)
+        ret, vol, regime = forward_targets(closes, self.model.horizon, self.model.crash_drawdown)
         probs = (fc.p_trend_up, fc.p_trend_down, fc.p_chop, fc.p_crash)
         k = int(regime[0])
         ratio = vol[0] ** 2 / fc.expected_vol ** 2 if fc.expected_vol > 0 else math.nan

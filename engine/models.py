@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tradebus.components.forecast import Model
+from tradebus.components.forecast import CRASH_DRAWDOWN, Model
 from tradebus.engine import artifacts
 
 BOOSTERS = ("return", "logvar", "regime")
@@ -155,4 +155,5 @@ def load(home: Path, model_id: str, version: str | None = None) -> Model:
     m = v.manifest
     return Model(model_id=model_id, version=version, timeframe=m["timeframe"], horizon=m["horizon"],
                  inputs=list(m["inputs"]), trained_until=m["trained_until_ns"], valid_until=m["valid_until_ns"],
-                 vol_scale=m["vol_scale"], boosters={b: (v.path / f"{b}.txt").read_text() for b in BOOSTERS})
+                 vol_scale=m["vol_scale"], boosters={b: (v.path / f"{b}.txt").read_text() for b in BOOSTERS},
+                 crash_drawdown=m.get("spec", {}).get("crash_drawdown", CRASH_DRAWDOWN))

@@ -248,7 +248,7 @@ def final_model(spec: ModelSpec, rows: Rows, dataset_id: str) -> forecast.Model:
     # last row with a target, whichever is later.
     seen = int(max(rows.time.max(), rows.time[has].max() + spec.horizon * step))
     return forecast.Model(spec.model, version_of(dataset_id, spec), spec.timeframe, spec.horizon, spec.inputs, seen,
-                          seen + spec.valid_for_days * DAY, scale, texts)
+                          seen + spec.valid_for_days * DAY, scale, texts, spec.crash_drawdown)
 
 
 def report_series(ev: Evaluation) -> tuple[dict, dict]:
