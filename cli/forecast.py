@@ -191,14 +191,17 @@ def forecast_compare(
     symbols: Optional[str] = typer.Option(None, "--symbols", help="Comma-separated (default: the forecaster's)."),
     db: Optional[Path] = MarketOpt,
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default runs/compare-SYSTEM)."),
+    folds: Optional[int] = typer.Option(None, "--folds", min=2, max=20, help="Walk-forward: retrain the forecaster "
+                                        "before each of N test blocks (each version stored: each is a trial)."),
 ) -> None:
     """The composite against the best single pool member (chosen on the hygiene window) and the equal-weight
-    blend, on the bars after the forecaster's data, per symbol; deflated Sharpe and PBO."""
+    blend, on the bars after the forecaster's data, per symbol; deflated Sharpe and PBO. With --folds, the
+    same on each block of a walk-forward, each block's forecaster trained only on the bars before it."""
     from tradebus.configs.schema import ConfigError, load_config
     from tradebus.engine import artifacts, models, report
     from tradebus.engine.market import MissingDataError
     from tradebus.engine.wiring import ModelRefused, forecast_model
-    from tradebus.replay.compare import compare_symbol, count_trials
+    from tradebus.replay.compare import TooLittleHistory, compare_symbol, count_trials, fold_configs
 
     try:
         config = load_config(config_path)
@@ -215,12 +218,22 @@ def forecast_compare(
     chosen = [s.strip() for s in symbols.split(",")] if symbols else (spec_symbols or [config.symbol])
     results = []
     with open_market(db) as md:
+        try:
+            runs = [(None, None, config)] if folds is None else fold_configs(config, md, home, folds)
+        except (ModelRefused, MissingDataError, ValueError) as exc:
+            fail(f"{config_path}: {exc}")
         n_trials = count_trials(home, config)
-        for sym in chosen:
-            try:
-                results.append(compare_symbol(config, sym, md, n_trials))
-            except (ModelRefused, MissingDataError, ValueError) as exc:
-                fail(f"{config_path}: {sym}: {exc}")
+        skipped = []
+        for train_until, test_from, cfg in runs:
+            for sym in chosen:
+                try:
+                    results.append(compare_symbol(cfg, sym, md, n_trials, train_until, test_from))
+                except TooLittleHistory as exc:
+                    skipped.append(str(exc))
+                except (ModelRefused, MissingDataError, ValueError) as exc:
+                    fail(f"{config_path}: {sym}: {exc}")
+    if not results:
+        fail(f"{config_path}: nothing to compare: " + "; ".join(skipped))
     table = Table(title=f"{config.system}: composite vs baselines, out of sample ({n_trials} trials built it)")
     for col in ("symbol", "test window", "composite", "best single (by train Sharpe)", "equal weight", "DSR", "PBO"):
         table.add_column(col)
@@ -241,20 +254,25 @@ def forecast_compare(
     sharpe = lambda leg: leg.metrics.get("sharpe") or 0.0  # noqa: E731
     beats_best = sum(sharpe(r.composite) > sharpe(r.best_single) for r in results)
     beats_blend = sum(sharpe(r.composite) > sharpe(r.equal_weight) for r in results)
-    summary = (f"composite Sharpe above the best single member on {beats_best} of {len(results)} symbols, above "
+    summary = (f"composite Sharpe above the best single member on {beats_best} of {len(results)} "
+               f"{'symbols' if folds is None else f'(fold, symbol) pairs over {folds} walk-forward folds'}, above "
                f"the equal-weight blend on {beats_blend}; mean Sharpe composite "
                f"{np.mean([sharpe(r.composite) for r in results]):+.2f}, best single "
                f"{np.mean([sharpe(r.best_single) for r in results]):+.2f}, blend "
                f"{np.mean([sharpe(r.equal_weight) for r in results]):+.2f}")
     out.print(summary)
+    for line in skipped:
+        out.print(f"skipped {line}")
     folder = out_dir or Path("runs") / f"compare-{config.system}"
     folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_json(folder / "compare.json", {"system": config.system, "forecaster": {"id": model.model_id,
                          "version": model.version}, "policy": {"id": config.policy.id, "version": config.policy.version},
-                         "trials": n_trials, "summary": summary, "symbols": data})
+                         "trials": n_trials, "folds": folds, "summary": summary, "skipped": skipped,
+                         "symbols": data})
     report.render_comparison(folder / "report.html", f"{config.system}: composite vs baselines",
                              f"forecaster {model.model_id} {model.version} · policy {config.policy.id} "
-                             f"{config.policy.version} · {n_trials} trials", rows, [], warnings=[summary],
+                             f"{config.policy.version} · {n_trials} trials", rows, [],
+                             warnings=[summary, *(f"skipped {line}" for line in skipped)],
                              what="system", test_name="out-of-sample")
     out.print(f"report: {folder / 'report.html'}")
 
@@ -278,12 +296,15 @@ def forecast_list(as_json: bool = typer.Option(False, "--json", help="One JSON l
     for mid in models.model_ids(home):
         current = models.promoted(home, mid)
         for v in models.versions(home, mid):
-            p = v.manifest["walk_forward"]["pooled"]
+            wf = v.manifest.get("walk_forward")
+            p = wf["pooled"] if wf else None
             rows.append({"model": mid, "version": v.version, "promoted": v.version == current,
                          "created": v.manifest["created"], "valid_until": v.manifest["valid_until"],
-                         "rank_ic": p["return"]["model"]["rank_ic"], "qlike": p["vol"]["model"]["qlike"],
-                         "qlike_ewma": p["vol"]["ewma"]["qlike"],
-                         "brier_skill": p["regime"]["model"]["skill_vs_base_rate"]})
+                         "fold": v.manifest.get("fold"),
+                         "rank_ic": p["return"]["model"]["rank_ic"] if p else None,
+                         "qlike": p["vol"]["model"]["qlike"] if p else None,
+                         "qlike_ewma": p["vol"]["ewma"]["qlike"] if p else None,
+                         "brier_skill": p["regime"]["model"]["skill_vs_base_rate"] if p else None})
     if as_json:
         out.print(json.dumps(rows, indent=2))
         return
@@ -294,8 +315,14 @@ def forecast_list(as_json: bool = typer.Option(False, "--json", help="One JSON l
     for col in ("model", "version", "created", "valid until", "rank IC", "QLIKE (EWMA)", "Brier skill"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["model"], ("* " if r["promoted"] else "  ") + r["version"], r["created"], r["valid_until"],
-                      f"{r['rank_ic']:+.4f}", f"{r['qlike']:.4f} ({r['qlike_ewma']:.4f})", f"{r['brier_skill']:+.4f}")
+        mark = ("* " if r["promoted"] else "  ") + r["version"]
+        if r["fold"]:  # a walk-forward comparison's fold model: no evaluation of its own
+            f = r["fold"]
+            table.add_row(r["model"], mark, r["created"], r["valid_until"],
+                          f"fold {f['index']}/{f['folds']} of {f['of']}", "", "")
+            continue
+        table.add_row(r["model"], mark, r["created"], r["valid_until"], f"{r['rank_ic']:+.4f}",
+                      f"{r['qlike']:.4f} ({r['qlike_ewma']:.4f})", f"{r['brier_skill']:+.4f}")
     out.print(table)
 
 
@@ -316,7 +343,11 @@ def forecast_show(model_id: str = typer.Argument(..., metavar="MODEL", help="The
     out.print(f"{model_id} {v.version}  dataset {m['dataset']}  {m['timeframe']} H={m['horizon']}  created {m['created']}")
     out.print(f"  forecasts bars closing {m['trained_until']} .. {m['valid_until']}")
     out.print(f"  inputs: {', '.join(m['inputs'])}")
-    for line in m["walk_forward"]["verdict"]:
+    if m.get("fold"):
+        f = m["fold"]
+        out.print(f"  fold {f['index']} of {f['folds']} of a walk-forward comparison on {f['of']}: tests "
+                  f"{f['test_start']} .. {f['test_end']}")
+    for line in (m.get("walk_forward") or {}).get("verdict", []):
         out.print(f"  {line}")
     for h in models.history(home, model_id):
         out.print(f"  {h['time']} {h['action']} {h['version']} (from {h['from']}) {h.get('reason', '')}")
@@ -358,11 +389,13 @@ def forecast_score(store: Optional[Path] = StoreOpt,
     home = settings.data_home()
     for row in summary:
         try:
-            pooled = models.get(home, row["model"], row["version"]).manifest["walk_forward"]["pooled"]
-            row["backtest"] = {"rank_ic": pooled["return"]["model"]["rank_ic"], "qlike": pooled["vol"]["model"]["qlike"],
-                               "brier": pooled["regime"]["model"]["brier"]}
+            wf = models.get(home, row["model"], row["version"]).manifest.get("walk_forward")
         except models.RegistryError:
-            row["backtest"] = None
+            wf = None
+        pooled = wf["pooled"] if wf else None
+        row["backtest"] = None if pooled is None else {
+            "rank_ic": pooled["return"]["model"]["rank_ic"], "qlike": pooled["vol"]["model"]["qlike"],
+            "brier": pooled["regime"]["model"]["brier"]}
     if as_json:
         out.print(json.dumps(summary, indent=2))
         return

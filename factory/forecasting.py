@@ -331,3 +331,17 @@ def against_frozen(ev: Evaluation, rows: Rows, frozen: forecast.Model) -> dict:
     out["ic_change"] = out["retrained"]["ic"] - out["frozen"]["ic"]
     out["rank_ic_change"] = out["retrained"]["rank_ic"] - out["frozen"]["rank_ic"]
     return out
+
+
+def fold_model(spec: ModelSpec, rows: Rows, dataset_id: str, fold: Fold) -> forecast.Model:
+    """A model trained on one walk-forward fold's training rows only, covering exactly its test block (a
+    composite's walk-forward comparison runs each block on the model that never saw it)."""
+    train = (rows.time < fold.train_end) & (rows.time >= fold.train_start) & np.isfinite(rows.ret)
+    idx = np.flatnonzero(train)[:: spec.train_stride]
+    texts, scale = forecast.fit(rows.x[idx], rows.ret[idx], rows.vol[idx], rows.regime[idx],
+                                spec.lightgbm.params(), spec.lightgbm.rounds)
+    seen = int(rows.time[train].max() + spec.horizon * tf_ns(spec.timeframe))
+    # Valid for the bars closing in the block: [test_start, test_end).
+    return forecast.Model(spec.model, version_of(f"{dataset_id}@{fold.train_end}", spec), spec.timeframe,
+                          spec.horizon, spec.inputs, seen, fold.test_end - tf_ns(spec.timeframe), scale, texts,
+                          spec.crash_drawdown)

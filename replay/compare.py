@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,11 @@ from tradebus.factory import overfit
 from tradebus.replay.backtest import run_replay
 
 BLOCKS = 16
+MIN_TRAIN_BARS = 500  # a walk-forward fold chooses its best single member on at least this many bars
+
+
+class TooLittleHistory(ModelRefused):
+    """A (fold, symbol) whose history before the fold is too short to choose on: skipped, and said so."""
 
 
 @dataclass
@@ -112,20 +118,30 @@ def count_trials(home: Path, config: SystemConfig) -> int:
     return max(1, len(models.versions(home, config.forecaster.id))) * len(seen)
 
 
-def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: int) -> SymbolResult:
-    """The composite, the best single member and the equal-weight blend on one symbol's test window."""
+def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: int,
+                   train_until: int | None = None, test_from: int | None = None) -> SymbolResult:
+    """The composite, the best single member and the equal-weight blend on one symbol's test window: the
+    bars after its forecaster's data (from ``test_from``, an open time, if later) up to the model's expiry
+    or the data's end. The best single member is chosen on the hygiene window, or with ``train_until`` on
+    every bar opening before it."""
     model = forecast_model(config)
     bar_ns = tf_ns(config.timeframe)
     key = stored_key(md, config.venue, config.market, symbol, config.timeframe)
     cov = md.coverage(key)
     if cov.last is None:
         raise ModelRefused(f"{symbol}: no {config.timeframe} candles stored")
-    start = -(-model.trained_until // bar_ns) * bar_ns
+    start = max(-(-model.trained_until // bar_ns) * bar_ns, test_from or 0)
     end = min(model.valid_until, cov.last + tf_ns(key.timeframe)) // bar_ns * bar_ns
     if end - start < 50 * bar_ns:
         raise ModelRefused(f"{symbol}: only {(end - start) // bar_ns} bars between the model's data "
                            f"({day(model.trained_until)}) and {day(end)}: too few to compare")
-    train_start, train_end = resolve_window(config.windows["hygiene"], cov.first, cov.last)
+    if train_until is None:
+        train_start, train_end = resolve_window(config.windows["hygiene"], cov.first, cov.last)
+    else:
+        train_start, train_end = int(cov.first), train_until
+        if train_end - train_start < MIN_TRAIN_BARS * bar_ns:
+            raise TooLittleHistory(f"{symbol}: fewer than {MIN_TRAIN_BARS} bars stored before {day(train_end)} to "
+                                   "choose its best single member on")
     if train_end > start:
         raise ModelRefused(f"{config.system}: the hygiene window (choosing the best single member) ends "
                            f"{day(train_end)}, after the test window starts ({day(start)})")
@@ -151,3 +167,36 @@ def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: 
     return SymbolResult(symbol, f"{day(start)} .. {day(end)}", composite,
                         Leg(f"best_single ({best_name})", best.metrics, best.times, best.equity, best.position), chosen,
                         blend, members, dsr, pbo)
+
+
+def fold_configs(config: SystemConfig, md: MarketData, home: Path, folds: int
+                 ) -> list[tuple[int, int, SystemConfig]]:
+    """Walk-forward: for each fold of the forecaster's own walk-forward (its model file's settings, ``folds``
+    blocks), a version trained on the rows before the block only, stored in the registry (each is a trial),
+    and the composite pinned to it. Returns (train end: the bars the fold's best single member is chosen
+    on open before it, the open time of the block's first bar, the pinned config)."""
+    from tradebus.configs.forecast import ModelSpec
+    from tradebus.factory import datasets, forecasting
+
+    base = forecast_model(config)
+    manifest = models.get(home, base.model_id, base.version).manifest
+    spec = ModelSpec.model_validate(manifest["spec"])
+    spec = spec.model_copy(update={"walk_forward": spec.walk_forward.model_copy(update={"folds": folds})})
+    ds = datasets.build_market(spec, md, home)
+    rows = forecasting.Rows.of(ds.table, spec.inputs)
+    step = tf_ns(spec.timeframe)
+    out = []
+    for fold in forecasting.make_folds(rows.time, spec):
+        model = forecasting.fold_model(spec, rows, ds.id, fold)
+        models.save(home, model, {
+            "model": spec.model, "version": model.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dataset": ds.id, "timeframe": spec.timeframe, "horizon": spec.horizon, "inputs": spec.inputs,
+            "spec": spec.model_dump(mode="json"), "trained_until": day(model.trained_until),
+            "trained_until_ns": model.trained_until, "valid_until": day(model.valid_until),
+            "valid_until_ns": model.valid_until, "vol_scale": model.vol_scale, "walk_forward": None,
+            "fold": {"of": base.version, "index": fold.index + 1, "folds": folds, "test_start": day(fold.test_start),
+                     "test_end": day(fold.test_end)}})
+        pinned = parse_config({**config.model_dump(mode="json"),
+                               "forecaster": {"id": model.model_id, "version": model.version}})
+        out.append((fold.train_end - step, fold.test_start - step, pinned))
+    return out

@@ -376,6 +376,13 @@ def test_compare_and_retrain_end_to_end(tmp_path):
                                                                                         "best_single (rev)")
         assert s["composite"]["total_trades"] > 0 and 0 <= s["dsr"] <= 1
     assert "above the equal-weight blend on" in cmp.stdout
+    wf = run_tradebus("forecast", "compare", str(composite), "--folds", "2", "--out", str(tmp_path / "wf"), env=env,
+                      cwd=tmp_path, timeout=300)
+    assert wf.returncode == 0, wf.stderr
+    folds = json.loads((tmp_path / "wf" / "compare.json").read_text())
+    windows = sorted({s["window"] for s in folds["symbols"]})
+    assert len(windows) == 2 and windows[0].split(" .. ")[1] == windows[1].split(" .. ")[0], "blocks abut"
+    assert folds["trials"] == 3, "the first version and the two fold versions, one composite"
     assert in_sample.returncode == 1 and "in sample" in in_sample.stderr and "Traceback" not in in_sample.stderr
     sd = run_tradebus("dataset", "strategies", str(composite), env=env, cwd=tmp_path, timeout=180)
     assert sd.returncode == 0, sd.stderr
@@ -397,7 +404,8 @@ def test_compare_and_retrain_end_to_end(tmp_path):
     assert retrain.returncode == 0, retrain.stderr
     assert "retraining on the" in retrain.stdout and "rows since 2025-05-01" in retrain.stdout
     versions = json.loads(run_tradebus("forecast", "list", "--json", env=env).stdout)
-    assert len(versions) == 2 and sum(v["promoted"] for v in versions) == 1
+    assert len(versions) == 4 and sum(v["promoted"] for v in versions) == 1  # the first, two folds, the retrain
+    assert sum(v["fold"] is not None for v in versions) == 2
 
 
 def test_forward_performance_matches_a_direct_loop():
