@@ -231,7 +231,7 @@ def forecast_compare(
                 except TooLittleHistory as exc:
                     skipped.append(str(exc))
                 except (ModelRefused, MissingDataError, ValueError) as exc:
-                    fail(f"{config_path}: {sym}: {exc}")
+                    fail(f"{config_path}: {exc}")
     if not results:
         fail(f"{config_path}: nothing to compare: " + "; ".join(skipped))
     table = Table(title=f"{config.system}: composite vs baselines, out of sample ({n_trials} trials built it)")

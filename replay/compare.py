@@ -134,7 +134,8 @@ def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: 
     end = min(model.valid_until, cov.last + tf_ns(key.timeframe)) // bar_ns * bar_ns
     if end - start < 50 * bar_ns:
         raise ModelRefused(f"{symbol}: only {(end - start) // bar_ns} bars between the model's data "
-                           f"({day(model.trained_until)}) and {day(end)}: too few to compare")
+                           f"({day(model.trained_until)}) and {day(end)}: too few to compare (compare a version "
+                           "trained on earlier data, or walk forward with --folds N)")
     if train_until is None:
         train_start, train_end = resolve_window(config.windows["hygiene"], cov.first, cov.last)
     else:
