@@ -313,15 +313,15 @@ def forecast_list(as_json: bool = typer.Option(False, "--json", help="One JSON l
         return
     table = Table(title="forecast models")
     for col in ("model", "version", "created", "valid until", "rank IC", "QLIKE (EWMA)", "Brier skill"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("version", "valid until"))
     for r in rows:
         mark = ("* " if r["promoted"] else "  ") + r["version"]
+        created, valid = r["created"][:10], r["valid_until"][:16].replace("T", " ")
         if r["fold"]:  # a walk-forward comparison's fold model: no evaluation of its own
             f = r["fold"]
-            table.add_row(r["model"], mark, r["created"], r["valid_until"],
-                          f"fold {f['index']}/{f['folds']} of {f['of']}", "", "")
+            table.add_row(r["model"], f"{mark} fold {f['index']}/{f['folds']}", created, valid, "—", "—", "—")
             continue
-        table.add_row(r["model"], mark, r["created"], r["valid_until"], f"{r['rank_ic']:+.4f}",
+        table.add_row(r["model"], mark, created, valid, f"{r['rank_ic']:+.4f}",
                       f"{r['qlike']:.4f} ({r['qlike_ewma']:.4f})", f"{r['brier_skill']:+.4f}")
     out.print(table)
 
@@ -350,7 +350,7 @@ def forecast_show(model_id: str = typer.Argument(..., metavar="MODEL", help="The
     for line in (m.get("walk_forward") or {}).get("verdict", []):
         out.print(f"  {line}")
     for h in models.history(home, model_id):
-        out.print(f"  {h['time']} {h['action']} {h['version']} (from {h['from']}) {h.get('reason', '')}")
+        out.print(f"  {h['time']} {h['action']} {h['version']} (from {h['from'] or 'none'}) {h.get('reason', '')}")
 
 
 @forecast_app.command("promote")
