@@ -28,11 +28,11 @@ from pydantic import Field, field_validator
 
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
-from tradebus.components.base import NO_EVENTS, Component, Stamper
+from tradebus.components.base import NO_EVENTS, Stamper
 from tradebus.components.forecast import REGIMES
 from tradebus.components.strategies import FLAT, HOLD, LONG, SHORT
 from tradebus.components.strategies.pool import PoolParams
-from tradebus.components.strategy_host import row_names
+from tradebus.components.strategy_host import FollowsFills, row_names
 from tradebus.components.strict import StrictModel
 
 RegimeName = Literal["trend_up", "trend_down", "chop", "crash"]
@@ -106,7 +106,7 @@ def decide(policy: PolicySpec, forecast: ev.Forecast | None, positions: dict[str
     return Decision(forecast.regime, weights, exposure, direction, scale, "")
 
 
-class PoolHost(Component):
+class PoolHost(FollowsFills):
     """Steps a composite's pool members and turns the policy's decision into signals."""
 
     name = "strategy"
@@ -149,13 +149,6 @@ class PoolHost(Component):
     def patterns(self) -> tuple[str, ...]:
         return self._patterns
 
-    def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
-        if fill.symbol == self._symbol:
-            self.qty += fill.qty if fill.side == "buy" else -fill.qty
-            if abs(self.qty) <= 1e-12:
-                self.qty = 0.0
-        return NO_EVENTS
-
     def _on_snapshot(self, snap: ev.Snapshot) -> tuple[ev.Event, ...]:
         if snap.system != self._stamp.system:
             return NO_EVENTS
@@ -193,8 +186,7 @@ class PoolHost(Component):
                 confidence=fc.confidence if fc else 0.0, expected_vol=fc.expected_vol if fc else 0.0,
                 weights=d.weights, positions=dict(self.positions), exposure=d.exposure,
                 direction=_DIRECTION[d.direction], scale=d.scale, reason=d.reason))
-        pos = 1 if self.qty > 0 else (-1 if self.qty < 0 else 0)
-        if d.direction != pos:
+        if d.direction != self.held:
             out.append(ev.Signal(**self._stamp(cause.ts_event, cause.id), strategy=f"pool:{self._policy.id}",
                                  symbol=self._symbol, timeframe=self._timeframe, direction=_DIRECTION[d.direction],
                                  strength=d.scale if d.direction != FLAT else 1.0, reason=d.reason))

@@ -21,7 +21,26 @@ def row_names(defn: StrategyDef, params: Params) -> tuple[list[str], list[tuple[
     return own, higher
 
 
-class StrategyHost(Component):
+class FollowsFills(Component):
+    """A decision component that knows the system's position in its symbol from the system's own fills."""
+
+    _symbol: str
+    qty: float = 0.0
+
+    def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
+        if fill.symbol == self._symbol:
+            self.qty += fill.qty if fill.side == "buy" else -fill.qty
+            if abs(self.qty) <= 1e-12:
+                self.qty = 0.0
+        return NO_EVENTS
+
+    @property
+    def held(self) -> int:
+        """The side held: 1 long, -1 short, 0 flat."""
+        return 1 if self.qty > 0 else (-1 if self.qty < 0 else 0)
+
+
+class StrategyHost(FollowsFills):
     """Runs one strategy for one system on one symbol and timeframe."""
 
     name = "strategy"
@@ -51,13 +70,6 @@ class StrategyHost(Component):
         row is ``prev_row``, the row of the bar just before it."""
         self._prev = prev_row
 
-    def _on_fill(self, fill: ev.Fill) -> tuple[ev.Event, ...]:
-        if fill.symbol == self._symbol:
-            self.qty += fill.qty if fill.side == "buy" else -fill.qty
-            if abs(self.qty) <= 1e-12:
-                self.qty = 0.0
-        return NO_EVENTS
-
     def _on_snapshot(self, snap: ev.Snapshot) -> tuple[ev.Event, ...]:
         if snap.system != self._stamp.system:
             return NO_EVENTS  # another system's features of this symbol
@@ -69,7 +81,7 @@ class StrategyHost(Component):
         prev, self._prev = self._prev, cur
         if prev is None:
             return NO_EVENTS
-        pos = 1 if self.qty > 0 else (-1 if self.qty < 0 else 0)
+        pos = self.held
         target = self._decide(cur, prev, pos, self._p)
         if target == HOLD or target == pos:
             return NO_EVENTS
