@@ -142,7 +142,7 @@ class Input:
     name: str
     timeframe: str | None
     features: tuple[Feature, ...]
-    value: Callable[[Column], np.ndarray] = field(compare=False)
+    value: Callable[[Column, np.ndarray], np.ndarray] = field(compare=False)  # (columns, close times) -> values
 
 
 def parse_input(name: str) -> Input:
@@ -155,9 +155,9 @@ def parse_input(name: str) -> Input:
     if kind == "hour":
         if m["tf"]:
             raise ValueError(f"input {name!r}: hour is allowed only for the model's own bars, without a timeframe")
-        return Input(name, None, (), lambda g: g(None))
+        return Input(name, None, (), lambda g, close_times: (close_times // HOUR) % 24)
     feats, value = _input(kind, int(m["n"] or 0))
-    return Input(name, m["tf"], feats, value)
+    return Input(name, m["tf"], feats, lambda g, close_times: value(g))
 
 
 def input_features(inputs: list[Input]) -> tuple[list[Feature], dict[str, list[Feature]]]:
@@ -178,10 +178,7 @@ def input_matrix(inputs: list[Input], column: Callable[[str | None, Feature], np
     out = np.empty((len(close_times), len(inputs)), dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         for j, inp in enumerate(inputs):
-            if inp.features:
-                out[:, j] = inp.value(lambda feat, tf=inp.timeframe: column(tf, feat))
-            else:  # hour of the close
-                out[:, j] = (close_times // HOUR) % 24
+            out[:, j] = inp.value(lambda feat, tf=inp.timeframe: column(tf, feat), close_times)
     out[~np.isfinite(out)] = np.nan
     return out
 
