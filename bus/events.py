@@ -26,7 +26,8 @@ Direction = Literal["long", "short", "flat"]
 Regime = Literal["trend_up", "trend_down", "chop", "crash", "unknown"]
 RiskLevel = Literal["active", "reducing", "halted"]
 LifecycleStatus = Literal[
-    "candidate", "hygiene", "test", "demo", "live_test", "production", "retired", "rejected"
+    "candidate", "hygiene", "test", "demo", "live_test", "production", "retired", "rejected",
+    "paper", "disabled", "rework_required",
 ]
 RunMode = Literal["replay", "paper", "demo", "live", "sweep", "validate", "worker"]
 RunStatus = Literal["ok", "failed", "interrupted"]

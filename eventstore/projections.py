@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 import msgspec
 
 from tradebus.bus import events as ev
+from tradebus.components.lifecycle import allowed
 from tradebus.components.portfolio import Position, apply_fill
 
 GLOBAL = "_global"
@@ -110,7 +111,10 @@ def _account(s: State, e: ev.AccountState) -> None:
 
 
 def _promotion(s: State, e: ev.Promotion) -> None:
-    s.lifecycle[e.system] = e.to_status
+    # The lifecycle's rules decide what counts: a move they refuse (a forged promotion) changes nothing.
+    frm = s.lifecycle.get(e.system)
+    if not allowed(frm, e.to_status, e.rule, dict(e.evidence)) and (frm is None or e.from_status == frm):
+        s.lifecycle[e.system] = e.to_status
 
 
 def _risk(s: State, e: ev.RiskStateChanged) -> None:

@@ -99,13 +99,19 @@ def test_lifecycle_risk_runs_and_accounts_follow_their_events():
     samples = one_of_each()
     global_halt = msgspec.structs.replace(sample(ev.RiskStateChanged), id="g", scope="global", state="halted", system="")
 
-    state = fold([*samples, global_halt])
+    promo = sample(ev.Promotion)  # hygiene -> test: counted once the system was admitted and reached hygiene
+    admitted = [msgspec.structs.replace(promo, id=f"p{i}", from_status=frm, to_status=to, rule=rule)
+                for i, (frm, to, rule) in enumerate([("candidate", "candidate", "admitted"),
+                                                     ("candidate", "hygiene", "due")])]
+    forged = msgspec.structs.replace(promo, id="forged", from_status="test", to_status="production", rule="agent")
+
+    state = fold([*admitted, *samples, global_halt, forged])
 
     assert state.lifecycle == {"ema_rsi_btc": "test"}
     assert state.risk == {"ema_rsi_btc": "reducing", GLOBAL: "halted"}
     assert state.runs == {"run-1": "ok"}
     assert state.accounts["ema_rsi_btc"].equity == 9_999.5
-    assert state.by_type["bar"] == 1 and state.events == len(samples) + 1
+    assert state.by_type["bar"] == 1 and state.events == len(samples) + 4
 
 
 def test_state_hash_is_stable_and_sensitive(make):
