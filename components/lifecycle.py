@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+import numba as nb
+import numpy as np
+
 from tradebus.bus import events as ev
 
 PATH = ("candidate", "hygiene", "test", "demo", "live_test", "production")
@@ -101,3 +104,26 @@ def move(folded: Folded, stamp: dict, system: str, to: str, rule: str, evidence:
         raise LifecycleError(f"{system}: {why}")
     return ev.Promotion(**{**stamp, "system": system}, from_status=frm or "candidate", to_status=to, rule=rule,
                         evidence=evidence)
+
+
+# --- demotion: an edge that went to zero ---------------------------------------------------------------
+
+
+@nb.njit(cache=True, nogil=True)
+def cusum_break(returns: np.ndarray, mu0: float, sigma: float, h: float) -> int:
+    """The first bar at which a one-sided CUSUM says the mean return fell from ``mu0`` (the edge the
+    backtest measured, per bar) to zero, or -1. Page's CUSUM on the log-likelihood ratio of N(0, sigma)
+    against N(mu0, sigma): S = max(0, S + mu0 (mu0 / 2 - r) / sigma^2), alarm when S > h. It reads returns
+    in order and stops at the alarm: nothing after a bar changes the decision at it."""
+    if mu0 <= 0.0 or sigma <= 0.0:
+        return -1
+    k = mu0 / (sigma * sigma)
+    s = 0.0
+    for i in range(returns.shape[0]):
+        r = returns[i]
+        if r != r:
+            continue
+        s = max(0.0, s + k * (0.5 * mu0 - r))
+        if s > h:
+            return i
+    return -1

@@ -112,3 +112,25 @@ def test_commands_admit_approve_and_tell_the_stores_story(tmp_path):
     assert len(lines) == 6 and "refused" in lines[4] and lines[5].split()[2:5] == ["demo", "->", "live_test"]
     for r in (early, again, wrong):
         assert "Traceback" not in r.stderr
+
+
+def test_the_break_detector_sees_a_lost_edge_and_reads_no_future():
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    mu0, sigma = 0.002, 0.004  # a very strong edge (Sharpe ~47 a year on 1h bars): a break shows in days
+    intact = rng.normal(mu0, sigma, 8_760)
+    broken = np.concatenate((intact[:2_000], rng.normal(0.0, sigma, 6_760)))
+
+    assert lc.cusum_break(intact, mu0, sigma, 8.0) == -1
+    alarm = lc.cusum_break(broken, mu0, sigma, 8.0)
+    assert 2_000 <= alarm < 2_000 + 14 * 24
+    changed = broken.copy()
+    changed[alarm + 1:] = 1.0  # whatever follows the alarm
+    assert lc.cusum_break(changed, mu0, sigma, 8.0) == alarm
+    with_gaps = broken.copy()
+    with_gaps[100:110] = np.nan
+    assert lc.cusum_break(with_gaps, mu0, sigma, 8.0) >= 2_000
+    assert lc.cusum_break(broken, 0.0, sigma, 8.0) == -1 and lc.cusum_break(broken, mu0, 0.0, 8.0) == -1
+    # A higher threshold waits longer and never alarms earlier.
+    assert lc.cusum_break(broken, mu0, sigma, 16.0) >= alarm
