@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import typer
 from rich.table import Table
 from tradebus import settings
 from tradebus.cli.common import HELP, MarketOpt, StoreOpt, app, fail, open_market, open_reader, out
+from tradebus.components.timeframes import day
 
 dataset_app = typer.Typer(help="Forecasting datasets (Parquet, keyed by content hash).", no_args_is_help=True,
                           context_settings=HELP)
@@ -22,6 +22,8 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(forecast_app, name="forecast")
 
 ModelArg = typer.Argument(..., metavar="MODEL.yaml", help="Forecast model file (see configs/forecasts/).")
+ReportOpt = typer.Option(None, "--out", help="Report folder (default runs/forecast-MODEL).")
+PromoteOpt = typer.Option(False, "--promote", help="Promote the version trained.")
 
 
 def _spec(path: Path):
@@ -94,8 +96,8 @@ def dataset_strategies(
 def forecast_train(
     model_path: Path = ModelArg,
     db: Optional[Path] = MarketOpt,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default runs/forecast-MODEL)."),
-    promote: bool = typer.Option(False, "--promote", help="Promote the trained version."),
+    out_dir: Optional[Path] = ReportOpt,
+    promote: bool = PromoteOpt,
 ) -> None:
     """Walk-forward the model against its baselines, write the report, store the final model as a version."""
     spec = _spec(model_path)
@@ -107,8 +109,8 @@ def forecast_train(
 def forecast_retrain(
     model_path: Path = ModelArg,
     db: Optional[Path] = MarketOpt,
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Report folder (default runs/forecast-MODEL)."),
-    promote: bool = typer.Option(False, "--promote", help="Promote the retrained version."),
+    out_dir: Optional[Path] = ReportOpt,
+    promote: bool = PromoteOpt,
 ) -> None:
     """Retrain on the data stored since the promoted (frozen) version: walk-forward over the new bars only,
     the frozen model scored on the same bars, the IC change; then the new version on everything."""
@@ -133,7 +135,7 @@ def _train(model_path: Path, spec, ds, out_dir: Optional[Path], promote: bool, f
     rows = F.Rows.of(ds.table, spec.inputs)
     test_from = None if frozen is None else frozen.trained_until
     if frozen is not None and not (rows.time > frozen.trained_until).any():
-        fail(f"{model_path}: no bars stored after {F._day(frozen.trained_until)}, the data of the promoted version "
+        fail(f"{model_path}: no bars stored after {day(frozen.trained_until)}, the data of the promoted version "
              f"{frozen.version}: fetch or import newer candles first")
     with Progress(TextColumn(f"walk-forward {spec.model}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err) as bar:
@@ -148,21 +150,15 @@ def _train(model_path: Path, spec, ds, out_dir: Optional[Path], promote: bool, f
     if frozen is not None:
         retrain = {"frozen_version": frozen.version, **F.against_frozen(ev, rows, frozen)}
         fr, rt = retrain["frozen"], retrain["retrained"]
-        lines.append(f"retraining on the {retrain['rows']:,} rows since {F._day(frozen.trained_until)}: IC "
+        lines.append(f"retraining on the {retrain['rows']:,} rows since {day(frozen.trained_until)}: IC "
                      f"{fr['ic']:+.4f} frozen ({frozen.version}) -> {rt['ic']:+.4f} retrained "
                      f"({retrain['ic_change']:+.4f}); rank IC {fr['rank_ic']:+.4f} -> {rt['rank_ic']:+.4f}; "
                      f"QLIKE {fr['qlike']:.4f} -> {rt['qlike']:.4f}; Brier {fr['brier']:.4f} -> {rt['brier']:.4f}")
-    manifest = {
-        "model": spec.model, "version": model.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "dataset": ds.id, "timeframe": spec.timeframe, "horizon": spec.horizon, "inputs": spec.inputs,
-        "spec": spec.model_dump(mode="json"), "trained_until": F._day(model.trained_until),
-        "trained_until_ns": model.trained_until, "valid_until": F._day(model.valid_until),
-        "valid_until_ns": model.valid_until, "vol_scale": model.vol_scale,
-        "training_window": {"first": ds.manifest["first"], "last": ds.manifest["last"]},
-        "walk_forward": {"pooled": ev.pooled, "folds": ev.folds, "per_symbol": ev.per_symbol, "verdict": lines,
-                         "seconds": round(ev.seconds, 2)},
-        **({"retrain": retrain} if retrain else {}),
-    }
+    manifest = F.version_manifest(
+        spec, model, ds.id, training_window={"first": ds.manifest["first"], "last": ds.manifest["last"]},
+        walk_forward={"pooled": ev.pooled, "folds": ev.folds, "per_symbol": ev.per_symbol, "verdict": lines,
+                      "seconds": round(ev.seconds, 2)},
+        **({"retrain": retrain} if retrain else {}))
     version = models.save(settings.data_home(), model, manifest)
     folder = out_dir or Path("runs") / f"forecast-{spec.model}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +170,7 @@ def _train(model_path: Path, spec, ds, out_dir: Optional[Path], promote: bool, f
                            f"{ds.id} · walk-forward {len(ev.folds)} folds, embargo {spec.embargo} bars",
                            ev.pooled, ev.folds, ev.per_symbol, monthly, calibration, notes=lines)
     out.print(f"model {spec.model} version {model.version} (dataset {ds.id}, walk-forward {ev.seconds:.1f} s); "
-              f"forecasts bars closing {F._day(model.trained_until)} .. {F._day(model.valid_until)}")
+              f"forecasts bars closing {day(model.trained_until)} .. {day(model.valid_until)}")
     for line in lines:
         out.print(f"  {line}")
     out.print(f"  report: {folder / 'report.html'}")

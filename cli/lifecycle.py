@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from tradebus import settings
 from tradebus.cli.common import HELP, StoreOpt, app, fail, open_reader, out
+from tradebus.components.timeframes import day
 
 lifecycle_app = typer.Typer(help="Systems' stages (candidate -> hygiene -> test -> demo -> live_test -> production), "
                             "folded from the store's Promotion events.", no_args_is_help=True, context_settings=HELP)
@@ -26,10 +27,6 @@ def _folded(store: Optional[Path]):
         return fold(r.event for r in reader.read(types=["promotion"]))
     finally:
         reader.close()
-
-
-def _day(ns: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ns / 1e9))
 
 
 def _record(store: Optional[Path], system: str, to: str, rule: str, evidence: dict) -> None:
@@ -59,7 +56,7 @@ def lifecycle_status(store: Optional[Path] = StoreOpt,
                      as_json: bool = typer.Option(False, "--json", help="One JSON list instead of the table.")) -> None:
     """Every system's stage, since when, and the rule and evidence of its last move."""
     folded = _folded(store)
-    rows = [{"system": s.system, "status": s.status, "since": _day(s.since), "rule": s.rule, "evidence": s.evidence,
+    rows = [{"system": s.system, "status": s.status, "since": day(s.since), "rule": s.rule, "evidence": s.evidence,
              "moves": s.moves} for s in sorted(folded.systems.values(), key=lambda s: s.system)]
     refused = [{"system": p.system, "to": p.to_status, "rule": p.rule, "why": why} for p, why in folded.refused]
     if as_json:
@@ -95,7 +92,7 @@ def lifecycle_history(system: str = typer.Argument(..., help="The system's id.")
     for p in moves:
         mark = f"  [yellow]refused: {refused[id(p)]}[/]" if id(p) in refused else ""
         evidence = ", ".join(f"{k}={v}" for k, v in sorted(p.evidence.items()))
-        out.print(f"{_day(p.ts_event)}  {p.from_status} -> {p.to_status}  {p.rule}  {evidence}{mark}")
+        out.print(f"{day(p.ts_event)}  {p.from_status} -> {p.to_status}  {p.rule}  {evidence}{mark}")
 
 
 @lifecycle_app.command("add")

@@ -36,7 +36,7 @@ from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.components.base import NO_EVENTS, Component, Stamper
 from tradebus.components.features import Feature, f
-from tradebus.components.timeframes import HOUR, tf_ns
+from tradebus.components.timeframes import HOUR, day, tf_ns
 
 REGIMES = ("trend_up", "trend_down", "chop", "crash")
 CRASH_DRAWDOWN = 0.05
@@ -224,15 +224,11 @@ class Model:
         """Why a bar closing at ``close_time`` may not be forecast ('' if it may)."""
         if close_time <= self.trained_until:
             return (f"model {self.model_id} {self.version} was trained on bars up to "
-                    f"{_date(self.trained_until)}: a forecast at {_date(close_time)} would be in sample")
+                    f"{day(self.trained_until)}: a forecast at {day(close_time)} would be in sample")
         if close_time > self.valid_until:
-            return (f"model {self.model_id} {self.version} expired at {_date(self.valid_until)}; "
+            return (f"model {self.model_id} {self.version} expired at {day(self.valid_until)}; "
                     f"retrain it (tradebus forecast retrain) or promote a newer version")
         return ""
-
-
-def _date(ns: int) -> str:
-    return np.datetime_as_string(np.datetime64(ns, "ns"), unit="m") + "Z"
 
 
 LGB_COMMON = {"verbosity": -1, "deterministic": True, "force_row_wise": True, "seed": 7}
@@ -290,9 +286,8 @@ class Forecaster(Component):
         self._inputs = model.parsed_inputs()
         self._seeded: dict[int, tuple] = {}
         if seeded:
-            times = np.fromiter(seeded, dtype=np.int64, count=len(seeded))
-            ret, vol, probs = model.predict(np.vstack([seeded[t] for t in times.tolist()]))
-            self._seeded = {t: (ret[i], vol[i], probs[i]) for i, t in enumerate(times.tolist())}
+            times = list(seeded)
+            self._seeded = dict(zip(times, self._values(np.vstack([seeded[t] for t in times]))))
         # The last H + 1 closes, and the forecasts (None: a bar not forecast) of the last H bars.
         self._closes: deque[float] = deque(maxlen=model.horizon + 1)
         self._pending: deque[ev.Forecast | None] = deque()
@@ -347,18 +342,24 @@ class Forecaster(Component):
             self.refusal = ""
             hit = self._seeded.get(snap.bar.open_time)
             if hit is None:
-                r, v, p = self.model.predict(self.row(snap)[None, :])
-                hit = (r[0], v[0], p[0])
+                hit = self._values(self.row(snap)[None, :])[0]
             forecast = self._forecast(snap, *hit)
             out.append(forecast)
         self._pending.append(forecast)
         return tuple(out)
 
-    def _forecast(self, snap: ev.Snapshot, ret: float, vol: float, probs: np.ndarray) -> ev.Forecast:
-        p = [float(x) for x in probs]
+    def _values(self, x: np.ndarray) -> list[tuple]:
+        """Per input row, what its Forecast carries: (return, vol, regime, confidence, the four probabilities),
+        computed a batch at a time (the seeded history) or for one streamed row, by the same code."""
+        ret, vol, probs = self.model.predict(x)
+        regime = np.argmax(probs, axis=1)
+        return list(zip(ret.tolist(), vol.tolist(), [REGIMES[k] for k in regime.tolist()],
+                        confidence(probs).tolist(), probs.tolist()))
+
+    def _forecast(self, snap: ev.Snapshot, ret: float, vol: float, regime: str, conf: float, p: list[float]
+                  ) -> ev.Forecast:
         return replace(self._tpl, id=self._stamp.next_id(snap.ts_init), ts_event=snap.ts_event, ts_init=snap.ts_init,
-                       cause=snap.id, expected_return=float(ret), expected_vol=float(vol),
-                       regime=REGIMES[int(np.argmax(probs))], confidence=float(confidence(probs)),
+                       cause=snap.id, expected_return=ret, expected_vol=vol, regime=regime, confidence=conf,
                        p_trend_up=p[0], p_trend_down=p[1], p_chop=p[2], p_crash=p[3])
 
     def _score(self, fc: ev.Forecast, snap: ev.Snapshot) -> ev.ForecastScored:

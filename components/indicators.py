@@ -590,41 +590,28 @@ def logret(close: np.ndarray, n: int) -> np.ndarray:
 
 @_jit
 def rvol_state(n):
-    """(state, ring of the last n squared log returns) of realised volatility over n bars."""
-    return _record(SMOOTH, n), np.zeros(max(n, 1))
+    """(state, ring of the last n squared log returns) of realised volatility over n bars; ``prev``: the last
+    close (NaN before the first)."""
+    st = _record(SMOOTH, n)
+    st[0].prev = np.nan
+    return st, np.zeros(max(n, 1))
 
 
 @_jit
 def rvol_run(st, ring, close, out):
-    """sqrt(sum of the last n squared one-bar log returns): NaN until n returns are known (n + 1 closes).
-    ``prev`` holds the previous close; the rolling sum is the SMA's (add the new, drop the oldest)."""
+    """sqrt(sum of the last n squared one-bar log returns), the SMA's rolling sum over them times n: NaN
+    until n returns are known (n + 1 closes)."""
     s = st[0]
     for i in range(close.shape[0]):
-        if s.count == 0:
-            s.prev = close[i]
-            s.count = 1
+        c = close[i]
+        if s.prev != s.prev:
+            s.prev = c
             out[i] = np.nan
             continue
-        r = math.log(close[i] / s.prev)
-        s.prev = close[i]
-        k = s.count - 1  # returns seen before this one
-        s.count += 1
-        v = sma_step_sum(s, ring, r * r, k)
-        out[i] = math.sqrt(max(v, 0.0)) if k + 1 >= s.n else np.nan
-
-
-@_jit
-def sma_step_sum(s, ring, x, i):
-    """The running sum of the last ``s.n`` values after adding ``x`` as value number ``i`` (from 0)."""
-    n = s.n
-    if i < n:
-        s.sum += x
-        ring[i] = x
-    else:
-        j = i % n
-        s.sum += x - ring[j]
-        ring[j] = x
-    return s.sum
+        r = math.log(c / s.prev)
+        s.prev = c
+        mean = sma_step(s, ring, r * r)
+        out[i] = math.sqrt(max(mean * s.n, 0.0)) if mean == mean else np.nan
 
 
 @_jit

@@ -30,6 +30,11 @@ class TimeframeError(ValueError):
     """An unknown timeframe, or a resampling that cannot be done."""
 
 
+def day(ns: int) -> str:
+    """A time (ns since the epoch) as UTC ``YYYY-MM-DDTHH:MM:SSZ``: how reports, manifests and errors show it."""
+    return str(np.datetime64(ns, "ns"))[:19] + "Z"
+
+
 def tf_ns(timeframe: str) -> int:
     """Return a timeframe's length in nanoseconds."""
     try:

@@ -103,18 +103,12 @@ class ModelSpec(_Strict):
     train_stride: int = Field(1, ge=1, le=1000, description="train on every Nth bar (targets overlap anyway)")
     valid_for_days: int = Field(30, ge=1, le=3650)
 
-    @field_validator("symbols")
+    @field_validator("symbols", "inputs")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("a symbol is listed twice")
-        return v
-
-    @field_validator("inputs")
-    @classmethod
-    def _distinct_inputs(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError("an input is listed twice")
+        twice = sorted({x for x in v if v.count(x) > 1})
+        if twice:
+            raise ValueError(f"listed twice: {', '.join(twice)}")
         return v
 
     @model_validator(mode="after")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tradebus.components.timeframes import HOUR, TIMEFRAMES, tf_ns
+from tradebus.components.timeframes import HOUR, TIMEFRAMES, day, tf_ns
 from tradebus.configs.schema import SystemConfig, WindowSpec
 from tradebus.engine.marketdata import Columns, MarketData, SeriesKey
 from tradebus.engine.resample import resample
@@ -27,10 +27,6 @@ class MissingDataError(RuntimeError):
         super().__init__(message)
         self.commands = commands
         self.keys = keys
-
-
-def day(ns: int) -> str:
-    return str(np.datetime64(ns, "ns"))[:19] + "Z"
 
 
 @dataclass

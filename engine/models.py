@@ -96,8 +96,8 @@ def promoted(home: Path, model_id: str) -> str | None:
     return h[-1]["version"] if h else None
 
 
-def _append(home: Path, model_id: str, entry: dict) -> None:
-    path = models_dir(home) / model_id / "history.jsonl"
+def append_line(path: Path, entry: dict) -> None:
+    """Append one JSON line to a model's log (its history, the comparisons made with it), fsynced."""
     line = (json.dumps(entry, sort_keys=True) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -115,7 +115,7 @@ def promote(home: Path, model_id: str, version: str, reason: str = "") -> dict:
         raise RegistryError(f"{model_id} {version} is already the promoted version")
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": "promote", "version": version,
              "from": current, "reason": reason}
-    _append(home, model_id, entry)
+    append_line(models_dir(home) / model_id / "history.jsonl", entry)
     return entry
 
 
@@ -139,7 +139,7 @@ def rollback(home: Path, model_id: str, reason: str = "") -> dict:
         raise RegistryError(f"{model_id}: {stack[-1]} was the first version promoted; there is none before it")
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": "rollback",
              "version": stack[-2], "from": stack[-1], "reason": reason}
-    _append(home, model_id, entry)
+    append_line(models_dir(home) / model_id / "history.jsonl", entry)
     return entry
 
 

@@ -175,7 +175,6 @@ def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], history: C
     own, higher = builder.seeded
     first = int(np.searchsorted(np.asarray(history["open_time"]), serve_from))
     rows = strategy_rows(config.strategy_def(), config.params(), own, higher)
-    host, risk, portfolio = decision_components(config, stamp, rows[first - 1] if first > 0 else None)
     forecaster = None
     if config.forecaster is not None:
         model = forecast_model(config)
@@ -185,22 +184,24 @@ def build_core(config: SystemConfig, stamp: Callable[[str], Stamper], history: C
                                   times + tf_ns(config.timeframe))
         forecaster = forecast.Forecaster(stamp("forecaster"), model, config.venue, config.symbol,
                                          dict(zip(times.tolist(), x)))
-    if config.pool is not None:
+    host: StrategyHost | PoolHost
+    if config.pool is None:
+        host = StrategyHost(stamp("strategy"), config.strategy_def(), config.params(), config.venue, config.symbol,
+                            config.timeframe, rows[first - 1] if first > 0 else None)
+    else:  # a composite: the pool host, stepping each member, in the strategy host's place
         assert forecaster is not None and config.policy is not None
         pool = config.params()
         warm = {name: strategy_rows(d, p, own, higher)[:first] for name, (d, p) in pool.resolved().items()}
         host = PoolHost(stamp("strategy"), pool, config.policy, forecaster.model.model_id, config.venue,
                         config.symbol, config.timeframe, warm, forecaster.refused)
+    risk, portfolio = risk_and_portfolio(config, stamp)
     return Core(guard, builder, host, risk, portfolio, rows, forecaster)
 
 
-def decision_components(config: SystemConfig, stamp: Callable[[str], Stamper], prev_row: np.ndarray | None
-                        ) -> tuple[StrategyHost, RiskManager, Portfolio]:
-    """The system's strategy host, risk manager and portfolio: the same in a replay and a daemon.
-    ``stamp(name)`` makes each one's stamper; ``prev_row`` is the strategy row of the last warm-up bar."""
+def risk_and_portfolio(config: SystemConfig, stamp: Callable[[str], Stamper]) -> tuple[RiskManager, Portfolio]:
+    """The system's risk manager and portfolio: the same in a replay and a daemon. ``stamp(name)`` makes each
+    one's stamper."""
     r = config.risk
-    host = StrategyHost(stamp("strategy"), config.strategy_def(), config.params(), config.venue, config.symbol,
-                        config.timeframe, prev_row)
     risk = RiskManager(stamp("risk"), venue=config.venue, symbol=config.symbol, timeframe=config.timeframe,
                        sizing=r.sizing, fraction=r.fraction, risk_per_trade=r.risk_per_trade,
                        max_leverage=r.max_leverage, max_position_notional=r.max_position_notional,
@@ -209,7 +210,7 @@ def decision_components(config: SystemConfig, stamp: Callable[[str], Stamper], p
                        initial_capital=config.initial_capital, qty_step=r.qty_step)
     portfolio = Portfolio(stamp("portfolio"), symbol=config.symbol, initial_capital=config.initial_capital,
                           max_leverage=r.max_leverage)
-    return host, risk, portfolio
+    return risk, portfolio
 
 
 def strategy_rows(defn: strategies.StrategyDef, params: strategies.Params, own: FeatureTable,

@@ -48,7 +48,7 @@ import pyarrow as pa
 from tradebus import duck
 from tradebus.components import forecast
 from tradebus.components.features import lookback
-from tradebus.components.timeframes import tf_ns
+from tradebus.components.timeframes import DAY, tf_ns
 from tradebus.configs.forecast import ModelSpec
 from tradebus.engine import artifacts
 from tradebus.engine.market import day, fill_command, read_series
@@ -133,6 +133,19 @@ def _series_hash(cols: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+def _write(tables: list[pa.Table], folder: Path, order_by: str) -> tuple[str, Path, pa.Table]:
+    """Stack the tables into ``folder/ID.parquet`` (ID: the content's id), staged under a temporary name
+    and renamed; (id, path, the table as written)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".building-{os.getpid()}.parquet"
+    duck.write_parquet(tables, tmp, order_by)
+    table = duck.read_parquet(tmp)
+    ident = content_id(table)
+    path = folder / f"{ident}.parquet"
+    tmp.replace(path)
+    return ident, path, table
+
+
 def datasets_dir(home: Path, kind: str = "market") -> Path:
     return home / "datasets" / kind
 
@@ -153,9 +166,10 @@ def build_market(spec: ModelSpec, md: MarketData, home: Path) -> Dataset:
     for symbol in spec.symbols:
         key, cols = read_series(md, spec.venue, spec.market, symbol, spec.timeframe, None, end)
         if len(cols["close"]) <= spec.horizon:
-            first = _ns(spec.window.start) or _ns("2025-01-01")
+            last = end or time.time_ns() // DAY * DAY
+            first = _ns(spec.window.start) or last - 365 * DAY  # no start given: a year of history
             missing.append(f"{symbol} {spec.timeframe}: {len(cols['close'])} bars stored; fill with:\n  "
-                           + fill_command(key, first, end or time.time_ns()))
+                           + fill_command(key, first, last))
         read[symbol] = (str(key), cols)
     if missing:
         raise DatasetError("the dataset needs candles that are not stored:\n" + "\n".join(missing))
@@ -173,13 +187,7 @@ def build_market(spec: ModelSpec, md: MarketData, home: Path) -> Dataset:
     if empty:
         raise DatasetError(f"no rows for {', '.join(empty)} in the window after the features' warm-up: "
                            "widen the window or store more history before it")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".building-{build_key}.parquet"
-    duck.write_parquet(tables, tmp, "time, symbol")
-    table = duck.read_parquet(tmp)
-    ident = content_id(table)
-    path = folder / f"{ident}.parquet"
-    tmp.replace(path)
+    ident, path, table = _write(tables, folder, "time, symbol")
     times = table.column("time").to_numpy().astype("datetime64[ns]").astype(np.int64)
     manifest = {**build, "id": ident, "build_key": build_key, "rows": table.num_rows, "columns": table.column_names,
                 "first": day(int(times.min())), "last": day(int(times.max())),
@@ -251,14 +259,7 @@ def build_strategies(config, spec: ModelSpec, md: MarketData, home: Path) -> Dat
             data["fwd_sharpe"] = pa.array(pick(sharpe), type=pa.float64())
             data["fwd_max_drawdown"] = pa.array(pick(mdd), type=pa.float64())
             tables.append(pa.table(data))
-    folder = datasets_dir(home, "strategies")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".building-{os.getpid()}.parquet"
-    duck.write_parquet(tables, tmp, "time, symbol, member")
-    table = duck.read_parquet(tmp)
-    ident = content_id(table)
-    path = folder / f"{ident}.parquet"
-    tmp.replace(path)
+    ident, path, table = _write(tables, datasets_dir(home, "strategies"), "time, symbol, member")
     manifest = {"kind": "strategies", "id": ident, "market_dataset": market.id, "spec": spec_part(spec),
                 "pool": {k: v.model_dump(mode="json") for k, v in (config.pool or {}).items()},
                 "risk": config.risk.model_dump(mode="json"), "costs": config.costs.model_dump(mode="json"),

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from tradebus.components import forecast
-from tradebus.components.timeframes import DAY, tf_ns
+from tradebus.components.timeframes import DAY, day, tf_ns
 from tradebus.configs.forecast import ModelSpec
 from tradebus.factory import forecast_eval as fe
 from tradebus.identity import code_digest
@@ -197,8 +197,8 @@ def walk_forward(spec: ModelSpec, rows: Rows, progress=None, test_from: int | No
         fc["p_base_rate"][test], fc["p_persistence"][test] = base["base_rate"][test], base["persistence"][test]
         fold_of[test] = fold.index
         real = {"ret": rows.ret[test], "vol": rows.vol[test], "regime": rows.regime[test]}
-        results.append({"fold": fold.index + 1, "train_start": _day(fold.train_start), "train_end": _day(fold.train_end),
-                        "test_start": _day(fold.test_start), "test_end": _day(fold.test_end),
+        results.append({"fold": fold.index + 1, "train_start": day(fold.train_start), "train_end": day(fold.train_end),
+                        "test_start": day(fold.test_start), "test_end": day(fold.test_end),
                         "train_rows": int(train[::1].sum()), "test_rows": int(test.sum()),
                         **scores(rows.time[test], real, {k: v[test] for k, v in fc.items()})})
         if progress:
@@ -226,15 +226,21 @@ def walk_forward(spec: ModelSpec, rows: Rows, progress=None, test_from: int | No
     return Evaluation(results, pooled, per_symbol, pa.table(pred), time.perf_counter() - t0)
 
 
-def _day(ns: int) -> str:
-    return str(np.datetime64(ns, "ns").astype("datetime64[m]")) + "Z"
-
-
 def version_of(dataset_id: str, spec: ModelSpec) -> str:
     """The registry version: data, settings and code."""
     h = hashlib.sha256(json.dumps({"dataset": dataset_id, "spec": spec.model_dump(mode="json"),
                                    "code": code_digest()}, sort_keys=True).encode())
     return h.hexdigest()[:12]
+
+
+def version_manifest(spec: ModelSpec, model: forecast.Model, dataset_id: str, **extra) -> dict:
+    """What the registry keeps beside a version's boosters: what built it, what it covers, and ``extra``
+    (its walk-forward evaluation, or the fold of a comparison it was trained for)."""
+    return {"model": spec.model, "version": model.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "dataset": dataset_id, "timeframe": spec.timeframe, "horizon": spec.horizon, "inputs": spec.inputs,
+            "spec": spec.model_dump(mode="json"), "trained_until": day(model.trained_until),
+            "trained_until_ns": model.trained_until, "valid_until": day(model.valid_until),
+            "valid_until_ns": model.valid_until, "vol_scale": model.vol_scale, **extra}
 
 
 def final_model(spec: ModelSpec, rows: Rows, dataset_id: str) -> forecast.Model:

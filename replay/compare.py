@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +111,7 @@ def count_trials(home: Path, config: SystemConfig) -> int:
     path = trials_log(home, config.forecaster.id)
     seen = {json.loads(line)["composite"] for line in path.read_text().splitlines() if line} if path.exists() else set()
     if key not in seen:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"composite": key, "system": config.system}) + "\n")
+        models.append_line(path, {"composite": key, "system": config.system})
         seen.add(key)
     return max(1, len(models.versions(home, config.forecaster.id))) * len(seen)
 
@@ -189,14 +187,10 @@ def fold_configs(config: SystemConfig, md: MarketData, home: Path, folds: int
     out = []
     for fold in forecasting.make_folds(rows.time, spec):
         model = forecasting.fold_model(spec, rows, ds.id, fold)
-        models.save(home, model, {
-            "model": spec.model, "version": model.version, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "dataset": ds.id, "timeframe": spec.timeframe, "horizon": spec.horizon, "inputs": spec.inputs,
-            "spec": spec.model_dump(mode="json"), "trained_until": day(model.trained_until),
-            "trained_until_ns": model.trained_until, "valid_until": day(model.valid_until),
-            "valid_until_ns": model.valid_until, "vol_scale": model.vol_scale, "walk_forward": None,
-            "fold": {"of": base.version, "index": fold.index + 1, "folds": folds, "test_start": day(fold.test_start),
-                     "test_end": day(fold.test_end)}})
+        models.save(home, model, forecasting.version_manifest(
+            spec, model, ds.id, walk_forward=None,
+            fold={"of": base.version, "index": fold.index + 1, "folds": folds, "test_start": day(fold.test_start),
+                  "test_end": day(fold.test_end)}))
         pinned = parse_config({**config.model_dump(mode="json"),
                                "forecaster": {"id": model.model_id, "version": model.version}})
         out.append((fold.train_end - step, fold.test_start - step, pinned))

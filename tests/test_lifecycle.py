@@ -109,7 +109,7 @@ def test_commands_admit_approve_and_tell_the_stores_story(tmp_path):
     assert status["systems"][0]["evidence"] == {"approved_by": "eve", "reason": "30 days clean"}
     assert [(r["to"], r["rule"]) for r in status["refused"]] == [("production", "agent")]
     lines = history.stdout.strip().splitlines()
-    assert len(lines) == 6 and "refused" in lines[4] and lines[5].split()[2:5] == ["demo", "->", "live_test"]
+    assert len(lines) == 6 and "refused" in lines[4] and lines[5].split()[1:4] == ["demo", "->", "live_test"]
     for r in (early, again, wrong):
         assert "Traceback" not in r.stderr
 
