@@ -68,6 +68,8 @@ def describe(e: ev.Event) -> str:
             return f"balance {e.balance:.2f} equity {e.equity:.2f} margin {e.margin_used:.2f} {e.currency}"
         case ev.Promotion():
             return f"{e.from_status} -> {e.to_status} by {e.rule}"
+        case ev.Allocation():
+            return f"weight {e.weight:.3f} ({e.method})"
         case ev.RiskStateChanged():
             return f"{e.scope} {e.previous} -> {e.state}: {e.reason}"
         case ev.RunStarted():

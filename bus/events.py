@@ -281,6 +281,15 @@ class Promotion(Event, frozen=True, kw_only=True, tag="promotion"):
     evidence: dict[str, Scalar] = {}
 
 
+class Allocation(Event, frozen=True, kw_only=True, tag="allocation"):
+    """A system's share of the account from the allocator: its risk manager scales every entry by
+    ``weight`` (at most 1: an allocation shrinks a system's size, it never raises a cap)."""
+
+    weight: float
+    method: str
+    evidence: dict[str, Scalar] = {}
+
+
 class RiskStateChanged(Event, frozen=True, kw_only=True, tag="risk"):
     """Risk state for one system, or for everything when ``scope`` is "global"."""
 
@@ -369,6 +378,7 @@ AnyEvent = Union[
     PositionChanged,
     AccountState,
     Promotion,
+    Allocation,
     RiskStateChanged,
     RunStarted,
     RunFinished,

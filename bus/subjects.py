@@ -12,7 +12,7 @@ order). Tokens are dot-separated; ``*`` matches one token, ``>`` one or more tra
     tb.fill.{system}                    executions, funding         Fill, FundingPaid
     tb.pos.{system}                     positions                   PositionChanged
     tb.acct.{system}                    balances                    AccountState
-    tb.life.{system}                    lifecycle promotions        Promotion
+    tb.life.{system}                    lifecycle                   Promotion, Allocation
     tb.risk.{system}                    risk state                  RiskStateChanged (system "_" = global)
     tb.run.{system}                     run started / finished      RunStarted, RunFinished
     tb.hb.{system}                      heartbeats                  Heartbeat
@@ -76,6 +76,7 @@ _BY_TYPE = {
     ev.PositionChanged: lambda e: f"tb.pos.{_sys(e)}",
     ev.AccountState: lambda e: f"tb.acct.{_sys(e)}",
     ev.Promotion: lambda e: f"tb.life.{_sys(e)}",
+    ev.Allocation: lambda e: f"tb.life.{_sys(e)}",
     ev.RiskStateChanged: lambda e: f"tb.risk.{_sys(e)}",
     ev.RunStarted: lambda e: f"tb.run.{_sys(e)}",
     ev.RunFinished: lambda e: f"tb.run.{_sys(e)}",
@@ -150,6 +151,11 @@ def accounts(system: str = "*") -> str:
 def risk(system: str = "*") -> str:
     """Pattern for risk states and commands (``NO_SYSTEM``: the account's)."""
     return _of("risk", system)
+
+
+def lifecycle(system: str = "*") -> str:
+    """Pattern for a system's lifecycle moves and allocations."""
+    return _of("life", system)
 
 
 def system_pattern(system: str) -> str:

@@ -353,7 +353,8 @@ def rebuild(store: Optional[Path] = StoreOpt, as_json: bool = typer.Option(False
     digest = state_hash(state)
     elapsed = time.perf_counter() - t0
     if as_json:
-        out.print_json(json.dumps({"events": state.events, "last_seq": state.last_seq, "state_hash": digest}))
+        out.print_json(json.dumps({"events": state.events, "last_seq": state.last_seq, "state_hash": digest,
+                                   "lifecycle": state.lifecycle}))
         return
     table = Table(title="rebuilt state", show_header=False)
     table.add_row("events", f"{state.events:,} (through seq {state.last_seq:,}) in {elapsed:.2f}s")

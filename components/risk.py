@@ -42,7 +42,7 @@ class RiskManager(Component):
         system = stamp.system
         self._patterns = (subjects.snapshots(venue, symbol, timeframe), subjects.signals(system),
                           subjects.positions(system), subjects.accounts(system), subjects.fills(system),
-                          subjects.orders(system))
+                          subjects.orders(system), subjects.lifecycle(system))
         self._sizing = kernel.SIZINGS[sizing]
         self._fraction = fraction
         self._risk = risk_per_trade
@@ -58,11 +58,14 @@ class RiskManager(Component):
         self.qty = 0.0
         self.avg = 0.0
         self._snap: ev.Snapshot | None = None
+        self.weight = 1.0  # the allocator's share (Allocation)
+        self.wound_down = False  # a lifecycle move took the system off the stage this session trades
         self._entries: dict[str, float] = {}  # entry order id -> stop distance decided with it
         self._protect: dict[str, float] = {}  # id of an entry's final fill -> its stop distance
         self._handlers.update({
             ev.Snapshot: self._on_snapshot, ev.Signal: self._on_signal, ev.PositionChanged: self._on_position,
             ev.AccountState: self._on_account, ev.Fill: self._on_fill, ev.OrderIntent: self._on_intent,
+            ev.Allocation: self._on_allocation, ev.Promotion: self._on_promotion,
         })
 
     def patterns(self) -> tuple[str, ...]:
@@ -78,6 +81,21 @@ class RiskManager(Component):
     def _on_account(self, acct: ev.AccountState) -> tuple[ev.Event, ...]:
         self.balance = acct.balance
         return NO_EVENTS
+
+    def _on_allocation(self, a: ev.Allocation) -> tuple[ev.Event, ...]:
+        # Clamped to [0, 1]: an allocation scales a system down; no number on the bus can size it up.
+        if a.system == self._stamp.system and math.isfinite(a.weight):
+            self.weight = min(max(a.weight, 0.0), 1.0)
+        return NO_EVENTS
+
+    def _on_promotion(self, p: ev.Promotion) -> tuple[ev.Event, ...]:
+        """The system left the stage this session trades (the guard now passes exits only): flatten."""
+        if p.system != self._stamp.system:
+            return NO_EVENTS
+        self.wound_down = True
+        if self.qty == 0:
+            return NO_EVENTS
+        return (self._intent(p, "flatten", "sell" if self.qty > 0 else "buy", abs(self.qty), reduce_only=True),)
 
     def _on_intent(self, intent: ev.OrderIntent) -> tuple[ev.Event, ...]:
         # The one place an entry's stop is kept: its intent comes back through the bus, in a replay, live,
@@ -140,7 +158,10 @@ class RiskManager(Component):
             price = self._snap.bar.close if self._snap else math.nan
             equity = kernel.marked(self.balance, self.qty, self.avg, price)
             stop = self._stop_distance(price)
-            qty, reason = self.size(equity, price, stop, sig.strength)
+            qty, reason = self.size(equity, price, stop, sig.strength * self.weight)
+            if self.wound_down or self.weight <= 0:
+                reason = "no allocation: " + ("the lifecycle moved the system off this stage" if self.wound_down
+                                              else "the allocator's weight is 0")
             if reason:
                 out.append(ev.OrderRejected(**self._stamp(sig.ts_event, sig.id),
                                             order_id=order_id_for(sig.id, "entry"), reason=reason))

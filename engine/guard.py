@@ -27,6 +27,7 @@ from tradebus.bus import events as ev
 from tradebus.bus import subjects
 from tradebus.bus.ids import IdGenerator
 from tradebus.components.base import COMMAND, NO_EVENTS, Component, Stamper, is_command
+from tradebus.components.lifecycle import LIFECYCLE
 from tradebus.configs.limits import Caps, Limits
 
 DAY_NS = 86_400 * 10**9
@@ -78,7 +79,7 @@ class RiskGuard(Component):
         account = subjects.NO_SYSTEM
         self._patterns = (subjects.bars(venue, symbol, timeframe), subjects.positions(system), subjects.accounts(system),
                           subjects.positions(account), subjects.accounts(account), subjects.risk(system),
-                          subjects.risk(account))
+                          subjects.risk(account), subjects.lifecycle(system))
         self._scopes = {"system": _Scope("system", limits.for_system(stamp.system), balance=initial_balance),
                         "global": _Scope("global", limits.global_)}
         self._uncapped = all(v is None for sc in self._scopes.values() for v in sc.caps.model_dump().values())
@@ -86,7 +87,8 @@ class RiskGuard(Component):
         self._halt_later: tuple[str, str] | None = None  # an order-rate breach admit() found
         self.price = math.nan
         self._handlers.update({ev.BarClosed: self._on_bar, ev.PositionChanged: self._on_position,
-                               ev.AccountState: self._on_account, ev.RiskStateChanged: self._on_risk})
+                               ev.AccountState: self._on_account, ev.RiskStateChanged: self._on_risk,
+                               ev.Promotion: self._on_promotion})
 
     def patterns(self) -> tuple[str, ...]:
         return self._patterns
@@ -202,7 +204,7 @@ class RiskGuard(Component):
         day = ts // DAY_NS
         if day != scope.day:
             scope.day, scope.day_start = day, equity
-            if scope.state == "reducing" and scope.sticky:  # a daily-loss state ends with the day
+            if scope.state == "reducing" and scope.sticky and scope.reason.startswith(DAILY_LOSS):  # ends with the day
                 out = self._set(scope, "active", "new UTC day", ts, cause)
                 return out + self._check(scope, ts, cause)
         scope.peak = equity if math.isnan(scope.peak) else max(scope.peak, equity)
@@ -265,6 +267,18 @@ class RiskGuard(Component):
             return self._check_all(ts, cause)
         return self._check(scope, ts, cause)
 
+    def _on_promotion(self, p: ev.Promotion) -> tuple[ev.Event, ...]:
+        """The system moved stage while this session trades it (a demotion, or an approval that hands it to
+        another mode's daemon): exits only from now on, until a person resumes it; the risk manager
+        closes the position."""
+        if p.system != self._stamp.system or p.run == self._stamp.run:
+            return NO_EVENTS
+        scope = self._scopes["system"]
+        if scope.state == "halted":
+            return NO_EVENTS
+        return self._set(scope, "reducing", f"{LIFECYCLE} {p.from_status} -> {p.to_status} by {p.rule}",
+                         p.ts_event, p.id, sticky=True)
+
     def _on_risk(self, change: ev.RiskStateChanged) -> tuple[ev.Event, ...]:
         scope = self._scopes[change.scope]
         if change.run == self._stamp.run:
@@ -275,7 +289,7 @@ class RiskGuard(Component):
             # cap for the position (re-checked at the next bar).
             daily = change.state == "reducing" and change.reason.startswith(DAILY_LOSS)
             scope.state, scope.reason = change.state, change.reason
-            scope.sticky = change.state == "halted" or daily
+            scope.sticky = change.state == "halted" or daily or change.reason.startswith(LIFECYCLE)
             if daily:
                 scope.day = change.ts_event // DAY_NS
             return NO_EVENTS

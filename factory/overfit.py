@@ -113,3 +113,13 @@ def pbo_cscv(block_stats: np.ndarray, *, chunk: int = 512) -> PboResult:
     lam = np.concatenate(logits)
     return PboResult(float(np.mean(lam <= 0)), float(np.mean(np.concatenate(losses))), lam, len(lam), n_trials,
                      n_blocks)
+
+
+def min_track_record(sr: float, benchmark: float, skew: float, kurtosis: float, alpha: float = 0.05) -> float:
+    """Minimum track record length (Bailey & López de Prado 2012): how many returns, at this per-period
+    Sharpe, skewness and (non-excess) kurtosis, before the Sharpe is above ``benchmark`` with confidence
+    1 - alpha; infinite when it is not above the benchmark at all."""
+    if not (math.isfinite(sr) and sr > benchmark):
+        return math.inf
+    spread = 1.0 - skew * sr + (kurtosis - 1.0) / 4.0 * sr * sr
+    return 1.0 + spread * (norm.ppf(1 - alpha) / (sr - benchmark)) ** 2

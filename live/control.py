@@ -4,11 +4,14 @@ says what happened."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tradebus.bus import events as ev
 from tradebus.bus import subjects
@@ -28,7 +31,7 @@ async def send(cmd: ev.RiskStateChanged, url: str, wait: float, answered: Callab
         while time.monotonic() < deadline:
             try:
                 answer = await sub.next(max(0.05, deadline - time.monotonic()))
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 break
             if answer.cause == cmd.id:  # every guard answers every command, changed or not
                 answered(answer)
@@ -60,3 +63,69 @@ def statuses(folder: Path) -> list[dict]:
             info["status"] = "dead (no process)"
         rows.append(info)
     return rows
+
+
+# --- daemons the lifecycle starts and stops ------------------------------------------------------------
+
+
+def alive(folder: Path, system: str, mode: str) -> dict | None:
+    """The status of the running daemon trading ``system`` in ``mode`` on this machine, if one is."""
+    for row in statuses(folder):
+        if row["system"] == system and row["mode"] == mode and row["alive"]:
+            return row
+    return None
+
+
+def start_daemon(mode: str, config_path: Path, store: Path, log_path: Path, limits: Path | None = None) -> int:
+    """Start ``tradebus MODE CONFIG`` as its own process (its own session: it outlives the command that
+    started it, as a daemon does); returns its pid. The venue's URLs come from the environment."""
+    args = [sys.executable, "-m", "tradebus", "--log-format", "json", mode, str(config_path), "--store", str(store)]
+    if limits is not None:
+        args += ["--limits", str(limits)]
+    if mode == "live":
+        args += ["--confirm-live", config_path.stem]  # a person's approval is the confirmation (the lifecycle's gate)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    return proc.pid
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a child of ours that exited is a zombie until reaped
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_daemon(pid: int, timeout: float = 30.0) -> bool:
+    """SIGTERM (the daemon drains: requests in flight finish, the run's end is recorded); whether it exited."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    return wait_for(lambda: not pid_alive(pid), timeout)
+
+
+async def publish_all(events: list[ev.Event], url: str) -> None:
+    """Publish lifecycle events to the daemons (each stores what it takes; the lifecycle's store has them)."""
+    async with await NatsBus.connect(url, name="tradebus-lifecycle") as bus:
+        for e in events:
+            await bus.publish(e)
+        await bus.flush()

@@ -472,6 +472,14 @@ class Daemon:
                     and event.system in (self.config.system, "")):
                 self._post("command", event)
 
+    async def _lifecycle(self) -> None:
+        """The system's lifecycle moves and allocations (``tradebus lifecycle run``). Only a command's run is
+        taken (a person's or the lifecycle's), so a restart folds them from the store like a kill."""
+        sub = await self.s.bus.subscribe(subjects.lifecycle(self.config.system))
+        async for event in sub:
+            if isinstance(event, (ev.Promotion, ev.Allocation)) and is_command(event):
+                self._post("command", event)
+
     async def _heartbeat(self) -> None:
         while True:
             self._hb += 1
@@ -524,7 +532,7 @@ class Daemon:
             public = public_stream(c.symbol, c.timeframe, loop, post, url=s.public_ws, clock=self.rest.clock)
             await asyncio.to_thread(public.connect)
             streams.append(public)
-            for coro in (*(st.supervise() for st in streams), self._heartbeat(), self._commands()):
+            for coro in (*(st.supervise() for st in streams), self._heartbeat(), self._commands(), self._lifecycle()):
                 self._spawn(coro)
             log.info("daemon trading", system=c.system, mode=s.mode, run=self.run_id, risk=self.guard.state)
             if self.guard.state != "active":

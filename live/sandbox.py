@@ -17,7 +17,7 @@ from tradebus.configs.limits import Limits
 from tradebus.configs.schema import parse_config
 from tradebus.live.bybit import Credentials
 from tradebus.live.daemon import Daemon, DaemonSettings
-from tradebus.live.fake_bybit import API_KEY, API_SECRET, FakeBybit, FakeBybitState, FakeBybitWs
+from tradebus.live.fake_bybit import API_KEY, API_SECRET, FakeBybit, FakeBybitState, FakeBybitWs, Instrument
 
 SYMBOL = "BTCUSDT"
 TF = "1m"
@@ -44,11 +44,12 @@ class Venue:
     wave: Callable[[int], float] = price_at
     next_bar: int = 0  # index of the next bar to close
     t0_ms: int = 0
+    symbol: str = SYMBOL
 
     def _close_bar(self, push: bool) -> None:
         i = self.next_bar
         c, o = self.wave(i), self.wave(i - 1)
-        self.state.add_candle(SYMBOL, self.tf, self.t0_ms + i * tf_ns(self.tf) // 1_000_000, o, max(o, c) + 5,
+        self.state.add_candle(self.symbol, self.tf, self.t0_ms + i * tf_ns(self.tf) // 1_000_000, o, max(o, c) + 5,
                               min(o, c) - 5, c, 10.0, push=push)
         self.next_bar += 1
 
@@ -61,7 +62,8 @@ class Venue:
         self.rest.stop()
 
 
-def start_venue(history: int = 60, tf: str = TF, wave: Callable[[int], float] = price_at) -> Venue:
+def start_venue(history: int = 60, tf: str = TF, wave: Callable[[int], float] = price_at, symbol: str = SYMBOL
+                ) -> Venue:
     """A fake Bybit holding ``history`` closed candles of ``wave`` that end a day or more ago (the venue's
     clock is the wall clock, so every bar pushed later is in the past too)."""
     state = FakeBybitState()
@@ -69,7 +71,9 @@ def start_venue(history: int = 60, tf: str = TF, wave: Callable[[int], float] = 
     ws = FakeBybitWs(state)
     step = tf_ns(tf) // 1_000_000
     t0 = (int(time.time() * 1000) // step - 24 * 60) * step - history * step
-    v = Venue(state, rest, ws, tf=tf, wave=wave, t0_ms=t0)
+    if symbol not in state.instruments:
+        state.instruments[symbol] = Instrument(symbol)
+    v = Venue(state, rest, ws, tf=tf, wave=wave, t0_ms=t0, symbol=symbol)
     for _ in range(history):
         v._close_bar(push=False)
     return v

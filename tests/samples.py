@@ -48,6 +48,7 @@ def one_of_each() -> list[ev.Event]:
         ev.AccountState(**sys_env(12), balance=10_000.0, equity=9_999.5, margin_used=0.018, available=9_999.4),
         ev.Promotion(**sys_env(13), from_status="hygiene", to_status="test", rule="hygiene_passed",
                      evidence={"sharpe": 1.4, "trades": 212, "window": "2025-01..2025-06", "ok": True}),
+        ev.Allocation(**sys_env(20), weight=0.25, method="inverse_vol", evidence={"vol": 0.41, "sharpe": 1.2}),
         ev.RiskStateChanged(**sys_env(14), scope="system", state="reducing", previous="active",
                             reason="daily loss 2.1% > 2%"),
         ev.RunStarted(**sys_env(15), mode="replay", manifest={"config_hash": "ab12", "bars": 1000,
