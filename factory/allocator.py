@@ -148,3 +148,37 @@ def walk_forward(r: np.ndarray, method: str, lookback: int, every: int, max_weig
         total = 1.0 + day
         w = grown / total if total > 0 else grown
     return Backtest(method, np.asarray(out), float(np.mean(turns)) if turns else 0.0)
+
+
+def compare(r: np.ndarray, oos_from: int, lookback: int, every: int, max_weight: float, max_turnover: float,
+            max_correlation: float = 0.7) -> dict[str, Backtest]:
+    """Every method walk-forward on the same daily returns, scored on the days from ``oos_from`` on (the
+    lookback before them may reach back into the days the pool was chosen on: weights at a day read only
+    the days before it)."""
+    start = max(0, oos_from - lookback)
+    return {m: walk_forward(r[start:], m, lookback, every, max_weight, max_turnover, max_correlation) for m in METHODS}
+
+
+def pool_from_sweeps(tracker, mem, jobs: list[str], per_symbol: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """A pool of systems from sweep jobs: each job's best ``per_symbol`` trials per symbol by their score
+    (on the window the sweep ran them on), each run over the whole stored history; their daily returns on
+    the days every one of them covers. Returns (labels, UTC days, days x systems returns)."""
+    import json
+
+    from tradebus.configs.schema import parse_config
+    from tradebus.engine.market import load_market
+    from tradebus.factory import sim
+    from tradebus.factory.lifecycle import daily_returns
+    from tradebus.factory.validation import history, span_window
+
+    labels, series = [], []
+    for job in jobs:
+        for exp in tracker.top(10_000, validated_only=False, job=job):
+            if sum(lab.startswith(f"{job}:{exp['symbol']}:") for lab in labels) >= per_symbol:
+                continue
+            config = parse_config(json.loads(exp["config"]), f"experiment {exp['id']}")
+            k = sim.run_kernel(config, load_market(config, span_window(*history(config, mem)), mem))
+            labels.append(f"{job}:{exp['symbol']}:{config.strategy.id}:{exp['id'][:8]}")
+            series.append(daily_returns(k.times, k.curve[:, 2]))
+    days = sorted(set.intersection(*(set(s) for s in series))) if series else []
+    return labels, np.array(days), np.array([[s[d] for s in series] for d in days])

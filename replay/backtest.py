@@ -84,19 +84,22 @@ async def _run_nats(w, steps, sinks, run: str, nats_url: str | None, progress) -
 def run_replay(config: SystemConfig, window: str, md: MarketData, *, bus: Literal["local", "nats"] = "local",
                nats_url: str | None = None, progress: Progress | None = None,
                keep_market_data: bool = False, market: MarketSlice | None = None,
-               limits: Limits | None = None) -> ReplayResult:
+               limits: Limits | None = None, allocation: float | None = None) -> ReplayResult:
     """Run one replay and return everything it produced (nothing is written here).
 
     ``market``: the data already loaded by ``load_market`` for this config and window, if the caller has it.
     ``limits``: the risk caps the guard enforces, as a daemon would (none by default).
+    ``allocation``: an allocator's weight, delivered as the ``Allocation`` event a daemon takes (before the
+    first bar).
     """
     with gc_paused():
-        return _run_replay(config, window, md, bus, nats_url, progress, keep_market_data, market, limits or Limits())
+        return _run_replay(config, window, md, bus, nats_url, progress, keep_market_data, market, limits or Limits(),
+                           allocation)
 
 
 def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal["local", "nats"],
                 nats_url: str | None, progress: Progress | None, keep_market_data: bool,
-                market: MarketSlice | None, limits: Limits) -> ReplayResult:
+                market: MarketSlice | None, limits: Limits, allocation: float | None = None) -> ReplayResult:
     m = market if market is not None else load_market(config, window, md)
     if config.forecaster is not None:
         step = tf_ns(config.timeframe)
@@ -105,24 +108,32 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
         if why:
             raise ModelRefused(f"{config.system}: {why}; replay a window after the model's data "
                                f"(--window START:END) or train a version on earlier data")
-    run = run_id_for(config, m, window, limits)
-    man = manifest(config, m, window, run, bus, limits)
+    run = run_id_for(config, m, window, limits) + (f"-w{allocation:g}" if allocation is not None else "")
+    man = {**manifest(config, m, window, run, bus, limits), **({"allocation": allocation} if allocation is not None
+                                                               else {})}
     w = wire(config, m, run, limits)
     collector = Collector(keep_market_data)
     ids = IdGenerator(f"{run}:runner")
     started = ev.RunStarted(id=ids.next(m.start), ts_event=m.start, ts_init=m.start, system=config.system, run=run,
                             mode="replay", manifest=artifacts.clean(man))
     collector(started)
+    roots = [] if allocation is None else [ev.Allocation(id=ids.next(m.start), ts_event=m.start, ts_init=m.start,
+                                                         system=config.system, run=run, weight=allocation,
+                                                         method="replay")]
+    if roots and bus != "local":
+        raise ValueError("an allocation is replayed on the local bus")
     total = len(m.candles["close"]) - m.first
     tick = None if progress is None else (lambda done: progress(done, total))
     t0 = time.perf_counter()
     # Nothing is kept from a quiet bar's step: skip those, when the strategy's decisions can be asked ahead
     # (a compiled step is a pure function; a plain-Python one may not be, so it is stepped bar by bar).
     # A forecaster forecasts (and scores) at every bar, so no bar is quiet.
-    if bus == "local" and not keep_market_data and config.strategy_def().compiled and config.forecaster is None:
-        LocalHost(w.components, w.clock, [collector]).run(active_steps(config, m, run, w, tick))
-    elif bus == "local":
-        LocalHost(w.components, w.clock, [collector]).run(bar_steps(config, m, run), tick)
+    if bus == "local":
+        host = LocalHost(w.components, w.clock, [collector])
+        if roots:
+            host.step(roots, m.start)
+        quiet = not keep_market_data and config.strategy_def().compiled and config.forecaster is None
+        host.run(active_steps(config, m, run, w, tick) if quiet else bar_steps(config, m, run), None if quiet else tick)
     else:
         steps = bar_steps(config, m, run)
         asyncio.run(_run_nats(w, steps, [collector], run, nats_url, tick))

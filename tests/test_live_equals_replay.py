@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from tradebus.bus import events as ev
+from tradebus.components.base import COMMAND
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig, load_config, parse_config
 from tradebus.engine.marketdata import MarketData, SeriesKey
@@ -70,6 +71,9 @@ def _configs() -> list[tuple[str, dict]]:
     # A composite: the forecaster, a policy and a pool; its policy decisions must be the replay's too.
     composite = {k: v for k, v in base.items() if k != "strategy"}
     out.append(("composite", {**composite, "forecaster": {"id": "test_fc"}, "policy": POLICY, "pool": POOL}))
+    # An allocated system: the lifecycle's Allocation (a weight of 0.4), taken over the bus by the daemon and
+    # delivered before the first bar by the replay, sizes every entry alike.
+    out.append(("allocated", {**base, "allocation": 0.4}))
     return out
 
 
@@ -83,6 +87,7 @@ POLICY = {"id": "lr_policy", "min_confidence": 0.0, "agreement": 0.5, "vol_targe
 
 
 def _config(name: str, spec: dict, paper: bool = False) -> SystemConfig:
+    spec = {k: v for k, v in spec.items() if k != "allocation"}  # the lifecycle's, not the config's
     if paper:  # the example as written (no funding: paper has no funding feed), on this symbol
         return parse_config({**spec, "system": f"lr_{name}", "symbol": SYMBOL, "timeframe": "5m",
                              "costs": {**spec["costs"], "funding": False}})
@@ -137,7 +142,7 @@ def _decisions(events: list[ev.Event]) -> dict[str, list]:
 
 
 async def _live(config: SystemConfig, c: dict[str, np.ndarray], start: int, bus, home: Path,
-                mode: str) -> list[ev.Event]:
+                mode: str, allocation: float | None = None) -> list[ev.Event]:
     """Run a daemon on the fake Bybit: history up to ``start`` on REST, then bars pushed one by one."""
     state = FakeBybitState(taker_fee=0, maker_fee=0)
     rest, ws = FakeBybit.start(state), FakeBybitWs(state)
@@ -155,6 +160,12 @@ async def _live(config: SystemConfig, c: dict[str, np.ndarray], start: int, bus,
         async with running(settings) as r:
             d = r.daemon
             d.bus_host._sinks += (seen.append,)  # snapshots are not stored: watch the step's events
+            if allocation is not None:  # as `tradebus lifecycle run` publishes it
+                now = time.time_ns()
+                await bus.publish(ev.Allocation(id="al-live-equals-replay", ts_event=now, ts_init=now,
+                                                system=config.system, run=f"{COMMAND}lifecycle", weight=allocation,
+                                                method="inverse_vol"))
+                await r.until(lambda: d.risk.weight == allocation, what="the allocation")
             for i in range(start, start + TRADED):
                 add(i, True)
                 t = int(c["open_time"][i])
@@ -199,13 +210,13 @@ async def test_daemon_decides_exactly_as_the_replay_of_the_same_bars(name, spec,
     md.write(key, {k: v[: start + TRADED] for k, v in candles.items()})
     t0, t1 = int(candles["open_time"][start]), int(candles["open_time"][start + TRADED - 1]) + tf_ns("5m")
     window = f"{np.datetime64(t0, 'ns')}:{np.datetime64(t1, 'ns')}"
-    replay = run_replay(config, window, md, keep_market_data=True)
+    replay = run_replay(config, window, md, keep_market_data=True, allocation=spec.get("allocation"))
     md.close()
     assert replay.market.first == warm, "the replay's warm-up is the daemon's history"
 
     bus = await nats_bus(nats_server)
     try:
-        live = await _live(config, candles, start, bus, tmp_path, mode)
+        live = await _live(config, candles, start, bus, tmp_path, mode, spec.get("allocation"))
     finally:
         await bus.close()
 
