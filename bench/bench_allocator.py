@@ -30,6 +30,12 @@ JOBS = ("trend_4h", "sma_cross_quick")
 
 def main() -> int:
     quick = "--quick" in sys.argv
+    with MarketData.open(None) as md:
+        stored = {c.key.symbol for c in md.series() if c.key.kind == "candles"}
+    if not {"BTCUSDT", "ETHUSDT"} <= stored:
+        print("skipped: needs the perps' candles in TRADEBUS_HOME (tradebus data import "
+              "../shared/data/bybit/linear/{5m,funding}/*.parquet)")
+        return 0
     for job in JOBS:
         subprocess.run([sys.executable, "-m", "tradebus", "sweep", str(ROOT / "configs" / "sweeps" / f"{job}.yaml")],
                        check=True, stdout=subprocess.DEVNULL)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 BENCHMARKS = ("bench_codec.py", "bench_store.py", "bench_bus.py", "bench_replay.py", "bench_kernel.py", "bench_sweep.py",
-              "bench_live_latency.py", "bench_forecast.py", "bench_detector.py")
+              "bench_live_latency.py", "bench_forecast.py", "bench_detector.py", "bench_lifecycle.py",
+              "bench_allocator.py")
 
 
 def run(script: str, quick: bool) -> tuple[int, float]:

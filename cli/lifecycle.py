@@ -133,7 +133,7 @@ def lifecycle_add(config_path: Path | None = typer.Argument(None, metavar="[CONF
         if config_path is not None:
             config = load_config(config_path)
             if system:
-                config = config.model_copy(update={"system": system})
+                config = parse_config({**config.model_dump(mode="json"), "system": system}, config_path)
             source = str(config_path)
         else:
             tracker = read_experiments(experiments)

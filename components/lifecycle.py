@@ -17,11 +17,15 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numba as nb
 import numpy as np
 from tradebus.bus import events as ev
 from tradebus.components.base import is_command
+
+if TYPE_CHECKING:
+    from tradebus.configs.lifecycle import Demo, Demote, Hygiene, Test
 
 PATH = ("candidate", "hygiene", "test", "demo", "live_test", "production")
 OUT = ("disabled", "rework_required", "rejected", "retired")
@@ -166,7 +170,7 @@ def admission_gate(runnable: str) -> Decision:
     return Decision("hygiene", "runnable", {}, "config valid, its data stored")
 
 
-def hygiene_gate(m: dict, r) -> Decision:
+def hygiene_gate(m: dict, r: Hygiene) -> Decision:
     """hygiene -> test, from the hygiene window's run metrics, or rejected."""
     ev_ = {"trades": int(m["total_trades"]), "trades_per_year": _r(m["trades_per_year"], 2),
            "max_drawdown": _r(-m["max_drawdown"]), "sharpe": _r(m["sharpe"])}
@@ -182,7 +186,8 @@ def hygiene_gate(m: dict, r) -> Decision:
     return Decision("test", "hygiene_passed", ev_, f"{m['total_trades']} trades, drawdown {-m['max_drawdown']:.1%}")
 
 
-def test_gate(verdict: str, reasons: list[str], test_sharpe: float, correlations: dict[str, float], r) -> Decision:
+def test_gate(verdict: str, reasons: list[str], test_sharpe: float, correlations: dict[str, float], r: Test
+              ) -> Decision:
     """test -> demo: the validation verdict, the test window's Sharpe, correlation with production."""
     worst = max(correlations.items(), key=lambda kv: abs(kv[1]), default=("", 0.0))
     ev_ = {"validation": verdict, "test_sharpe": _r(test_sharpe), "max_correlation": _r(worst[1]),
@@ -225,9 +230,10 @@ def track_from(events: Iterable[ev.Event], system: str, symbol: str, timeframe: 
                modes: tuple[str, ...]) -> Track:
     """A running system's record from its store, in store order: equity at each of its bars' close is the
     balance the portfolio last reported plus the open position marked at that close (the portfolio's own
-    marking); runs of other modes (a paper run in a demo store) are left out."""
+    marking), once the fills the bar caused (stored after it) are in; runs of other modes (a paper run in a
+    demo store) are left out."""
     ours: set[str] = set()
-    balance, qty, avg = initial, 0.0, 0.0
+    balance, qty, avg, close = initial, 0.0, 0.0, 0.0
     times: list[int] = []
     equity: list[float] = []
     entries = rejections = breaches = 0
@@ -242,8 +248,10 @@ def track_from(events: Iterable[ev.Event], system: str, symbol: str, timeframe: 
             continue
         if isinstance(e, ev.BarClosed):
             if e.symbol == symbol and e.timeframe == timeframe:
+                if times:  # the bar before is marked once everything it caused (its fills) is in
+                    equity.append(balance + qty * (close - avg))
                 times.append(e.ts_event)
-                equity.append(balance + qty * (e.close - avg))
+                close = e.close
         elif e.system != system:
             continue
         elif isinstance(e, ev.AccountState):
@@ -261,6 +269,8 @@ def track_from(events: Iterable[ev.Event], system: str, symbol: str, timeframe: 
               and not e.reason.startswith(LIFECYCLE)):
             breaches += 1
             reasons.append(e.reason)
+    if times:
+        equity.append(balance + qty * (close - avg))
     return Track(np.asarray(times, dtype=np.int64), np.asarray(equity, dtype=np.float64), entries, rejections,
                  breaches, tuple(reasons))
 
@@ -285,7 +295,7 @@ def max_drawdown(equity: np.ndarray) -> float:
     return float(np.max((peak - e) / peak))
 
 
-def demo_eligible(track: Track, shadow: dict, r) -> Decision:
+def demo_eligible(track: Track, shadow: dict, r: Demo) -> Decision:
     """Is the demo record enough for a person to approve live_test? (days, entries, not significantly worse
     than its shadow replay). It moves nothing itself: ``approved`` does, and only when this holds."""
     ev_ = {"demo_days": _r(track.days, 2), "entries": track.entries, **shadow}
@@ -303,7 +313,7 @@ def demo_eligible(track: Track, shadow: dict, r) -> Decision:
     return Decision("live_test", "demo_record", ev_, "demo record complete: a person may approve live_test")
 
 
-def demotion(stage: str, track: Track, shadow: dict, edge: tuple[float, float], r) -> Decision:
+def demotion(stage: str, track: Track, shadow: dict, edge: tuple[float, float], r: Demote) -> Decision:
     """The first demotion rule a running system's record breaks, or a hold. ``edge``: the backtest's mean
     and standard deviation of bar returns on the test window (the CUSUM's "edge" hypothesis)."""
     to = DEMOTED_TO[stage]

@@ -53,7 +53,7 @@ class Demote(_Strict):
     max_divergence: float = Field(0.02, gt=0, description="|demo equity / shadow equity - 1| at any bar")
     max_risk_breaches: int = Field(0, ge=0, description="guard states other than active (caps breached)")
     max_rejections: int = Field(5, ge=0, description="orders rejected (by the guard or the venue)")
-    cusum_threshold: float = Field(12.0, gt=0, description="CUSUM h: from the backtest's edge to none "
+    cusum_threshold: float = Field(8.0, gt=0, description="CUSUM h: from the backtest's edge to none "
                                                            "(bench/bench_detector.py: false alarms vs delay)")
 
 

@@ -168,8 +168,8 @@ def _test_decision(system: str, config: SystemConfig, exp_id: str, trading: dict
         verdict = validate_and_record(src.tracker, exp, mem, rules.validation, sel)
     else:
         verdict = validate(exp, mem, rules.validation, sel, src.tracker)  # type: ignore[arg-type]
-    test_sharpe = from_stats(src.kernel(config, "test").stats, config.initial_capital, tf_ns(config.timeframe))["sharpe"]
     ours = src.kernel(config, "test")
+    test_sharpe = from_stats(ours.stats, config.initial_capital, tf_ns(config.timeframe))["sharpe"]
     mine = daily_returns(ours.times, ours.curve[:, 2])
     corr = {}
     for other, oc in trading.items():

@@ -28,8 +28,8 @@ from tradebus.components.base import COMMAND
 from tradebus.configs.lifecycle import LifecycleRules
 from tradebus.configs.limits import Limits
 from tradebus.configs.schema import SystemConfig
-from tradebus.engine.market import base_key
-from tradebus.eventstore.store import EventStore
+from tradebus.engine.market import MissingDataError, base_key
+from tradebus.eventstore.store import EventIdConflict, EventStore
 from tradebus.factory import allocator
 from tradebus.factory.lifecycle import (
     Outcome,
@@ -85,8 +85,8 @@ def _returns_for(system: str, config: SystemConfig, stage: str, src: Sources, ru
         try:
             k = src.kernel(config, window)
             own = {**daily_returns(k.times, k.curve[:, 2]), **own}
-        except ValueError:
-            pass
+        except (ValueError, MissingDataError):
+            pass  # no candles for those days: the days count as flat
     return np.array([own.get(d, 0.0) for d in days])
 
 
@@ -134,13 +134,21 @@ def run_once(store: Path, src: Sources, rules: LifecycleRules, *, daemons: bool 
              say: Callable[[str], None] = lambda _: None, now: int | None = None) -> Report:
     """Evaluate, record, allocate, then bring the daemons in line (``daemons`` False: record only)."""
     now = time.time_ns() if now is None else now
-    stored = read_store(store) if store.exists() else []
-    promotions = [e for e in stored if isinstance(e, ev.Promotion)]
-    out = evaluate(promotions, src, rules, now, RUN)
-    allocs = allocations(out, [e for e in stored if isinstance(e, ev.Allocation)], src, rules, limits, now)
-    if out.promotions or allocs:
-        with EventStore.open_writer(store) as st:
-            st.append([*out.promotions, *allocs])  # one transaction: every move of the run, or none
+    for attempt in range(2):
+        stored = read_store(store) if store.exists() else []
+        promotions = [e for e in stored if isinstance(e, ev.Promotion)]
+        out = evaluate(promotions, src, rules, now, RUN)
+        allocs = allocations(out, [e for e in stored if isinstance(e, ev.Allocation)], src, rules, limits, now)
+        if not (out.promotions or allocs):
+            break
+        try:
+            with EventStore.open_writer(store) as st:
+                st.append([*out.promotions, *allocs])  # one transaction: every move of the run, or none
+            break
+        except EventIdConflict:
+            # Another run stored the same moves (same ids, its own times) in between: read what it decided.
+            if attempt:
+                raise
     report = Report(out.rows, out.promotions, allocs)
     if daemons:
         _daemons(out, promotions + out.promotions, allocs, rules, limits_path, live, nats_url, report, say)

@@ -78,21 +78,29 @@ def test_a_sweep_candidate_reaches_demo_is_demoted_by_a_bad_run_and_needs_a_pers
         early = lc("approve", SYSTEM, "--to", "live_test", "--by", "eve", "--rules", str(rules))
         assert early.returncode == 1 and "demo days" in early.stderr and "Traceback" not in early.stderr
 
-        # Trade until in a position, then the bad run: the next bar gaps 15% against it.
+        # Trade until in a position with no order pending, ride a gentle trend its way (no reversal), then the
+        # bad run: the next bars gap 15% against it.
+        def status() -> dict:
+            return control.alive(daemons, SYSTEM, "paper") or {}
+
+        def push(n: int = 1) -> None:
+            venue.push_bar(n)
+            last_open = (venue.t0_ms + (venue.next_bar - 1) * 300_000) * 1_000_000
+            assert control.wait_for(lambda: status().get("last_bar_open_ns") == last_open, 30)
+
         deadline = time.monotonic() + 120
-        while abs((control.alive(daemons, SYSTEM, "paper") or {}).get("position", 0.0)) == 0:
+        while not (status().get("position") and status().get("open_orders") == 0):
             assert time.monotonic() < deadline, "the paper daemon never took a position"
-            venue.push_bar()
-            time.sleep(0.15)
-        side = 1 if control.alive(daemons, SYSTEM, "paper")["position"] > 0 else -1
-        gap = 0.85 if side > 0 else 1.15  # ~14% of equity: past the demotion (10%), inside the halt (20%)
-        base = venue.wave
-        shock_from = venue.next_bar
-        venue.wave = lambda i: round(base(i) * (gap if i >= shock_from else 1.0), 1)
-        venue.push_bar(3)
-        last_open = (venue.t0_ms + (venue.next_bar - 1) * 300_000) * 1_000_000
-        assert control.wait_for(lambda: (control.alive(daemons, SYSTEM, "paper") or {}).get("last_bar_open_ns")
-                                == last_open, 30)
+            push()
+        side = 1 if status()["position"] > 0 else -1
+        base, turn, level = venue.wave, venue.next_bar, venue.wave(venue.next_bar - 1)
+        venue.wave = lambda i: round(level * (1 + side * 0.0005 * (i - turn + 1)), 2) if i >= turn else base(i)
+        push(10)
+        assert status()["position"] * side > 0 and status()["open_orders"] == 0
+        shock = venue.next_bar
+        trend = venue.wave
+        venue.wave = lambda i: round(trend(i) * ((0.85 if side > 0 else 1.15) if i >= shock else 1.0), 2)
+        push(3)
 
         # refresh: fetch the demo's bars (the shadow's), then the lifecycle, which demotes and winds the
         # daemon down; bars keep coming while it waits, so the flattening order fills at the next open.

@@ -154,7 +154,8 @@ def test_track_from_a_store_marks_the_position_at_each_close():
               ev.BarClosed(**{**env(10, ""), "run": "other"}, venue="bybit", market="linear", symbol="BTCUSDT", timeframe="1h",
                            open_time=T0, open=1, high=1, low=1, close=1.0, volume=1.0)]
     t = lc.track_from(events, "s", "BTCUSDT", "1h", 1_000.0, ("paper",))
-    assert t.equity.tolist() == [1_000.0, 999.0 + 10 * (110 - 100)]
+    # bar 1 is marked after the fill it caused (stored after it): the fee is in, the position at cost
+    assert t.equity.tolist() == [999.0, 999.0 + 10 * (110 - 100)]
     assert (t.entries, t.rejections, t.breaches) == (1, 1, 1)  # a lifecycle state is no cap breach
 
 
