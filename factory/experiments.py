@@ -143,6 +143,11 @@ class Tracker(duck.Database):
             [status, json.dumps(details, sort_keys=True, default=float), _clean(test_return), train_period,
              test_period, exp_id])
 
+    def mark_lineage(self, job: str, source: str, experiment_id: str, parent: str | None) -> None:
+        """Say where a job's trials came from (an LLM iteration) and what they descend from."""
+        self._con.execute("UPDATE experiments SET strategy_source = ?, experiment_id = ?, parent_experiment_id = ?"
+                          " WHERE job_id = ?", [source, experiment_id, parent, job])
+
     # -- reading ---------------------------------------------------------------------------------
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[Experiment]:

@@ -275,22 +275,24 @@ def select(tracker: Tracker, ids: list[str], job: str | None, top: int) -> list[
 
 
 def run_validation(tracker: Tracker, md: MarketData, exps: list[Experiment], rules: ValidationRules,
-                   progress: Callable[[int, int], None] | None = None) -> list[tuple[Experiment, Verdict]]:
-    """Validate each experiment and write the verdict back; market data is read once for all of them."""
+                   progress: Callable[[int, int], None] | None = None, selection: SelectionStats | None = None
+                   ) -> list[tuple[Experiment, Verdict]]:
+    """Validate each experiment and write the verdict back; market data is read once for all of them.
+    ``selection``: the deflated Sharpe's trials when they are more than one job's (a research run's)."""
     out: list[tuple[Experiment, Verdict]] = []
     by_market: dict[tuple[str, str], list[Experiment]] = {}
     for e in exps:
         config = json.loads(e["config"])
         by_market.setdefault((config["venue"], config["market"]), []).append(e)
-    selection: dict[str | None, SelectionStats] = {}
+    sel_by_job: dict[str | None, SelectionStats] = {}
     for (venue, market), group in by_market.items():
         stored = {c.key.symbol for c in md.series() if c.key.venue == venue and c.key.market == market}
         wanted = {e["symbol"] for e in group} | set(rules.related_symbols if rules.related_symbols is not None else stored)
         mem = MemoryMarket.load(md, venue, market, sorted(wanted))
         for e in group:
-            if e["job_id"] not in selection:
-                selection[e["job_id"]] = selection_stats(tracker, e["job_id"])
-            out.append((e, validate_and_record(tracker, e, mem, rules, selection[e["job_id"]])))
+            if e["job_id"] not in sel_by_job:
+                sel_by_job[e["job_id"]] = selection or selection_stats(tracker, e["job_id"])
+            out.append((e, validate_and_record(tracker, e, mem, rules, sel_by_job[e["job_id"]])))
             if progress is not None:
                 progress(len(out), len(exps))
     return out
