@@ -4,7 +4,6 @@ runaway past its CPU, memory, file or wall limits, nothing trusted read back fro
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import textwrap
