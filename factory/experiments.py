@@ -158,14 +158,17 @@ class Tracker(duck.Database):
     def count(self) -> int:
         return self._con.execute("SELECT count(*) FROM experiments").fetchone()[0]
 
-    def existing(self, ids: Iterable[str]) -> set[str]:
-        """Which of these trial ids are already stored (work to skip)."""
+    def existing(self, ids: Iterable[str], other_than_job: str | None = None) -> set[str]:
+        """Which of these trial ids are already stored (work to skip); ``other_than_job``: stored by another job."""
         ids = list(ids)
         found: set[str] = set()
         for i in range(0, len(ids), 1000):
             chunk = ids[i:i + 1000]
             marks = ", ".join("?" * len(chunk))
-            found |= {r[0] for r in self._con.execute(f"SELECT id FROM experiments WHERE id IN ({marks})", chunk).fetchall()}
+            extra = "" if other_than_job is None else " AND job_id IS DISTINCT FROM ?"
+            params = chunk + ([] if other_than_job is None else [other_than_job])
+            found |= {r[0] for r in self._con.execute(f"SELECT id FROM experiments WHERE id IN ({marks}){extra}",
+                                                      params).fetchall()}
         return found
 
     def has_been_tested(self, exp_id: str) -> bool:

@@ -240,11 +240,12 @@ def _points(job: SweepJob, md: MarketData) -> tuple[list[str], int]:
     return [t.id for t in p.trials], p.count
 
 
-def novelty(ids: list[str], tracker: Tracker | None) -> float:
-    """The share of a proposal's trials not in the experiments table yet (1: all new)."""
+def novelty(ids: list[str], tracker: Tracker | None, job: str) -> float:
+    """The share of a proposal's trials no other job has run (1: all new; its own, from a killed attempt
+    of this iteration, are not held against it)."""
     if not ids or tracker is None:
         return 1.0
-    return 1.0 - len(tracker.existing(ids)) / len(ids)
+    return 1.0 - len(tracker.existing(ids, other_than_job=job)) / len(ids)
 
 
 # --- the loop --------------------------------------------------------------------------------------------
@@ -310,7 +311,7 @@ def research(client: Client, log: ResearchLog, md: MarketData, tracker: Tracker,
             outcome = IterationOutcome(i, "refused", reason=why)
         else:
             ids, count = _points(job, md)
-            fresh = novelty(ids, tracker)
+            fresh = novelty(ids, tracker, job_name)
             if count > rs.max_trials:
                 outcome = IterationOutcome(i, "refused", job_name, reason=f"{count} trials > max_trials {rs.max_trials}")
             elif 1.0 - fresh >= rs.novelty:
