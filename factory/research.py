@@ -263,25 +263,27 @@ class IterationOutcome:
 
 
 def _tool_call(call: Call) -> dict | None:
-    return next((b for b in call.content if b.get("type") == "tool_use" and b.get("name") == TOOL), None)
+    return next((b for b in call.content if b.get("type") == "tool_use" and b.get("name") in (TOOL, CODE_TOOL)), None)
 
 
-def propose(client: Client, run: str, i: int, system: str, user: str, rs: ResearchSettings, job_name: str
-            ) -> tuple[SweepJob | None, dict | None, str, int]:
-    """The conversation of one iteration: (job, proposal, why refused, calls made)."""
+def propose(client: Client, run: str, i: int, system: str, user: str, rs: ResearchSettings,
+            accept: Callable[[dict], Any]) -> tuple[Any, dict | None, str, int]:
+    """The conversation of one iteration: ``accept`` turns the model's tool call into what the iteration
+    runs, or raises ``ProposalError``, whose words go back to the model (at most ``repair_turns`` times).
+    Returns (accepted, the tool call, why refused, calls made)."""
     messages: list[dict] = [{"role": "user", "content": user}]
     why = ""
+    tools = [tool_schema(rs), code_tool_schema(rs)]
     for turn in range(rs.repair_turns + 1):
-        call = client.call(f"{run}:{i:03d}:{turn}", system, messages, [tool_schema(rs)])
+        call = client.call(f"{run}:{i:03d}:{turn}", system, messages, tools)
         use = _tool_call(call)
         if use is None:
-            why = "the model answered without a propose_sweep call"
-            content = call.content
-            messages += [{"role": "assistant", "content": content},
-                         {"role": "user", "content": "Answer with one propose_sweep tool call."}]
+            why = "the model answered without a proposal"
+            messages += [{"role": "assistant", "content": call.content},
+                         {"role": "user", "content": "Answer with one propose_sweep or propose_strategy call."}]
             continue
         try:
-            return job_from(use["input"], rs, job_name), use["input"], "", turn + 1
+            return accept(use), use, "", turn + 1
         except ProposalError as exc:
             why = str(exc)
             messages += [{"role": "assistant", "content": call.content},
@@ -290,12 +292,20 @@ def propose(client: Client, run: str, i: int, system: str, user: str, rs: Resear
     return None, None, why, rs.repair_turns + 1
 
 
+def _selection(tracker: Tracker, jobs: list[str]) -> SelectionStats:
+    """The deflated Sharpe's N and spread: every trial of every job the run proposed so far."""
+    sharpes = np.array([s for j in jobs for s in tracker.job_sharpes(j) if s is not None and np.isfinite(s)])
+    trials = sum(max(tracker.job_trials(j), len(tracker.job_sharpes(j))) for j in jobs)
+    return SelectionStats(max(trials, 1), float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0)
+
+
 def research(client: Client, log: ResearchLog, md: MarketData, tracker: Tracker, rs: ResearchSettings, run: str,
-             iterations: int, say: Callable[[str], None] = lambda _: None) -> list[IterationOutcome]:
+             iterations: int, say: Callable[[str], None] = lambda _: None, sandbox_limits=None
+             ) -> list[IterationOutcome]:
     """Run (or resume) ``iterations`` iterations of ``run``."""
     log.run = run
     system = system_prompt(rs)
-    out = []
+    out: list[IterationOutcome] = []
     for i in range(1, iterations + 1):
         done = log.iteration(run, i)
         if done is not None:
@@ -304,12 +314,35 @@ def research(client: Client, log: ResearchLog, md: MarketData, tracker: Tracker,
             continue
         job_name = f"llm_{run}_{i:03d}"
         before = log.spent()[1]
-        job, proposal, why, calls = propose(client, run, i, system, user_prompt(tracker, log, run, rs), rs, job_name)
-        row = {"run": run, "iteration": i, "proposal": json.dumps(proposal, sort_keys=True) if proposal else None,
+        earlier_jobs = [o.job for o in out if o.status == "swept"]
+        earlier_code = [json.loads(r["proposal"]).get("code", "") for r in log.iterations(run)
+                        if r["code_sha256"] and r["proposal"]]
+
+        def accept(use: dict) -> Any:
+            if use["name"] == CODE_TOOL:
+                say(f"iteration {i}: running a proposed strategy in the sandbox")
+                sel = _selection(tracker, earlier_jobs)
+                rows, verdicts, digest = code_proposal(use["input"], rs, md, tracker, job_name, earlier_code,
+                                                       SelectionStats(sel.trials + rs.max_trials, sel.sharpe_variance),
+                                                       sandbox_limits)
+                return ("code", rows, verdicts, digest)
+            return ("sweep", job_from(use["input"], rs, job_name))
+
+        accepted, use, why, calls = propose(client, run, i, system, user_prompt(tracker, log, run, rs), rs, accept)
+        row = {"run": run, "iteration": i, "proposal": json.dumps(use["input"], sort_keys=True) if use else None,
                "calls": calls, "code_sha256": None}
-        if job is None:
+        if accepted is None:
             outcome = IterationOutcome(i, "refused", reason=why)
+        elif accepted[0] == "code":
+            _, rows, verdicts, digest = accepted
+            row["code_sha256"] = digest
+            parent = next((o.best for o in reversed(out) if o.best), None)
+            tracker.mark_lineage(job_name, "llm_generated", f"research:{run}:{i:03d}", parent)
+            v = verdicts[0] if verdicts else {}
+            outcome = IterationOutcome(i, "swept", job_name, len(rows), v.get("id", ""), v.get("status", ""),
+                                       "; ".join(v.get("reasons", [])) or "a proposed strategy, run in the sandbox")
         else:
+            job = accepted[1]
             ids, count = _points(job, md)
             fresh = novelty(ids, tracker, job_name)
             if count > rs.max_trials:
@@ -318,7 +351,7 @@ def research(client: Client, log: ResearchLog, md: MarketData, tracker: Tracker,
                 outcome = IterationOutcome(i, "duplicate", job_name, reason=f"{1 - fresh:.0%} of its {count} trials "
                                            f"were already tried (novelty threshold {rs.novelty:.0%})")
             else:
-                say(f"iteration {i}: sweeping {proposal['strategy']} ({count} trials)")
+                say(f"iteration {i}: sweeping {job.tasks[0].strategy} ({count} trials)")
                 outcome = _sweep_and_validate(i, job, md, tracker, rs, run, out)
         row.update(status=outcome.status, job=outcome.job, trials=outcome.trials, best=outcome.best,
                    verdict=outcome.verdict, reason=outcome.reason, usd=log.spent()[1] - before)
@@ -337,10 +370,7 @@ def _sweep_and_validate(i: int, job: SweepJob, md: MarketData, tracker: Tracker,
     if not best:
         return IterationOutcome(i, "swept", job.job, report.trials, reason="no trial scored (all disqualified)")
     # Every trial the run proposed so far counts in the deflated Sharpe's N.
-    jobs = [o.job for o in earlier if o.status == "swept"] + [job.job]
-    sharpes = np.array([s for j in jobs for s in tracker.job_sharpes(j) if s is not None and np.isfinite(s)])
-    trials = sum(tracker.job_trials(j) for j in jobs)
-    sel = SelectionStats(max(trials, 1), float(np.var(sharpes, ddof=1)) if len(sharpes) > 1 else 0.0)
+    sel = _selection(tracker, [o.job for o in earlier if o.status == "swept"] + [job.job])
     verdicts = run_validation(tracker, md, best, rs.validation, selection=sel)
     top, verdict = verdicts[0]
     return IterationOutcome(i, "swept", job.job, report.trials, top["id"], verdict.status,
@@ -363,3 +393,232 @@ def random_proposal(rng: random.Random, rs: ResearchSettings, trials: int) -> di
                        max(1, int(round(d * rng.uniform(0.5, 1.5)))) for _ in range(per)})
         params[name] = vals
     return {"name": f"random_{c['strategy']}", "hypothesis": "random", "strategy": c["strategy"], "params": params}
+
+
+# --- Python strategies: static checks, then only in the sandbox -----------------------------------------
+
+CODE_TOOL = "propose_strategy"
+CODE_KEYS = {"name", "hypothesis", "code", "params"}
+MAX_CODE = 8_000  # bytes
+MAX_NODES = 1_500  # AST nodes: a complexity cap
+ALLOWED_IMPORTS = ("math", "numpy", "numba", "pydantic", "tradebus.components.strategies")
+BANNED_NAMES = {"eval", "exec", "compile", "open", "__import__", "globals", "locals", "vars", "getattr", "setattr",
+                "delattr", "input", "breakpoint", "memoryview", "help", "exit", "quit"}
+MAX_SIMILARITY = 0.9  # to a built-in strategy or an earlier proposal's code
+
+
+def code_tool_schema(rs: ResearchSettings) -> dict:
+    return {
+        "name": CODE_TOOL,
+        "description": ("Propose a new strategy as Python code through the strategy API (a Params model and a "
+                        "Strategy subclass with features and a numba-compilable decide, as in the built-ins), and a "
+                        f"grid of its parameters (at most {rs.max_trials} trials). It runs in a sandbox: imports "
+                        f"only from {', '.join(ALLOWED_IMPORTS)}; no files, network or processes."),
+        "input_schema": {"type": "object", "additionalProperties": False,
+                         "required": ["name", "hypothesis", "code", "params"],
+                         "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9_]{0,39}$"},
+                                        "hypothesis": {"type": "string", "maxLength": 600},
+                                        "code": {"type": "string", "maxLength": MAX_CODE},
+                                        "params": {"type": "object"}}},
+    }
+
+
+def _shape(tree) -> set[tuple[str, str, str]]:
+    """A code's structure as node-type trigrams along the tree (names and constants left out): what an
+    AST similarity compares."""
+    import ast
+
+    kinds = [type(n).__name__ for n in ast.walk(tree)]
+    return {tuple(kinds[i:i + 3]) for i in range(len(kinds) - 2)}
+
+
+def similarity(a: str, b: str) -> float:
+    import ast
+
+    sa, sb = _shape(ast.parse(a)), _shape(ast.parse(b))
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def check_code(code: str, earlier: list[str]) -> str:
+    """Why the code is refused before it runs ('' if it is not): size, syntax, imports, names that reach the
+    interpreter's internals, a complexity cap, and originality against the built-ins and earlier proposals.
+    A defence in depth: the sandbox is the boundary, not this."""
+    import ast
+    import inspect
+
+    if len(code.encode()) > MAX_CODE:
+        return f"code: {len(code.encode())} bytes > {MAX_CODE}"
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as exc:
+        return f"code: syntax error at line {exc.lineno}: {exc.msg}"
+    nodes = sum(1 for _ in ast.walk(tree))
+    if nodes > MAX_NODES:
+        return f"code: {nodes} syntax nodes > {MAX_NODES} (keep a strategy simple)"
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for m in mods:
+                if not any(m == ok or m.startswith(ok + ".") for ok in ALLOWED_IMPORTS):
+                    return f"code line {node.lineno}: import {m!r} is not allowed (only {', '.join(ALLOWED_IMPORTS)})"
+        if isinstance(node, ast.Name) and node.id in BANNED_NAMES:
+            return f"code line {node.lineno}: {node.id} is not allowed"
+        if isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr != "__init__":
+            return f"code line {node.lineno}: the attribute {node.attr} is not allowed"
+    from tradebus.components.strategies import builtin
+
+    for name, other in [("a built-in strategy", inspect.getsource(builtin))] + [("an earlier proposal", e)
+                                                                                 for e in earlier]:
+        s = similarity(code, other)
+        if s > MAX_SIMILARITY:
+            return f"code: {s:.0%} like {name} (at most {MAX_SIMILARITY:.0%}): propose something new"
+    return ""
+
+
+_DRIVER = '''
+import json, sys
+sys.path.insert(0, "/sandbox")
+out = {}
+try:
+    import numpy as np
+    from tradebus.engine.marketdata import SeriesKey
+    from tradebus.factory.experiments import Experiment
+    from tradebus.factory.market import MemoryMarket
+    from tradebus.factory.sweep import experiment_rows, parse_job, plan, run_trials
+    from tradebus.factory.validation import SelectionStats, ValidationRules, validate
+    from tradebus.replay import checks
+
+    spec = json.load(open("spec.json"))
+    data = np.load("market.npz")
+    mem = MemoryMarket()
+    for key in spec["series"]:
+        k = SeriesKey(*key)
+        cols = {c: data["|".join(key) + "|" + c] for c in spec["columns"]}
+        mem.series[k] = cols
+    job = parse_job(spec["job"], "proposal")
+    first = job.tasks[0]
+    practice = checks.practice_config(first.strategy, {k: v[0] if isinstance(v, list) else v for k, v in first.params.items()})
+    out["checks"] = {"no_lookahead_events": checks.no_lookahead(practice), "kernel_fills": checks.kernel_equals_replay(practice)}
+    p = plan(job, mem)
+    results = run_trials([(t.id, t.config, t.window) for t in p.trials], mem)
+    rows = experiment_rows(job, p, results, {t.id: t for t in p.trials})
+    out["rows"] = [{k: v for k, v in r.items() if k != "created_at"} for r in rows]
+    scored = sorted((r for r in rows if r["score"] is not None), key=lambda r: -r["score"])[: spec["validate_top"]]
+    sel = SelectionStats(spec["trials"], spec["sharpe_variance"])
+    out["verdicts"] = []
+    for r in scored:
+        v = validate(Experiment({**r, "job_id": None}), mem, ValidationRules.model_validate(spec["rules"]), sel, None)
+        out["verdicts"].append({"id": r["id"], "status": v.status, "reasons": v.reasons,
+                                "details": json.loads(json.dumps(v.details, default=float))})
+except Exception as exc:
+    out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+json.dump(out, open("out.json", "w"), default=float)
+'''
+
+
+def _strategy_class(code: str) -> str | None:
+    import ast
+
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.ClassDef) and any(getattr(b, "id", getattr(b, "attr", "")) == "Strategy"
+                                                  for b in node.bases):
+            return node.name
+    return None
+
+
+def _market_files(md: MarketData) -> tuple[bytes, list[list[str]], list[str]]:
+    """Every stored series of the venue as one npz (what the sandbox's trials and validation read)."""
+    import io
+
+    from tradebus.factory.market import MemoryMarket
+
+    symbols = sorted({c.key.symbol for c in md.series() if (c.key.venue, c.key.market) == ("bybit", "linear")})
+    mem = MemoryMarket.load(md, "bybit", "linear", symbols)
+    arrays, keys, columns = {}, [], set()
+    for k, cols in mem.series.items():
+        key = [k.venue, k.market, k.symbol, k.timeframe, k.kind]
+        keys.append(key)
+        for c, v in cols.items():
+            arrays["|".join(key) + "|" + c] = np.asarray(v)
+            columns.add(c)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue(), keys, sorted(columns)
+
+
+ROW_NUMBERS = ("return_pct", "annualised_return", "max_drawdown", "trades_per_year", "win_rate", "profit_factor",
+               "sharpe", "sortino", "score")
+
+
+def _clean_rows(raw: Any, job: str, strategy: str, limit: int) -> list[dict]:
+    """The sandbox's trial rows, checked before any is stored: shape, types, ids, and the fields that are
+    ours to say (job, strategy, source) set here, not taken from it."""
+    import re
+
+    from tradebus.factory.experiments import COLUMNS
+
+    if not isinstance(raw, list) or len(raw) > limit:
+        raise ProposalError(f"the sandbox returned {type(raw).__name__} of {len(raw) if isinstance(raw, list) else '?'} "
+                            f"rows (at most {limit})")
+    out = []
+    for r in raw:
+        if not isinstance(r, dict) or not set(r) <= set(COLUMNS) or not re.fullmatch(r"[0-9a-f]{32}", str(r.get("id"))):
+            raise ProposalError("the sandbox returned a malformed trial row")
+        for k in ROW_NUMBERS:
+            v = r.get(k)
+            if v is not None and not (isinstance(v, (int, float)) and np.isfinite(v)):
+                r[k] = None
+        r.update(job_id=job, experiment_id=job, strategy=strategy, strategy_source="llm_generated")
+        out.append(r)
+    return out
+
+
+def code_proposal(args: Any, rs: ResearchSettings, md: MarketData, tracker: Tracker, job: str, earlier: list[str],
+                  sel: SelectionStats, limits=None) -> tuple[list[dict], list[dict], str]:
+    """Run a proposed Python strategy in the sandbox: (stored trial rows, verdicts, the code's sha256), or
+    ``ProposalError`` (sent back to the model)."""
+    from tradebus.factory import sandbox
+
+    if not isinstance(args, dict) or set(args) - CODE_KEYS:
+        raise ProposalError(f"{', '.join(sorted(set(args) - CODE_KEYS)) if isinstance(args, dict) else 'input'}: "
+                            f"only {', '.join(sorted(CODE_KEYS))}")
+    code, params = args.get("code"), args.get("params")
+    if not isinstance(code, str) or not isinstance(params, dict) or not params:
+        raise ProposalError("code: a string; params: parameter name -> list of values")
+    for name, values in params.items():
+        if "." in name or not isinstance(values, list) or not values or len(values) > 50:
+            raise ProposalError(f"params.{name}: the strategy's own parameter, a list of 1 to 50 values")
+    why = check_code(code, earlier)
+    if why:
+        raise ProposalError(why)
+    cls = _strategy_class(code)
+    if cls is None:
+        raise ProposalError("code: no class deriving from Strategy")
+    digest = hashlib.sha256(code.encode()).hexdigest()
+    module = f"llm_{digest[:12]}"
+    strategy = f"{module}:{cls}"
+    task = {"strategy": strategy, "space": "grid", "params": params, "symbols": rs.symbols,
+            "timeframes": rs.timeframes, "window": rs.window}
+    npz, keys, columns = _market_files(md)
+    spec = {"job": {"job": job, "base": rs.base, "score": rs.score.model_dump(), "tasks": [task]}, "series": keys,
+            "columns": columns, "validate_top": rs.validate_top, "trials": sel.trials, "sharpe_variance": sel.sharpe_variance,
+            "rules": rs.validation.model_dump()}
+    try:
+        result = sandbox.run(_DRIVER, {f"{module}.py": code.encode(), "spec.json": json.dumps(spec).encode(),
+                                       "market.npz": npz}, limits or sandbox.Limits())
+    except sandbox.SandboxUnavailable as exc:
+        raise ProposalError(f"Python proposals are not run on this machine ({exc}); propose a sweep instead") from None
+    out = result.out or {}
+    if result.timed_out or "error" in out or not result.ok:
+        raise ProposalError(out.get("error") or ("timed out" if result.timed_out else
+                                                 f"the sandbox ended with {result.returncode}: "
+                                                 f"{result.stderr.strip().splitlines()[-1:] or ['no output']}"))
+    rows = _clean_rows(out.get("rows"), job, strategy, rs.max_trials)
+    tracker.save(rows)
+    ids = {r["id"] for r in rows}
+    verdicts = [v for v in out.get("verdicts", []) if isinstance(v, dict) and v.get("id") in ids
+                and v.get("status") in ("passed", "marginal", "rejected")]
+    for v in verdicts:
+        tracker.update_validation(v["id"], v["status"], {"reasons": [str(x) for x in v.get("reasons", [])][:10],
+                                                         "sandboxed": True, "code_sha256": digest})
+    return rows, verdicts, digest

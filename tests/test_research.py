@@ -219,3 +219,88 @@ def test_bad_settings_are_one_clear_error(home):
     r = run_tradebus("research", "--settings", str(bad), env={"TRADEBUS_HOME": str(home), "ANTHROPIC_API_KEY": "x"})
     assert r.returncode == 1 and "budget_usd" in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr
     assert not isinstance(BudgetExceeded("x"), ValueError)
+
+
+CODE = '''
+from pydantic import model_validator
+
+from tradebus.components.strategies import FLAT, HOLD, LONG, SHORT, Field, Params, Strategy, f, require_below
+
+
+class ChannelMomentumParams(Params):
+    fast: int = Field(10, ge=1)
+    slow: int = Field(40, ge=2)
+
+    @model_validator(mode="after")
+    def _order(self):
+        require_below(self, "fast", "slow")
+        return self
+
+
+class ChannelMomentum(Strategy):
+    """Long while the fast EMA is above the slow one and rising; short while below and falling."""
+
+    params = ChannelMomentumParams
+    compiled = True
+
+    @staticmethod
+    def features(p):
+        return {"fast": f("ema", p.fast), "slow": f("ema", p.slow)}
+
+    @staticmethod
+    def decide(cur, prev, pos, p):
+        up = cur.fast > cur.slow and cur.fast > prev.fast
+        down = cur.fast < cur.slow and cur.fast < prev.fast
+        if up and pos != 1:
+            return LONG
+        if down and pos != -1:
+            return SHORT if p.allow_short > 0 else FLAT
+        return HOLD
+'''
+SNEAKY = CODE.replace("from pydantic import model_validator", "import os\nfrom pydantic import model_validator")
+
+
+def test_a_python_strategy_is_checked_then_run_only_in_the_sandbox(home, fake):
+    from tradebus.factory import sandbox
+
+    if sandbox.available():
+        pytest.skip(sandbox.available())
+    code = ("propose_strategy", {"name": "channel_momentum", "hypothesis": "momentum inside a trend",
+                                 "code": CODE, "params": {"fast": [8, 12], "slow": [40], "allow_short": [True]}})
+    sneaky = ("propose_strategy", {**code[1], "code": SNEAKY})
+    fake.state.responder = ScriptedResearcher(proposals=[sneaky], repairs=[code])
+    rs = ResearchSettings.model_validate(yaml.safe_load(SETTINGS))
+    with R.ResearchLog.open() as log, MarketData.open(None, read_only=True) as md, Tracker.open() as tracker:
+        client = Client(rs.model, rs.max_tokens, rs.budget_usd, rs.budget_tokens, log)
+        [o] = R.research(client, log, md, tracker, rs, "r5", 1)
+        it = log.iteration("r5", 1)
+        rows = tracker._con.execute("SELECT strategy, strategy_source, experiment_id, validation_status FROM experiments"
+                                    " WHERE job_id = 'llm_r5_001'").fetchall()
+    refusal = fake.state.requests[1]["messages"][-1]["content"][0]
+    assert refusal["is_error"] and "import 'os' is not allowed" in refusal["content"]
+    assert o.status == "swept" and o.trials == 4 and it["code_sha256"] == __import__("hashlib").sha256(
+        CODE.encode()).hexdigest()
+    assert len(rows) == 4 and {r[1] for r in rows} == {"llm_generated"} and {r[2] for r in rows} == {"research:r5:001"}
+    assert all(r[0].startswith("llm_") and r[0].endswith(":ChannelMomentum") for r in rows)
+    assert o.verdict in ("passed", "marginal", "rejected")
+
+
+@pytest.mark.parametrize("code,why", [
+    ("import subprocess\nclass X(Strategy): pass", "import 'subprocess'"),
+    ("x = ().__class__.__base__.__subclasses__()", "the attribute __"),
+    ("eval('1')", "eval"),
+    ("open('/etc/passwd')", "open"),
+    ("def f(:\n", "syntax error"),
+    ("x = 1\n" * 2000, "bytes"),
+])
+def test_static_checks_refuse_before_anything_runs(code, why):
+    assert why in R.check_code(code, [])
+
+
+def test_originality_refuses_a_copy():
+    assert "like an earlier proposal" in R.check_code(CODE, [CODE])
+    import inspect
+
+    from tradebus.components.strategies import builtin
+
+    assert "like a built-in" in R.check_code(inspect.getsource(builtin)[:7000], [])
