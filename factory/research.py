@@ -439,12 +439,23 @@ def similarity(a: str, b: str) -> float:
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
+def _builtin_sources() -> list[str]:
+    """Each built-in strategy as its parameters' class and its own, the unit a proposal is compared with."""
+    import ast
+    import inspect
+
+    from tradebus.components.strategies import builtin
+
+    src = inspect.getsource(builtin)
+    classes = [ast.get_source_segment(src, n) or "" for n in ast.parse(src).body if isinstance(n, ast.ClassDef)]
+    return [a + "\n\n" + b for a, b in zip(classes, classes[1:])]
+
+
 def check_code(code: str, earlier: list[str]) -> str:
     """Why the code is refused before it runs ('' if it is not): size, syntax, imports, names that reach the
     interpreter's internals, a complexity cap, and originality against the built-ins and earlier proposals.
     A defence in depth: the sandbox is the boundary, not this."""
     import ast
-    import inspect
 
     if len(code.encode()) > MAX_CODE:
         return f"code: {len(code.encode())} bytes > {MAX_CODE}"
@@ -465,10 +476,8 @@ def check_code(code: str, earlier: list[str]) -> str:
             return f"code line {node.lineno}: {node.id} is not allowed"
         if isinstance(node, ast.Attribute) and node.attr.startswith("__") and node.attr != "__init__":
             return f"code line {node.lineno}: the attribute {node.attr} is not allowed"
-    from tradebus.components.strategies import builtin
-
-    for name, other in [("a built-in strategy", inspect.getsource(builtin))] + [("an earlier proposal", e)
-                                                                                 for e in earlier]:
+    for name, other in [("a built-in strategy", b) for b in _builtin_sources()] + [("an earlier proposal", e)
+                                                                                     for e in earlier]:
         s = similarity(code, other)
         if s > MAX_SIMILARITY:
             return f"code: {s:.0%} like {name} (at most {MAX_SIMILARITY:.0%}): propose something new"
