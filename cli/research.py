@@ -108,3 +108,28 @@ def report(run: Optional[str] = typer.Option(None, "--run", help="The run (defau
     for r in rows:
         table.add_row(*(str(v) for v in r.values()))
     out.print(table)
+
+
+@research_app.command("baseline")
+def research_baseline(run: str = typer.Option(..., "--run", help="The research run to compare."),
+                      seed: int = typer.Option(0, "--seed", help="The random generator's seed."),
+                      settings_path: Optional[Path] = SettingsOpt, db: Optional[Path] = MarketOpt,
+                      experiments: Optional[Path] = ExpOpt) -> None:
+    """The same budget in trials spent by a random-spec generator (run RUN + 'r'), through the same sweep,
+    novelty and validation; then `research report` shows both."""
+    from tradebus.duck import DuckLockedError
+    from tradebus.engine.marketdata import MarketData, MarketDataError
+    from tradebus.factory.experiments import Tracker
+    from tradebus.factory.research import ResearchLog, baseline
+
+    rs = _settings(settings_path)
+    try:
+        with ResearchLog.open() as log, MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker:
+            if not log.iterations(run):
+                fail(f"--run {run!r}: no such research run (tradebus research report)")
+            outcomes = baseline(log, md, tracker, rs, run, seed, say=lambda m: err.print(m, style="dim"))
+    except (MarketDataError, DuckLockedError, FileNotFoundError) as exc:
+        fail(str(exc))
+    passed = sum(o.verdict == "passed" for o in outcomes)
+    out.print(f"baseline {run}r: {len(outcomes)} random proposals, {sum(o.trials for o in outcomes)} trials, "
+              f"{passed} passed validation (tradebus research report)")

@@ -159,20 +159,31 @@ class ScriptedResearcher:
                  "name": name, "input": args}]
 
 
+def _sweep(name: str, strategy: str, hypothesis: str, **params: list) -> tuple[str, dict]:
+    return ("propose_sweep", {"name": name, "hypothesis": hypothesis, "strategy": strategy,
+                              "params": {**params, "allow_short": [True]}})
+
+
 DEMO_SCRIPT = ScriptedResearcher(
     proposals=[
+        # The first asks for a parameter ema_rsi_atr does not have; the repair below is its fix.
         ("propose_sweep", {"name": "ema_pullback", "hypothesis": "Trend with RSI pullbacks holds on majors.",
-                           "strategy": "ema_rsi_atr", "params": {"fast": [10, 20], "slow": [50, 100],
-                                                                "rsi_period": [14], "allow_short": [True]}}),
-        ("propose_sweep", {"name": "breakout", "hypothesis": "Channel breakouts catch the large moves.",
-                           "strategy": "donchian_breakout", "params": {"entry_period": [20, 40],
-                                                                      "exit_period": [10], "allow_short": [True]}}),
-        ("propose_sweep", {"name": "ema_pullback_again", "hypothesis": "The same idea, once more.",
-                           "strategy": "ema_rsi_atr", "params": {"fast": [10, 20], "slow": [50, 100],
-                                                                "rsi_period": [14], "allow_short": [True]}}),
+                           "strategy": "ema_rsi_atr", "params": {"fast": [10, 20], "speed": [3]}}),
+        _sweep("breakout", "donchian_breakout", "Channel breakouts catch the large moves.",
+               entry_period=[20, 40], exit_period=[10]),
+        _sweep("ema_again", "ema_rsi_atr", "The same idea, once more.", fast=[10, 20], slow=[50, 100], rsi_period=[14]),
+        _sweep("band_fade", "bollinger_reversion", "Range-bound hours revert to the mean.", period=[20, 40], k=[2.0, 2.5]),
+        _sweep("macd_turns", "macd_cross", "Histogram turns lead price on 1h.", fast=[8, 12], slow=[26], signal=[9]),
+        _sweep("slow_cross", "sma_cross", "Slow crosses avoid chop.", fast=[20, 30], slow=[100, 150]),
+        _sweep("stoch_fade", "stochrsi_mean_reversion", "Oversold StochRSI bounces.", rsi_period=[14],
+               stoch_period=[14], oversold=[15, 20], overbought=[80]),
+        _sweep("wide_breakout", "donchian_breakout", "Longer channels, fewer false breaks.", entry_period=[55, 80],
+               exit_period=[20]),
+        _sweep("fast_ema", "ema_rsi_atr", "Faster alignment on 1h.", fast=[5, 8], slow=[30], rsi_period=[7, 14]),
+        _sweep("tight_bands", "bollinger_reversion", "Tighter bands trade more.", period=[10, 15], k=[1.5]),
     ],
-    # The first proposal's fix: the model first asks for a parameter the strategy does not have.
-    repairs=[],
+    repairs=[_sweep("ema_pullback", "ema_rsi_atr", "Trend with RSI pullbacks holds on majors.", fast=[10, 20],
+                    slow=[50, 100], rsi_period=[14])],
 )
 
 

@@ -631,3 +631,41 @@ def code_proposal(args: Any, rs: ResearchSettings, md: MarketData, tracker: Trac
         tracker.update_validation(v["id"], v["status"], {"reasons": [str(x) for x in v.get("reasons", [])][:10],
                                                          "sandboxed": True, "code_sha256": digest})
     return rows, verdicts, digest
+
+
+def baseline(log: ResearchLog, md: MarketData, tracker: Tracker, rs: ResearchSettings, run: str, seed: int = 0,
+             say: Callable[[str], None] = lambda _: None) -> list[IterationOutcome]:
+    """The comparison a research run is judged against: as many iterations as ``run`` swept, each a random
+    grid of about the same number of trials over a random catalogue strategy, through the same sweep,
+    novelty and validation (every trial counted the same way). Recorded as run ``{run}r`` (no model calls)."""
+    rng = random.Random(seed)
+    target = [it for it in log.iterations(run) if it["status"] == "swept"]
+    name = f"{run}r"
+    out: list[IterationOutcome] = []
+    for i, it in enumerate(target, start=1):
+        done = log.iteration(name, i)
+        if done is not None:
+            out.append(IterationOutcome(i, done["status"], done["job"] or "", done["trials"] or 0, done["best"] or "",
+                                        done["verdict"] or ""))
+            continue
+        job_name = f"llm_{name}_{i:03d}"
+        for _ in range(20):  # a draw that makes no valid grid is drawn again
+            proposal = random_proposal(rng, rs, int(it["trials"] or 1))
+            try:
+                job = job_from(proposal, rs, job_name)
+                ids, count = _points(job, md)
+            except (ProposalError, ConfigError):
+                continue
+            if count <= rs.max_trials and 1.0 - novelty(ids, tracker, job_name) < rs.novelty:
+                break
+        else:
+            out.append(IterationOutcome(i, "refused", reason="no valid random grid in 20 draws"))
+            continue
+        say(f"baseline {i}: {proposal['strategy']} ({count} trials)")
+        outcome = _sweep_and_validate(i, job, md, tracker, rs, name, out)
+        tracker.mark_lineage(job.job, "random_baseline", f"research:{name}:{i:03d}", None)
+        log.save_iteration({"run": name, "iteration": i, "proposal": json.dumps(proposal, sort_keys=True),
+                            "status": outcome.status, "job": outcome.job, "trials": outcome.trials, "best": outcome.best,
+                            "verdict": outcome.verdict, "reason": outcome.reason, "calls": 0, "usd": 0.0})
+        out.append(outcome)
+    return out

@@ -132,10 +132,17 @@ def test_three_iterations_propose_repair_sweep_validate_and_leave_an_audit(home,
     for text in (sent, audit, r.stdout, r.stderr):
         assert SECRET not in text and API_KEY not in text
 
-    report = run_tradebus("research", "report", "--run", "r1", "--json", env={"TRADEBUS_HOME": str(home)})
-    rep = json.loads(report.stdout)[0]
-    assert rep["iterations"] == 3 and rep["swept"] == 2 and rep["trials"] == 12 and rep["calls"] == 4
-    assert rep["usd"] == pytest.approx(sum(c[5] for c in calls), abs=1e-6)
+    # The comparison: the same trials spent by random specs, through the same pipeline, no model call.
+    base = run_tradebus("research", "baseline", "--run", "r1", "--settings", str(home / "settings.yaml"), timeout=600,
+                        env={"TRADEBUS_HOME": str(home)})
+    assert base.returncode == 0, base.stderr
+    report = run_tradebus("research", "report", "--json", env={"TRADEBUS_HOME": str(home)})
+    rep = {r["run"]: r for r in json.loads(report.stdout)}
+    assert rep["r1"]["iterations"] == 3 and rep["r1"]["swept"] == 2 and rep["r1"]["trials"] == 12
+    assert rep["r1"]["calls"] == 4 and rep["r1"]["usd"] == pytest.approx(sum(c[5] for c in calls), abs=1e-6)
+    assert rep["r1r"]["swept"] == 2 and rep["r1r"]["calls"] == 0 and rep["r1r"]["trials"] > 0
+    sources = rows(home, "experiments.duckdb|SELECT DISTINCT strategy_source FROM experiments WHERE job_id LIKE 'llm_r1r_%'")
+    assert sources == [("random_baseline",)]
 
 
 def test_a_resumed_run_pays_for_nothing_twice_and_reruns_no_trial(home, fake):
