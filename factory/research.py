@@ -162,7 +162,8 @@ def system_prompt(rs: ResearchSettings) -> str:
         "differ from what was tried; repeating a tried grid is refused before it runs.",
         f"Fixed for every trial: symbols {rs.symbols}, timeframes {rs.timeframes}, window {rs.window!r}, "
         f"costs/sizing/fills {json.dumps(rs.base, sort_keys=True)}.",
-        "Answer with exactly one propose_sweep tool call.",
+        "Answer with exactly one tool call: propose_sweep (a catalogue strategy and a grid of its parameters) or "
+        "propose_strategy (a new strategy as Python code through the strategy API, run in a sandbox).",
         "CATALOGUE (strategy, what it does, its parameters as JSON schema):",
         json.dumps(catalogue(), sort_keys=True),
     ])
