@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import shutil
@@ -75,14 +76,20 @@ class SandboxUnavailable(RuntimeError):
     """This machine cannot build the sandbox: model-written code is not run."""
 
 
+@functools.lru_cache(maxsize=1)
 def available() -> str:
-    """Why the sandbox cannot run here ('' when it can)."""
+    """Why the sandbox cannot run here ('' when it can): the tools, and a probe that the kernel lets this user
+    make the namespaces."""
     if sys.platform != "linux":
         return "the sandbox needs Linux namespaces"
     if shutil.which("unshare") is None:
         return "the sandbox needs util-linux's unshare"
     if _seccomp_path() is None:
         return "the sandbox needs libseccomp (libseccomp2)"
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--net", "--ipc",
+                            "--uts", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        return f"this kernel or user may not make the sandbox's namespaces: {probe.stderr.strip()[:200]}"
     return ""
 
 
