@@ -143,6 +143,15 @@ class Tracker(duck.Database):
             [status, json.dumps(details, sort_keys=True, default=float), _clean(test_return), train_period,
              test_period, exp_id])
 
+    def common_failures(self, limit: int = 8) -> list[tuple[str, str, int]]:
+        """(strategy, why disqualified, how many), the commonest first."""
+        return self._con.execute("SELECT strategy, disqualified, count(*) FROM experiments WHERE disqualified IS NOT"
+                                 " NULL GROUP BY strategy, disqualified ORDER BY count(*) DESC LIMIT ?", [limit]).fetchall()
+
+    def tried(self) -> set[tuple[str, str, str]]:
+        """Every (strategy, symbol, timeframe) with a trial."""
+        return set(self._con.execute("SELECT DISTINCT strategy, symbol, timeframe FROM experiments").fetchall())
+
     def mark_lineage(self, job: str, source: str, experiment_id: str, parent: str | None) -> None:
         """Say where a job's trials came from (an LLM iteration) and what they descend from."""
         self._con.execute("UPDATE experiments SET strategy_source = ?, experiment_id = ?, parent_experiment_id = ?"

@@ -170,8 +170,7 @@ def system_prompt(rs: ResearchSettings) -> str:
 
 
 def untested(tracker: Tracker | None, rs: ResearchSettings) -> list[str]:
-    tried = set() if tracker is None else {(s, sym, tf) for s, sym, tf in tracker._con.execute(
-        "SELECT DISTINCT strategy, symbol, timeframe FROM experiments").fetchall()}
+    tried = set() if tracker is None else tracker.tried()
     return [f"{c['strategy']} {sym} {tf}" for c in catalogue() for sym in rs.symbols for tf in rs.timeframes
             if (c["strategy"], sym, tf) not in tried]
 
@@ -180,9 +179,7 @@ def user_prompt(tracker: Tracker | None, log: ResearchLog, run: str, rs: Researc
     parts = ["WHAT THE EXPERIMENTS TABLE SAYS:"]
     parts.append(tracker.summary_for_llm(10) if tracker is not None else "nothing run yet")
     if tracker is not None:
-        fails = tracker._con.execute(
-            "SELECT strategy, disqualified, count(*) FROM experiments WHERE disqualified IS NOT NULL"
-            " GROUP BY strategy, disqualified ORDER BY count(*) DESC LIMIT 8").fetchall()
+        fails = tracker.common_failures(8)
         if fails:
             parts.append("MOST COMMON FAILURES (strategy: reason x count):")
             parts += [f" - {s}: {why} x {n}" for s, why, n in fails]
@@ -255,7 +252,7 @@ def novelty(ids: list[str], tracker: Tracker | None, job: str) -> float:
 @dataclass
 class IterationOutcome:
     iteration: int
-    status: str  # swept / refused / duplicate / failed
+    status: str  # swept / refused / duplicate
     job: str = ""
     trials: int = 0
     best: str = ""
@@ -327,7 +324,14 @@ def research(client: Client, log: ResearchLog, md: MarketData, tracker: Tracker,
                                                        SelectionStats(sel.trials + rs.max_trials, sel.sharpe_variance),
                                                        sandbox_limits)
                 return ("code", rows, verdicts, digest)
-            return ("sweep", job_from(use["input"], rs, job_name))
+            job = job_from(use["input"], rs, job_name)
+            try:
+                ids, count = _points(job, md)
+            except ConfigError as exc:  # no parameter set makes a valid config: the model's to fix
+                raise ProposalError(str(exc)) from None
+            if count > rs.max_trials:
+                raise ProposalError(f"{count} trials > max_trials {rs.max_trials}: a smaller grid")
+            return ("sweep", job, ids, count)
 
         accepted, use, why, calls = propose(client, run, i, system, user_prompt(tracker, log, run, rs), rs, accept)
         row = {"run": run, "iteration": i, "proposal": json.dumps(use["input"], sort_keys=True) if use else None,
@@ -343,12 +347,9 @@ def research(client: Client, log: ResearchLog, md: MarketData, tracker: Tracker,
             outcome = IterationOutcome(i, "swept", job_name, len(rows), v.get("id", ""), v.get("status", ""),
                                        "; ".join(v.get("reasons", [])) or "a proposed strategy, run in the sandbox")
         else:
-            job = accepted[1]
-            ids, count = _points(job, md)
+            _, job, ids, count = accepted
             fresh = novelty(ids, tracker, job_name)
-            if count > rs.max_trials:
-                outcome = IterationOutcome(i, "refused", job_name, reason=f"{count} trials > max_trials {rs.max_trials}")
-            elif 1.0 - fresh >= rs.novelty:
+            if 1.0 - fresh >= rs.novelty:
                 outcome = IterationOutcome(i, "duplicate", job_name, reason=f"{1 - fresh:.0%} of its {count} trials "
                                            f"were already tried (novelty threshold {rs.novelty:.0%})")
             else:
