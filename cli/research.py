@@ -56,7 +56,7 @@ def research(ctx: typer.Context,
         fail(f"--run {run!r}: a run id is 1-16 lowercase letters and digits")
     run = run or secrets.token_hex(4)
     try:
-        with ResearchLog.open() as log, MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker:
+        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker, ResearchLog.open() as log:
             log.run = run
             client = Client(rs.model, rs.max_tokens, rs.budget_usd, rs.budget_tokens, log, max_retries=rs.max_retries,
                             prices=(rs.price_per_mtok.input, rs.price_per_mtok.output) if rs.price_per_mtok else None)
@@ -124,7 +124,7 @@ def research_baseline(run: str = typer.Option(..., "--run", help="The research r
 
     rs = _settings(settings_path)
     try:
-        with ResearchLog.open() as log, MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker:
+        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker, ResearchLog.open() as log:
             if not log.iterations(run):
                 fail(f"--run {run!r}: no such research run (tradebus research report)")
             outcomes = baseline(log, md, tracker, rs, run, seed, say=lambda m: err.print(m, style="dim"))

@@ -221,7 +221,8 @@ class Track:
         return float(self.times[-1] - self.times[0]) / DAY_NS if len(self.times) > 1 else 0.0
 
 
-def _returns(equity: np.ndarray) -> np.ndarray:
+def bar_returns(equity: np.ndarray) -> np.ndarray:
+    """Each bar's return from one equity to the next."""
     e = np.asarray(equity, dtype=np.float64)
     return e[1:] / e[:-1] - 1.0 if len(e) > 1 else np.empty(0)
 
@@ -281,7 +282,7 @@ def _per_year(times: np.ndarray) -> float:
 
 def sharpe(times: np.ndarray, equity: np.ndarray) -> float:
     """Annualised Sharpe of bar returns (ddof=1); NaN with fewer than three bars or no variation."""
-    r = _returns(equity)
+    r = bar_returns(equity)
     if len(r) < 2 or not r.std(ddof=1) > 0:
         return math.nan
     return float(r.mean() / r.std(ddof=1) * math.sqrt(_per_year(times)))
@@ -339,7 +340,7 @@ def demotion(stage: str, track: Track, shadow: dict, edge: tuple[float, float], 
             return Decision(to, "rolling_sharpe", ev_, f"Sharpe {s:.2f} over {r.sharpe_window_days:g} days "
                             f"< {r.min_rolling_sharpe:g}")
     mu, sd = edge
-    alarm = cusum_break(_returns(track.equity), mu, sd, r.cusum_threshold) if len(track.equity) > 1 else -1
+    alarm = cusum_break(bar_returns(track.equity), mu, sd, r.cusum_threshold) if len(track.equity) > 1 else -1
     if alarm >= 0:
         return Decision(to, "edge_lost", {**ev_, "alarm_bar": alarm + 1, "edge_per_bar": _r(mu, 9)},
                         f"CUSUM: the backtest's edge is gone (alarm at bar {alarm + 1})")

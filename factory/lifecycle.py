@@ -38,6 +38,7 @@ from tradebus.factory.sweep import run_trial
 from tradebus.factory.validation import (
     SelectionStats,
     selection_stats,
+    span_window,
     validate,
     validate_and_record,
 )
@@ -99,7 +100,7 @@ def against_shadow(track: lc.Track, shadow: sim.KernelRun | None, alpha: float) 
     if len(common) < 3:
         return {"paired_bars": len(common)}
     d_eq, s_eq = track.equity[i], shadow.curve[j, 2]
-    rd, rs = d_eq[1:] / d_eq[:-1] - 1.0, s_eq[1:] / s_eq[:-1] - 1.0
+    rd, rs = lc.bar_returns(d_eq), lc.bar_returns(s_eq)
     diff = rd - rs
     sd = diff.std(ddof=1)
     p = float(norm.cdf(diff.mean() / (sd / math.sqrt(len(diff))))) if sd > 0 else (0.0 if diff.mean() < 0 else 1.0)
@@ -187,8 +188,7 @@ def _test_decision(system: str, config: SystemConfig, exp_id: str, trading: dict
 
 def _span(times: np.ndarray, config: SystemConfig) -> str:
     """A ``START:END`` window over these bar closes (their opens to the last close)."""
-    step = tf_ns(config.timeframe)
-    return f"{np.datetime64(int(times[0]) - step, 'ns')}:{np.datetime64(int(times[-1]), 'ns')}"
+    return span_window(int(times[0]) - tf_ns(config.timeframe), int(times[-1]))
 
 
 def running_record(system: str, config: SystemConfig, stage: str, src: Sources, rules: LifecycleRules
@@ -224,7 +224,7 @@ def decide(system: str, stage: str, config: SystemConfig, exp_id: str, trading: 
     if stage in lc.TRADING:
         track, shadow = running_record(system, config, stage, src, rules)
         k = src.kernel(config, "test")
-        r = k.curve[:, 2][1:] / k.curve[:, 2][:-1] - 1.0 if len(k.times) > 1 else np.zeros(0)
+        r = lc.bar_returns(k.curve[:, 2])
         edge = (float(r.mean()), float(r.std(ddof=1))) if len(r) > 1 else (0.0, 0.0)
         d = lc.demotion(stage, track, shadow, edge, rules.demote)
         if d.to or stage != "demo":

@@ -39,6 +39,7 @@ from tradebus.factory.lifecycle import (
     evaluate,
     stage_mode,
 )
+from tradebus.factory.validation import span_window
 from tradebus.live import control
 
 RUN = f"{COMMAND}lifecycle"  # a command's run: a daemon takes it, and folds it from its store at restart
@@ -81,7 +82,7 @@ def _returns_for(system: str, config: SystemConfig, stage: str, src: Sources, ru
             own = daily_returns(t.times, t.equity)
     if len(own) < 20:
         step = days[1] - days[0] if len(days) > 1 else 1
-        window = f"{np.datetime64(days[0] * lc.DAY_NS, 'ns')}:{np.datetime64((days[-1] + step) * lc.DAY_NS, 'ns')}"
+        window = span_window(days[0] * lc.DAY_NS, (days[-1] + step) * lc.DAY_NS)
         try:
             k = src.kernel(config, window)
             own = {**daily_returns(k.times, k.curve[:, 2]), **own}

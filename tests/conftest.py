@@ -140,3 +140,23 @@ def user_strategies(tmp_path_factory) -> Path:
     sys.path.insert(0, str(folder))
     yield folder
     sys.path.remove(str(folder))
+
+
+@pytest.fixture
+async def daemon_bus(nats_server):
+    """A daemon's NATS connection (to the session's server)."""
+    from tradebus.tests.livekit import nats_bus
+
+    bus = await nats_bus(nats_server)
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def venue():
+    """The fake Bybit with the sandbox's price wave (modules with their own venue override it)."""
+    from tradebus.live.sandbox import start_venue
+
+    v = start_venue()
+    yield v
+    v.close()

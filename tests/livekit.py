@@ -15,6 +15,14 @@ from tradebus.live.sandbox import (CONFIG, SYMBOL, TF, Running, Venue, price_at,
                                    settings_for, start_venue)
 
 
+async def trade(r: Running, v: Venue, bars: int, pause: float = 0.15) -> None:
+    """Push ``bars`` bars, letting the daemon settle after each."""
+    for _ in range(bars):
+        v.push_bar()
+        await r.settle(pause)
+    await r.settle()
+
+
 def stored_state(path: Path) -> projections.State:
     with EventStore.open_reader(path) as st:
         return projections.rebuild(st.read())

@@ -15,23 +15,8 @@ from tradebus.engine.guard import command
 from tradebus.eventstore import projections
 
 from tradebus.live.fake_bybit import API_KEY
-from .livekit import (SYMBOL, check_store_equals_venue, creates, nats_bus, running, settings_for, start_venue,
-                      stored_state, venue_qty)
-
-
-@pytest.fixture
-async def daemon_bus(nats_server):
-    """The daemon's NATS connection (to the session's server)."""
-    bus = await nats_bus(nats_server)
-    yield bus
-    await bus.close()
-
-
-@pytest.fixture
-def venue():
-    v = start_venue()
-    yield v
-    v.close()
+from .livekit import (SYMBOL, check_store_equals_venue, creates, nats_bus, running,
+                      settings_for, stored_state, trade, venue_qty)
 
 
 async def test_demo_daemon_trades_pushed_bars_and_store_matches_venue(venue, daemon_bus, tmp_path):
@@ -52,19 +37,12 @@ async def test_demo_daemon_trades_pushed_bars_and_store_matches_venue(venue, dae
     assert not state.open_orders
 
 
-async def _trade(r, v, bars: int, pause: float = 0.15) -> None:
-    for _ in range(bars):
-        v.push_bar()
-        await r.settle(pause)
-    await r.settle()
-
-
 async def test_private_stream_drop_during_fills_is_backfilled_from_rest(venue, daemon_bus, tmp_path):
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 4)
+        await trade(r, venue, 4)
         venue.state.drop_private = 10_000  # the stream goes quiet: fills happen, nobody hears of them
         before = len(venue.state.executions)
-        await _trade(r, venue, 10)
+        await trade(r, venue, 10)
         assert len(venue.state.executions) > before, "fills must happen while the stream is deaf"
         venue.state.drop_private = 0
         assert venue.ws.close_sockets(private=True) >= 1
@@ -79,7 +57,7 @@ async def test_duplicate_and_out_of_order_executions_count_once(venue, daemon_bu
     venue.state.duplicate_filled = True
     venue.state.partial_fills = 3
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 16)
+        await trade(r, venue, 16)
         assert r.daemon.venue.duplicates >= 3  # every repeated execution push was recognised
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert len(venue.state.executions) >= 6 and state.by_type["fill"] == len(venue.state.executions)
@@ -89,7 +67,7 @@ async def test_duplicate_and_out_of_order_executions_count_once(venue, daemon_bu
 async def test_create_timeout_makes_exactly_one_order(venue, daemon_bus, tmp_path):
     venue.state.ack_delay = 1.6  # the order is made at once; its answer comes after the client gave up
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 12, pause=0.2)
+        await trade(r, venue, 12, pause=0.2)
         await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, timeout=30,
                       what="requests in flight")
         await r.settle(1.0)
@@ -107,7 +85,7 @@ async def test_rate_limited_create_waits_for_the_reset_and_is_sent_once(venue, d
     venue.state.fail_next = [(200, 10006, "Too many visits!")]
     venue.state.limit_reset_ms = 700
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 12)
+        await trade(r, venue, 12)
     assert not venue.state.fail_next, "the 10006 was served"
     assert len(creates(venue)) == len(venue.state.orders) + 1  # one refused by the limit, then sent again
     check_store_equals_venue(venue, tmp_path / "demo.sqlite")
@@ -117,7 +95,7 @@ async def test_risk_caps_refuse_orders_and_rate_breach_halts(venue, daemon_bus, 
     limits = Limits.model_validate({"global": {"max_orders_per_minute": 2},
                                     "systems": {"livetest": {"max_position_notional": 100_000}}})
     async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
-        await _trade(r, venue, 24)
+        await trade(r, venue, 24)
         assert r.daemon.guard.state == "halted"
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert len(venue.state.orders) == 2, "the third order in a minute never leaves"
@@ -128,22 +106,22 @@ async def test_risk_caps_refuse_orders_and_rate_breach_halts(venue, daemon_bus, 
 async def test_notional_cap_refuses_the_entry_without_sending_it(venue, daemon_bus, tmp_path):
     limits = Limits.model_validate({"systems": {"livetest": {"max_position_notional": 1000}}})
     async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
-        await _trade(r, venue, 12)
+        await trade(r, venue, 12)
     state = stored_state(tmp_path / "demo.sqlite")
     assert not creates(venue) and state.by_type["order.rejected"] >= 1 and state.risk.get("livetest") is None
 
 
 async def test_kill_command_over_nats_halts_and_resume_lifts(venue, daemon_bus, tmp_path):
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 6)
+        await trade(r, venue, 6)
         sent = len(creates(venue))
         for state in ("halted", "active"):
             await daemon_bus.publish(command("livetest", state, "test"))
             await r.until(lambda: r.daemon.guard.state == state, what=f"guard {state}")
             if state == "halted":
-                await _trade(r, venue, 6)
+                await trade(r, venue, 6)
                 assert len(creates(venue)) == sent, "no order while halted"
-        await _trade(r, venue, 8)
+        await trade(r, venue, 8)
         assert len(creates(venue)) > sent, "trading resumed"
     check_store_equals_venue(venue, tmp_path / "demo.sqlite")
 
@@ -192,7 +170,7 @@ async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes
 
     store = tmp_path / "demo.sqlite"
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 8)
+        await trade(r, venue, 8)
     sent = len(creates(venue))
     assert sent >= 1
     # Someone trades by hand in the account: the position moves with no execution the daemon can list.
@@ -210,7 +188,7 @@ async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes
     assert resumed.returncode == 0 and "recorded in" in resumed.stdout, resumed.stdout + resumed.stderr
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
         assert r.daemon.guard.state == "active"
-        await _trade(r, venue, 10)
+        await trade(r, venue, 10)
         assert len(creates(venue)) > sent
     check_store_equals_venue(venue, store)
 
@@ -218,17 +196,17 @@ async def test_unexplained_position_at_start_fails_closed_until_a_person_resumes
 async def test_account_drawdown_halts_cancels_what_rests_and_survives_a_restart(venue, daemon_bus, tmp_path):
     limits = Limits.model_validate({"global": {"max_drawdown": 0.1}})
     async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
-        await _trade(r, venue, 6)
+        await trade(r, venue, 6)
         venue.state.transfer(-2_000)  # a fifth of the account gone (a loss in another system, say)
         await r.until(lambda: r.daemon.guard.state == "halted", what="the drawdown halt")
         await r.settle()
         sent = len(creates(venue))
-        await _trade(r, venue, 8)
+        await trade(r, venue, 8)
         assert len(creates(venue)) == sent, "no order while halted"
         assert venue.state.count("/v5/order/cancel-all") == 1
     async with running(settings_for(venue, daemon_bus, tmp_path, limits=limits)) as r:
         assert r.daemon.guard.state == "halted" and "drawdown" in r.daemon.guard.reason()
-        await _trade(r, venue, 6)
+        await trade(r, venue, 6)
         assert len(creates(venue)) == sent
     state = check_store_equals_venue(venue, tmp_path / "demo.sqlite")
     assert state.risk[projections.GLOBAL] == "halted"
@@ -243,12 +221,12 @@ async def test_nats_server_crash_and_restart_loses_nothing_and_commands_reach_th
     watcher = await nats_bus(server)
     try:
         async with running(settings_for(venue, bus, tmp_path)) as r:
-            await _trade(r, venue, 4)
+            await trade(r, venue, 4)
             server.process.kill()  # a crash, not a clean stop
             server.stop()
             await r.until(lambda: not bus.connected, what="the daemon to notice")
             stored, sent = r.daemon.stored, len(creates(venue))
-            await _trade(r, venue, 10)
+            await trade(r, venue, 10)
             assert r.daemon.stored > stored and len(creates(venue)) > sent, "trading and recording go on without NATS"
             assert json.loads(r.daemon.status_path().read_text())["nats_connected"] is False
 
@@ -274,14 +252,14 @@ async def test_a_position_the_executions_cannot_explain_after_a_reconnect_halts_
     from decimal import Decimal
 
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 8)
+        await trade(r, venue, 8)
         assert creates(venue)
         venue.state.positions[SYMBOL].size += Decimal("0.05")  # a trade by hand, while the stream was down
         assert venue.ws.close_sockets(private=True) >= 1
         await r.until(lambda: r.daemon.guard.state == "halted", what="the halt after the reconnect")
         await r.settle()
         sent = len(creates(venue))
-        await _trade(r, venue, 6)
+        await trade(r, venue, 6)
         assert len(creates(venue)) == sent, "no order while halted"
         assert not r.task.done(), "it keeps running: status, tail and resume still work"
     state = stored_state(tmp_path / "demo.sqlite")
@@ -296,7 +274,7 @@ async def test_protective_orders_rest_at_the_venue_and_go_when_their_position_do
     config = {**CONFIG, "risk": {"sizing": "fixed_fraction", "fraction": 0.5, "max_leverage": 1,
                                  "stop": {"kind": "percent", "percent": stop, "take_profit_rr": 2.0}}}
     async with running(settings_for(venue, daemon_bus, tmp_path, config=config)) as r:
-        await _trade(r, venue, 24)
+        await trade(r, venue, 24)
         await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="requests")
         await r.settle()
     st = venue.state
@@ -330,7 +308,7 @@ async def test_an_entry_whose_fill_the_last_session_never_heard_of_is_protected_
     async with running(settings_for(venue, daemon_bus, tmp_path, config=config)) as r:
         venue.state.drop_private = 10**6  # every fill happens unheard: the session ends not knowing of them
         while not creates(venue):
-            await _trade(r, venue, 1)
+            await trade(r, venue, 1)
         await r.until(lambda: r.daemon.requests.empty() and not r.daemon.in_flight, what="the entry sent")
     entry = creates(venue)[0]
     before = stored_state(store).positions.get("livetest", {}).get(SYMBOL)

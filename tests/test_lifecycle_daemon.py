@@ -6,39 +6,18 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from tradebus.bus import events as ev
 from tradebus.components.base import COMMAND
 from tradebus.components.lifecycle import LIFECYCLE
 
-from .livekit import check_store_equals_venue, creates, nats_bus, running, settings_for, start_venue, venue_qty
-
-
-@pytest.fixture
-async def daemon_bus(nats_server):
-    bus = await nats_bus(nats_server)
-    yield bus
-    await bus.close()
-
-
-@pytest.fixture
-def venue():
-    v = start_venue()
-    yield v
-    v.close()
+from .livekit import (check_store_equals_venue, creates, running, settings_for, trade,
+                      venue_qty)
 
 
 def stamp(i: int, run: str = f"{COMMAND}lifecycle") -> dict:
     now = time.time_ns()
     return {"id": f"lc-test-{i}", "ts_event": now, "ts_init": now, "system": "livetest", "run": run}
-
-
-async def _trade(r, v, bars: int) -> None:
-    for _ in range(bars):
-        v.push_bar()
-        await r.settle(0.15)
-    await r.settle()
 
 
 def entry_qtys(v) -> list[float]:
@@ -47,13 +26,13 @@ def entry_qtys(v) -> list[float]:
 
 async def test_allocations_scale_entries_down_never_up(venue, daemon_bus, tmp_path):
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:
-        await _trade(r, venue, 8)
+        await trade(r, venue, 8)
         full = entry_qtys(venue)
         assert full, "the wave must make the strategy enter"
         await daemon_bus.publish(ev.Allocation(**stamp(1), weight=0.25, method="inverse_vol"))
         await r.until(lambda: r.daemon.risk.weight == 0.25, what="the allocation")
         n = len(full)
-        await _trade(r, venue, 10)
+        await trade(r, venue, 10)
         quarter = entry_qtys(venue)[n:]
         assert quarter and max(quarter) < 0.3 * min(full)
         for i, w in enumerate((5.0, float("inf"), float("nan"), -1.0), start=2):  # nothing raises a size past 1
@@ -70,7 +49,7 @@ async def test_a_demotion_flattens_and_takes_exits_only_across_a_restart(venue, 
         for _ in range(40):
             if venue_qty(venue) != 0:
                 break
-            await _trade(r, venue, 1)
+            await trade(r, venue, 1)
         assert venue_qty(venue) != 0
         demote = ev.Promotion(**stamp(1), from_status="production", to_status="live_test", rule="drawdown",
                               evidence={"max_drawdown": 0.2})
@@ -78,11 +57,11 @@ async def test_a_demotion_flattens_and_takes_exits_only_across_a_restart(venue, 
         await r.until(lambda: venue_qty(venue) == 0, what="the flattening")
         assert r.daemon.guard.state == "reducing" and LIFECYCLE in r.daemon.guard.reason()
         sent = len(entry_qtys(venue))
-        await _trade(r, venue, 12)
+        await trade(r, venue, 12)
         assert len(entry_qtys(venue)) == sent, "no entry after the demotion"
     async with running(settings_for(venue, daemon_bus, tmp_path)) as r:  # the store says it: still exits only
         assert r.daemon.guard.state == "reducing" and r.daemon.risk.wound_down
-        await _trade(r, venue, 12)
+        await trade(r, venue, 12)
         assert len(entry_qtys(venue)) == sent and venue_qty(venue) == 0
     flatten = [b for b in creates(venue) if b["orderLinkId"].endswith("-flatten")]
     assert len(flatten) == 1 and flatten[0]["reduceOnly"] in (True, "true")
@@ -94,6 +73,6 @@ async def test_a_promotion_from_outside_a_command_run_is_ignored(venue, daemon_b
         forged = ev.Promotion(**stamp(1, run="agent-run"), from_status="demo", to_status="production", rule="agent",
                               evidence={"approved_by": "agent"})
         await daemon_bus.publish(forged)
-        await _trade(r, venue, 10)
+        await trade(r, venue, 10)
         assert r.daemon.guard.state == "active" and not r.daemon.risk.wound_down
         assert entry_qtys(venue), "it trades on as before"
