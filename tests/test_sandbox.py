@@ -58,7 +58,7 @@ except OSError as exc:
     assert got(r) == {"error": "FileNotFoundError"}
 
 
-@pytest.mark.parametrize("path", ["/etc/passwd", "/etc/shadow", "/root/.ssh/id_rsa", "/work/shared/DESIGN.md",
+@pytest.mark.parametrize("path", ["/etc/passwd", "/etc/shadow", "/root/.ssh/id_rsa", str(Path(__file__).resolve().parents[2] / "shared" / "DESIGN.md"),
                                   "/proc/1/root/etc/hostname", "/dev/mem", "/sys/kernel/notes"])
 def test_host_files_are_not_there(path):
     r = attempt(f"""
@@ -71,17 +71,24 @@ except OSError as exc:
 
 
 def test_the_root_holds_only_what_python_needs():
-    g = got(attempt("got['root'] = sorted(os.listdir('/')); got['work'] = sorted(os.listdir('/work')) "
-                    "if os.path.isdir('/work') else []"))
-    assert set(g["root"]) <= {"dev", "lib", "lib64", "proc", "root", "sandbox", "tmp", "usr", "work", "opt", "home"}
-    assert "shared" not in g["work"] and "etc" not in g["root"] and "bin" not in g["root"]
+    import tradebus
+
+    repo = Path(tradebus.__file__).resolve().parent
+    g = got(attempt(f"got['root'] = sorted(os.listdir('/')); got['beside'] = sorted(os.listdir({str(repo.parent)!r}))"))
+    # Top-level folders: the sandbox's own, and those holding the read-only paths (wherever the repo lives).
+    mounted = {Path(p).parts[1] for p in sandbox._readonly_paths()}
+    assert set(g["root"]) <= {"dev", "proc", "sandbox", "tmp"} | mounted
+    assert "etc" not in g["root"] and "bin" not in g["root"]
+    assert g["beside"] == [repo.name]  # the repo's source, not the folders beside it (../shared)
 
 
-@pytest.mark.parametrize("target", ["/work/main/LEAKED", "/root/.pyenv/LEAKED", "/usr/lib/LEAKED", "/LEAKED"])
+@pytest.mark.parametrize("target", ["REPO/LEAKED", "/root/.pyenv/LEAKED", "/usr/lib/LEAKED", "/LEAKED"])
 def test_writes_outside_the_folder_fail(target, tmp_path):
     import tradebus
 
-    host = Path(tradebus.__file__).resolve().parent / "LEAKED" if target.startswith("/work") else Path(target)
+    # The repo's source is mounted at its host path, wherever the checkout lives.
+    target = target.replace("REPO", str(Path(tradebus.__file__).resolve().parent))
+    host = Path(target)
     r = attempt(f"""
 try:
     open({target!r}, 'w').write('x')
