@@ -124,10 +124,13 @@ def research_baseline(run: str = typer.Option(..., "--run", help="The research r
 
     rs = _settings(settings_path)
     try:
-        with MarketData.open(db, read_only=True) as md, Tracker.open(experiments) as tracker, ResearchLog.open() as log:
-            if not log.iterations(run):
+        with MarketData.open(db, read_only=True) as md:
+            with ResearchLog.open(read_only=True) as log:  # checked before anything is opened for writing
+                known = bool(log.iterations(run))
+            if not known:
                 fail(f"--run {run!r}: no such research run (tradebus research report)")
-            outcomes = baseline(log, md, tracker, rs, run, seed, say=lambda m: err.print(m, style="dim"))
+            with Tracker.open(experiments) as tracker, ResearchLog.open() as log:
+                outcomes = baseline(log, md, tracker, rs, run, seed, say=lambda m: err.print(m, style="dim"))
     except (MarketDataError, DuckLockedError, FileNotFoundError) as exc:
         fail(str(exc))
     passed = sum(o.verdict == "passed" for o in outcomes)

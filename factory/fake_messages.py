@@ -179,8 +179,20 @@ DEMO_SCRIPT = ScriptedResearcher(
                stoch_period=[14], oversold=[15, 20], overbought=[80]),
         _sweep("wide_breakout", "donchian_breakout", "Longer channels, fewer false breaks.", entry_period=[55, 80],
                exit_period=[20]),
-        _sweep("fast_ema", "ema_rsi_atr", "Faster alignment on 1h.", fast=[5, 8], slow=[30], rsi_period=[7, 14]),
-        _sweep("tight_bands", "bollinger_reversion", "Tighter bands trade more.", period=[10, 15], k=[1.5]),
+        # A composable spec generated from blocks: each pair of the three entries, both must agree.
+        ("propose_sweep", {"name": "trend_confluence", "hypothesis": "Trend entries that agree, in trending hours.",
+                           "strategy": "composable", "params": {"allow_short": [True]},
+                           "combine": {"entries": [{"block": "ma_trend", "kind": "ema", "fast": 12, "slow": 48},
+                                                   {"block": "macd_trend"}, {"block": "donchian_breakout", "period": 30}],
+                                       "sizes": [2], "filters": [[{"block": "adx_min", "min": 20}]]}}),
+        # A regime switch: flat while ADX is low (ranging), a crossover while it is high.
+        ("propose_sweep", {"name": "regime_follow", "hypothesis": "Crossovers pay only when the market trends.",
+                           "strategy": "regime_switch", "params": {
+                               "strategy": ["sma_cross"], "below": [None],
+                               "regime": [{"indicator": "adx", "period": 14, "threshold": 20},
+                                          {"indicator": "adx", "period": 14, "threshold": 25}],
+                               "above": [{"fast": 10, "slow": 40, "allow_short": True},
+                                         {"fast": 20, "slow": 80, "allow_short": True}]}}),
     ],
     repairs=[_sweep("ema_pullback", "ema_rsi_atr", "Trend with RSI pullbacks holds on majors.", fast=[10, 20],
                     slow=[50, 100], rsi_period=[14])],

@@ -39,7 +39,7 @@ from tradebus.factory.sweep import SweepJob, parse_job, plan, run_sweep
 from tradebus.factory.validation import SelectionStats, run_validation
 
 TOOL = "propose_sweep"
-PROPOSAL_KEYS = {"name", "hypothesis", "strategy", "params"}
+PROPOSAL_KEYS = {"name", "hypothesis", "strategy", "params", "combine"}
 
 
 class ProposalError(ValueError):
@@ -137,7 +137,9 @@ def catalogue() -> list[dict]:
 def tool_schema(rs: ResearchSettings) -> dict:
     return {
         "name": TOOL,
-        "description": (f"Propose one sweep: a strategy from the catalogue and a grid of its own parameters "
+        "description": (f"Propose one sweep: a strategy from the catalogue (composable specs of entry, filter and "
+                        f"exit blocks and regime_switch, one parameter set per market regime, included) and a grid "
+                        f"of its own parameters "
                         f"(each a list of values; at most {rs.max_trials} trials over {len(rs.symbols)} symbols x "
                         f"{len(rs.timeframes)} timeframes). Costs, sizing, symbols, windows and validation are "
                         f"fixed and cannot be set."),
@@ -148,7 +150,15 @@ def tool_schema(rs: ResearchSettings) -> dict:
                 "name": {"type": "string", "pattern": "^[a-z0-9_]{1,40}$"},
                 "hypothesis": {"type": "string", "maxLength": 600},
                 "strategy": {"type": "string", "enum": [c["strategy"] for c in catalogue()]},
-                "params": {"type": "object", "description": "parameter name -> list of values to try"},
+                "params": {"type": "object", "description": (
+                    "parameter name -> list of values to try. composable: entries, filters and exits are lists of "
+                    "blocks, so each value is one such list. regime_switch: strategy (a catalogue strategy), "
+                    "regime ({indicator, period, threshold}), below and above (that strategy's parameters on each "
+                    "side, null = flat), each a list of values like any other parameter.")},
+                "combine": {"type": "object", "description": (
+                    "composable only: generate specs from blocks instead of listing them: entries (blocks), sizes "
+                    "(how many entries each spec combines, all must agree), filters and exits (lists of block "
+                    "lists). Every combination is a trial and counts.")},
             },
         },
     }
@@ -221,6 +231,8 @@ def job_from(proposal: Any, rs: ResearchSettings, job_name: str) -> SweepJob:
             raise ProposalError(f"params.{name}: a list of 1 to 50 values")
     task = {"strategy": sid, "space": "grid", "params": params, "symbols": rs.symbols, "timeframes": rs.timeframes,
             "window": rs.window}
+    if proposal.get("combine") is not None:  # composable only: the sweep's own schema says so if not
+        task["combine"] = proposal["combine"]
     try:
         job = parse_job({"job": job_name, "base": rs.base, "score": rs.score.model_dump(), "tasks": [task]},
                         f"proposal {proposal.get('name', '?')}")

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import msgspec
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from tradebus.components import strategies
 from tradebus.components.strategies import composable
@@ -43,14 +43,33 @@ from tradebus.identity import code_digest
 DEFAULT_WINDOWS = {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}}
 
 
+def _blocks(blocks: list[dict[str, Any]], kind: Any) -> list[dict[str, Any]]:
+    """Each block checked on its own before any spec is built (a misspelt block would otherwise only drop
+    the specs holding it); kept as written, so trial ids do not change."""
+    for block in blocks:
+        TypeAdapter(kind).validate_python(block)
+    return blocks
+
+
 class Combine(StrictModel):
     """Composable specs to generate: every ``sizes``-subset of ``entries`` (all must agree), times each
-    filter set and each exit set. Blocks are validated when each trial's config is."""
+    filter set and each exit set. Each block is validated here, each spec again with its trial's config."""
 
     entries: list[dict[str, Any]] = Field(min_length=1)
     sizes: list[int] = Field([1, 2], min_length=1)
     filters: list[list[dict[str, Any]]] = [[]]
     exits: list[list[dict[str, Any]]] = [[{"block": "opposite"}]]
+
+    @field_validator("entries")
+    @classmethod
+    def _entries(cls, v: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return _blocks(v, composable.Entry)
+
+    @field_validator("filters", "exits")
+    @classmethod
+    def _sets(cls, v: list[list[dict[str, Any]]], info) -> list[list[dict[str, Any]]]:
+        kind = composable.Filter if info.field_name == "filters" else composable.Exit
+        return [_blocks(blocks, kind) for blocks in v]
 
     @field_validator("sizes")
     @classmethod

@@ -131,3 +131,16 @@ def test_combine_is_refused_for_a_builtin_strategy():
     with pytest.raises(ConfigError, match="combine generates composable specs"):
         parse_job(job(tasks=[{"strategy": "sma_cross", "combine": {"entries": [{"block": "rsi_zone"}]},
                               "symbols": ["BTCUSDT"]}]))
+
+
+@pytest.mark.parametrize("combine,where,says", [
+    ({"entries": [{"block": "ma_trnd"}]}, "combine.entries", "'ma_trnd' found using 'block' does not match"),
+    ({"entries": [{"block": "rsi_zone", "period": 1}]}, "combine.entries", "greater than or equal to 2"),
+    ({"entries": [{"block": "rsi_zone"}], "filters": [[{"block": "adx_min", "min": 20, "fast": 3}]]},
+     "combine.filters", "Extra inputs are not permitted"),
+    ({"entries": [{"block": "rsi_zone"}], "exits": [[{"block": "ma_trend"}]]}, "combine.exits", "'ma_trend'"),
+])
+def test_a_bad_block_in_combine_is_refused_before_any_spec_is_built(combine, where, says):
+    with pytest.raises(ConfigError) as exc:
+        parse_job(job(tasks=[{"strategy": "composable", "combine": combine, "symbols": ["BTCUSDT"]}]))
+    assert where in str(exc.value) and says in str(exc.value)

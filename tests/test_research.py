@@ -18,7 +18,7 @@ import pytest
 from tradebus.configs.research import ResearchSettings
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.factory import research as R
-from tradebus.factory.fake_messages import API_KEY, FakeMessages, FakeMessagesState, ScriptedResearcher
+from tradebus.factory.fake_messages import API_KEY, DEMO_SCRIPT, FakeMessages, FakeMessagesState, ScriptedResearcher
 from tradebus.factory.llm import Client, cost
 from tradebus.factory.experiments import Tracker
 
@@ -195,6 +195,36 @@ def test_a_proposal_cannot_touch_what_a_person_fixed(change, field):
         R.job_from({**EMA[1], **change}, rs, "llm_x_001")
     job = R.job_from(EMA[1], rs, "llm_x_001")
     assert job.base == rs.base and job.tasks[0].symbols == rs.symbols and job.tasks[0].window == rs.window
+
+
+COMPOSABLE, REGIME = DEMO_SCRIPT.proposals[8], DEMO_SCRIPT.proposals[9]
+MISSPELT = ("propose_sweep", {**COMPOSABLE[1], "combine": {**COMPOSABLE[1]["combine"], "entries": [
+    {"block": "ma_trnd"}, *COMPOSABLE[1]["combine"]["entries"][1:]]}})
+
+
+def test_composable_specs_and_regime_switches_are_proposed_validated_and_swept(home, fake):
+    rs = ResearchSettings.model_validate({**yaml.safe_load(SETTINGS), "validate_top": 0})  # sweeps only: quicker
+    fake.state.responder = ScriptedResearcher(proposals=[MISSPELT, REGIME], repairs=[COMPOSABLE])
+    with R.ResearchLog.open() as log, MarketData.open(None, read_only=True) as md, Tracker.open() as tracker:
+        client = Client(rs.model, rs.max_tokens, rs.budget_usd, rs.budget_tokens, log)
+        out = R.research(client, log, md, tracker, rs, "r5", 2)
+        # 3 entry pairs x 1 filter set x 2 symbols; 2 thresholds x 2 trend settings x 2 symbols.
+        assert [(o.status, o.trials) for o in out] == [("swept", 6), ("swept", 8)]
+        params = {job: [json.loads(p) for (p,) in tracker._con.execute(
+            "SELECT parameters FROM experiments WHERE job_id = ?", [job]).fetchall()] for job in ("llm_r5_001", "llm_r5_002")}
+    # The misspelt block went back to the model, naming it and what is allowed.
+    repair = fake.state.requests[1]["messages"][-1]["content"][0]
+    assert repair["is_error"] and "ma_trnd" in repair["content"] and "ma_trend" in repair["content"]
+    specs, regimes = params["llm_r5_001"], params["llm_r5_002"]
+    assert len(specs) == 6 and all(len(p["entries"]) == 2 and p["filters"][0]["block"] == "adx_min" for p in specs)
+    assert len({json.dumps(p["entries"], sort_keys=True) for p in specs}) == 3
+    assert len(regimes) == 8 and {p["regime"]["threshold"] for p in regimes} == {20, 25}
+    assert all(p["below"] is None and p["above"]["fast"] in (10, 20) for p in regimes)
+
+
+def test_combine_is_for_composable_only():
+    with pytest.raises(R.ProposalError, match="combine generates composable specs"):
+        R.job_from({**EMA[1], "combine": COMPOSABLE[1]["combine"]}, ResearchSettings(), "llm_x_001")
 
 
 def test_the_catalogue_is_the_registry():
