@@ -106,7 +106,7 @@ def report(run: Optional[str] = typer.Option(None, "--run", help="The run (defau
     for col in rows[0] if rows else ("run",):
         table.add_column(col)
     for r in rows:
-        table.add_row(*(str(v) for v in r.values()))
+        table.add_row(*("-" if v is None else str(v) for v in r.values()))
     out.print(table)
 
 
