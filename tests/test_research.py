@@ -316,7 +316,8 @@ def test_a_python_strategy_is_checked_then_run_only_in_the_sandbox(home, fake):
                                     " WHERE job_id = 'llm_r5_001'").fetchall()
     refusal = fake.state.requests[1]["messages"][-1]["content"][0]
     assert refusal["is_error"] and "import 'os' is not allowed" in refusal["content"]
-    assert o.status == "swept" and o.trials == 4 and it["code_sha256"] == __import__("hashlib").sha256(
+    assert o.status == "swept", fake.state.requests[-1]["messages"][-1]["content"]
+    assert o.trials == 4 and it["code_sha256"] == __import__("hashlib").sha256(
         CODE.encode()).hexdigest()
     assert len(rows) == 4 and {r[1] for r in rows} == {"llm_generated"} and {r[2] for r in rows} == {"research:r5:001"}
     assert all(r[0].startswith("llm_") and r[0].endswith(":ChannelMomentum") for r in rows)
