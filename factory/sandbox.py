@@ -231,6 +231,9 @@ def _build_root(spec: dict) -> None:
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     os.makedirs(root, exist_ok=True)
     _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV)
+    # /tmp first: a package or checkout that lives under the host's /tmp is bound on top of it, not hidden.
+    os.makedirs(root + "/tmp", exist_ok=True)
+    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV)
     for path in spec["readonly"]:
         os.makedirs(root + path, exist_ok=True)
         _bind_ro(libc, path, root + path)
@@ -242,8 +245,6 @@ def _build_root(spec: dict) -> None:
     _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(root + WORK, exist_ok=True)
     _mount(libc, spec["work"], root + WORK, None, MS_BIND)
-    os.makedirs(root + "/tmp", exist_ok=True)
-    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV)
     os.makedirs(root + "/.old", exist_ok=True)
     libc.syscall.restype = ctypes.c_long
     _check(libc.syscall(155, root.encode(), (root + "/.old").encode()), "pivot_root")  # SYS_pivot_root, x86_64
