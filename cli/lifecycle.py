@@ -273,10 +273,18 @@ def lifecycle_run(rules_path: Path | None = RulesOpt, store: Path | None = Store
             fail(str(exc))
     if live and lim is None:
         fail("--live needs --limits FILE: the caps a live daemon enforces")
+    from tradebus.factory.lifecycle import ERROR
+
     while True:
         started = time.monotonic()
-        _run_once(rules, store, db, experiments, not no_daemons, lim, limits, live, nats_url, as_json)
+        report = _run_once(rules, store, db, experiments, not no_daemons, lim, limits, live, nats_url, as_json)
+        failed = [r.system for r in report.rows if r.rule == ERROR]
+        if failed:
+            err.print(f"error: {len(failed)} system(s) could not be evaluated: {', '.join(failed)} (the table says why; "
+                      "the others' moves are recorded)")
         if interval is None:
+            if failed:
+                raise typer.Exit(1)
             return
         err.print(f"next run in {interval:g} s (Ctrl-C to stop)", style="dim")
         time.sleep(max(0.0, interval - (time.monotonic() - started)))

@@ -81,6 +81,13 @@ class ModelRefused(ValueError):
     """A system's forecaster that cannot be loaded or does not fit the system."""
 
 
+def model_refuses(config: SystemConfig, first_open: int, last_close: int) -> str:
+    """Why the system's forecaster may not forecast bars from the one opening at ``first_open`` to the one
+    closing at ``last_close`` ('' if it may): each must be out of its training data and before its expiry."""
+    model = forecast_model(config)
+    return model.covers(first_open + tf_ns(config.timeframe)) or model.covers(last_close)
+
+
 def table_column(own: FeatureTable, higher: list[FeatureTable], tf: str | None, name: str) -> np.ndarray:
     """A feature's value at every own bar (NaN before a higher timeframe has closed a bar): what the bar's
     snapshot holds."""

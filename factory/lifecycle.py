@@ -28,13 +28,15 @@ from tradebus.components import lifecycle as lc
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.lifecycle import LifecycleRules
 from tradebus.configs.schema import ConfigError, SystemConfig, parse_config
+from tradebus import settings
 from tradebus.engine.market import MissingDataError, load_market
 from tradebus.engine.marketdata import MarketData
-from tradebus.engine.metrics import from_stats
+from tradebus.engine.wiring import model_refuses
 from tradebus.factory import overfit, sim
 from tradebus.factory.experiments import Experiment, Tracker
 from tradebus.factory.market import MemoryMarket
-from tradebus.factory.sweep import run_trial
+from tradebus.replay.backtest import ReplayResult, run_replay
+from tradebus.replay.compare import count_trials, validate_composite
 from tradebus.factory.validation import (
     SelectionStats,
     selection_stats,
@@ -43,6 +45,7 @@ from tradebus.factory.validation import (
     validate_and_record,
 )
 
+ERROR = "error"  # a row's rule when its system could not be evaluated (the run says so and exits 1)
 CONFIG_KEY = "config_json"  # an admission's evidence: the config it admitted, whole (the store is enough)
 EXPERIMENT_KEY = "experiment"
 
@@ -90,7 +93,7 @@ def correlation(a: dict[int, float], b: dict[int, float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
-def against_shadow(track: lc.Track, shadow: sim.KernelRun | None, alpha: float) -> dict[str, ev.Scalar]:
+def against_shadow(track: lc.Track, shadow: "Run | None", alpha: float) -> dict[str, ev.Scalar]:
     """Demo against a shadow replay of the same bars with the same config: per-bar returns paired on the
     bars both have; is the demo significantly worse (one-sided t on the differences, p < alpha)? With the
     demo's probabilistic Sharpe (against 0) and the minimum track record length its Sharpe would need."""
@@ -114,6 +117,9 @@ def against_shadow(track: lc.Track, shadow: sim.KernelRun | None, alpha: float) 
             "min_track_record_days": lc._r(mintrl / per_year * lc.YEAR_DAYS, 1) if math.isfinite(mintrl) else None}
 
 
+Run = sim.KernelRun | ReplayResult  # a system over a window: times, curve, metrics
+
+
 @dataclass
 class Sources:
     """Where the evidence is: market data, the experiments table, each running system's store."""
@@ -132,16 +138,32 @@ class Sources:
             self._mem[key] = MemoryMarket.load(self.md, config.venue, config.market, symbols)
         return self._mem[key]
 
-    def kernel(self, config: SystemConfig, window: str) -> sim.KernelRun:
-        return self.mem(config).remember(("kernel", config.config_hash(), window),
-                                         lambda: sim.run_kernel(config, load_market(config, window, self.mem(config))))
+    def run(self, config: SystemConfig, window: str) -> Run:
+        """The system over a window: the sweep kernel, or for what it cannot run (a composite's pool, a
+        plain-Python step) the event-driven replay; either has the bar closes, the curve and the metrics."""
+        mem = self.mem(config)
+
+        def go() -> Run:
+            m = load_market(config, window, mem)
+            return sim.run_kernel(config, m) if config.strategy_def().compiled else run_replay(config, window,
+                                                                                                   self.md, market=m)
+        return mem.remember(("run", config.config_hash(), window), go)
+
 
 
 def _runnable(config: SystemConfig, src: Sources) -> str:
+    """Why the system cannot be evaluated ('' if it can): a step the validation can run, its windows' candles,
+    and a composite's forecaster out of sample on both windows."""
+    if config.pool is None and not config.strategy_def().compiled:
+        return (f"strategy {config.strategy.id!r} has a plain-Python step: its validation runs the sweep kernel, "
+                "which needs a step numba compiles (compiled = True)")
     try:
         for window in ("hygiene", "test"):
-            load_market(config, window, src.mem(config))
-    except (MissingDataError, ValueError) as exc:
+            m = load_market(config, window, src.mem(config))
+            why = model_refuses(config, m.start, m.end) if config.pool is not None else ""
+            if why:
+                return f"{window} window: {why}"
+    except (MissingDataError, ValueError) as exc:  # ModelRefused (no such model, wrong timeframe) is a ValueError
         return f"{exc}"
     return ""
 
@@ -165,17 +187,23 @@ def _test_decision(system: str, config: SystemConfig, exp_id: str, trading: dict
         src._selection[job] = selection_stats(src.tracker, job) if src.tracker is not None and job else SelectionStats(1, 0.0)
     sel = src._selection[job]
     mem = src.mem(config)
-    if job and src.tracker is not None:
-        verdict = validate_and_record(src.tracker, exp, mem, rules.validation, sel)
+    if config.pool is not None:  # a composite: against its members and their blend, past its forecaster's data
+        m = load_market(config, "test", mem)
+        verdict, leg = validate_composite(config, src.md, rules.validation,
+                                          count_trials(settings.data_home(), config, record=False), m.start, m.end)
+        times, equity, test_sharpe = leg.times, leg.equity, float(leg.metrics["sharpe"])
     else:
-        verdict = validate(exp, mem, rules.validation, sel, src.tracker)  # type: ignore[arg-type]
-    ours = src.kernel(config, "test")
-    test_sharpe = from_stats(ours.stats, config.initial_capital, tf_ns(config.timeframe))["sharpe"]
-    mine = daily_returns(ours.times, ours.curve[:, 2])
+        if job and src.tracker is not None:
+            verdict = validate_and_record(src.tracker, exp, mem, rules.validation, sel)
+        else:
+            verdict = validate(exp, mem, rules.validation, sel, src.tracker)  # type: ignore[arg-type]
+        ours = src.run(config, "test")
+        times, equity, test_sharpe = ours.times, ours.curve[:, 2], float(ours.metrics["sharpe"])
+    mine = daily_returns(times, equity)
     corr = {}
     for other, oc in trading.items():
         if other != system:
-            k = src.kernel(oc, _span(ours.times, config))
+            k = src.run(oc, _span(times, config))
             corr[other] = correlation(mine, daily_returns(k.times, k.curve[:, 2]))
     corr = {k: v for k, v in corr.items() if math.isfinite(v)}
     d = lc.test_gate(verdict.status, verdict.reasons, test_sharpe, corr, rules.test)
@@ -201,7 +229,7 @@ def running_record(system: str, config: SystemConfig, stage: str, src: Sources, 
     shadow = None
     if len(track.times) >= 3 and src.md is not None:
         try:
-            shadow = src.kernel(config, _span(track.times, config))
+            shadow = src.run(config, _span(track.times, config))
         except (MissingDataError, ValueError):
             shadow = None  # the demo's bars are not in market data yet (tradebus refresh fetches them)
     return track, against_shadow(track, shadow, rules.demo.alpha)
@@ -218,12 +246,12 @@ def decide(system: str, stage: str, config: SystemConfig, exp_id: str, trading: 
     if stage == "candidate":
         return lc.admission_gate(_runnable(config, src))
     if stage == "hygiene":
-        return lc.hygiene_gate(run_trial(config, "hygiene", src.mem(config))[0], rules.hygiene)
+        return lc.hygiene_gate(src.run(config, "hygiene").metrics, rules.hygiene)
     if stage == "test":
         return _test_decision(system, config, exp_id, trading, src, rules)
     if stage in lc.TRADING:
         track, shadow = running_record(system, config, stage, src, rules)
-        k = src.kernel(config, "test")
+        k = src.run(config, "test")
         r = lc.bar_returns(k.curve[:, 2])
         edge = (float(r.mean()), float(r.std(ddof=1))) if len(r) > 1 else (0.0, 0.0)
         d = lc.demotion(stage, track, shadow, edge, rules.demote)
@@ -269,7 +297,11 @@ def evaluate(promotions: list[ev.Promotion], src: Sources, rules: LifecycleRules
         for _ in range(len(lc.PATH) + 1):  # as far as the evidence goes in one pass
             st = folded.systems[system]
             trading = {s: configs[s] for s, v in folded.systems.items() if v.status in lc.GATED and s in configs}
-            d = decide(system, st.status, configs[system], exp_ids[system], trading, src, rules)
+            try:
+                d = decide(system, st.status, configs[system], exp_ids[system], trading, src, rules)
+            except Exception as exc:  # one system's failure is its row; the others are still evaluated
+                whys.append(f"{ERROR}: {type(exc).__name__}: {exc}")
+                break
             if d.why:
                 whys.append(d.why if not d.to else f"{st.status} -> {d.to}: {d.why}")
             if not d.to:
@@ -280,9 +312,10 @@ def evaluate(promotions: list[ev.Promotion], src: Sources, rules: LifecycleRules
             p = lc.move(folded, stamp, system, d.to, d.rule, evidence)
             new.append(p)
             folded = lc.fold(promotions + new)
+        failed = any(w.startswith(ERROR) for w in whys)
         rows.append(Row(system, before, folded.systems[system].status,
-                        folded.systems[system].rule if folded.systems[system].status != before else "-",
-                        " · ".join(whys)))
+                        ERROR if failed else folded.systems[system].rule if folded.systems[system].status != before
+                        else "-", " · ".join(whys)))
     return Outcome(new, rows, folded, configs)
 
 

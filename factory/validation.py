@@ -134,7 +134,8 @@ def fold_windows(start: int, end: int, wf: WalkForward) -> list[tuple[str, str]]
     return out
 
 
-def _brief(metrics: dict[str, float]) -> dict[str, float]:
+def brief(metrics: dict[str, float]) -> dict[str, float]:
+    """The headline metrics a verdict's details keep."""
     keys = ("return_pct", "annualised_return", "sharpe", "max_drawdown", "total_trades", "win_rate", "profit_factor")
     return {k: metrics[k] for k in keys}
 
@@ -187,7 +188,7 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
     periods = YEAR_NS / tf_ns(config.timeframe)
 
     full = run_trial(config, span_window(first, end), mem)[0]
-    details["full"] = _brief(full)
+    details["full"] = brief(full)
     why = disqualifications(full, rules.disqualify)
     details["disqualified"] = why
     if why:
@@ -198,7 +199,7 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
     k_train = sim.run_kernel(config, load_market(config, train, mem))
     m_train = from_stats(k_train.stats, config.initial_capital, tf_ns(config.timeframe))
     m_test = run_trial(config, test, mem)[0]
-    details["holdout"] = {"train_window": train, "test_window": test, "train": _brief(m_train), "test": _brief(m_test),
+    details["holdout"] = {"train_window": train, "test_window": test, "train": brief(m_train), "test": brief(m_test),
                           "degradation": m_train["annualised_return"] - m_test["annualised_return"]}
 
     def verdict(status: str, reasons: list[str]) -> Verdict:

@@ -84,7 +84,7 @@ def _returns_for(system: str, config: SystemConfig, stage: str, src: Sources, ru
         step = days[1] - days[0] if len(days) > 1 else 1
         window = span_window(days[0] * lc.DAY_NS, (days[-1] + step) * lc.DAY_NS)
         try:
-            k = src.kernel(config, window)
+            k = src.run(config, window)
             own = {**daily_returns(k.times, k.curve[:, 2]), **own}
         except (ValueError, MissingDataError):
             pass  # no candles for those days: the days count as flat

@@ -21,7 +21,7 @@ from tradebus.configs.schema import SystemConfig
 from tradebus.configs import yamlfile
 from tradebus.eventstore.store import EventStore
 from tradebus.engine.snapshot import FeatureTable
-from tradebus.engine.wiring import ModelRefused, forecast_model
+from tradebus.engine.wiring import ModelRefused, model_refuses
 from tradebus.engine import artifacts
 from tradebus.replay import training
 from tradebus.engine.host import LocalHost, NatsHost
@@ -102,9 +102,7 @@ def _run_replay(config: SystemConfig, window: str, md: MarketData, bus: Literal[
                 market: MarketSlice | None, limits: Limits, allocation: float | None = None) -> ReplayResult:
     m = market if market is not None else load_market(config, window, md)
     if config.forecaster is not None:
-        step = tf_ns(config.timeframe)
-        model = forecast_model(config)
-        why = model.covers(m.start + step) or model.covers(m.end)
+        why = model_refuses(config, m.start, m.end)
         if why:
             raise ModelRefused(f"{config.system}: {why}; replay a window after the model's data "
                                f"(--window START:END) or train a version on earlier data")

@@ -27,14 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from tradebus import settings
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig, parse_config
 from tradebus.engine import models
-from tradebus.engine.market import day, resolve_window, stored_key
+from tradebus.engine.market import MissingDataError, day, resolve_window, stored_key
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine.metrics import bar_returns, summarize, sum_accounts
 from tradebus.engine.wiring import ModelRefused, forecast_model
 from tradebus.factory import overfit
+from tradebus.factory.validation import ValidationRules, Verdict, brief, disqualifications, span_window
 from tradebus.replay.backtest import run_replay
 
 BLOCKS = 16
@@ -101,27 +103,28 @@ def trials_log(home: Path, model_id: str) -> Path:
     return models.models_dir(home) / model_id / "compare_trials.jsonl"
 
 
-def count_trials(home: Path, config: SystemConfig) -> int:
+def count_trials(home: Path, config: SystemConfig, record: bool = True) -> int:
     """Trials that built this composite: its forecaster's versions, times the composites compared with it
-    (this one included, logged once)."""
+    (this one included, logged once; with ``record`` False counted but not logged)."""
     assert config.forecaster is not None and config.policy is not None
     key = hashlib.sha256(json.dumps({"policy": config.policy.model_dump(mode="json"),
                                      "pool": {k: v.model_dump(mode="json") for k, v in (config.pool or {}).items()}},
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = trials_log(home, config.forecaster.id)
     seen = {json.loads(line)["composite"] for line in path.read_text().splitlines() if line} if path.exists() else set()
-    if key not in seen:
+    if key not in seen and record:
         models.append_line(path, {"composite": key, "system": config.system})
-        seen.add(key)
+    seen.add(key)
     return max(1, len(models.versions(home, config.forecaster.id))) * len(seen)
 
 
 def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: int,
-                   train_until: int | None = None, test_from: int | None = None) -> SymbolResult:
+                   train_until: int | None = None, test_from: int | None = None,
+                   test_until: int | None = None) -> SymbolResult:
     """The composite, the best single member and the equal-weight blend on one symbol's test window: the
-    bars after its forecaster's data (from ``test_from``, an open time, if later) up to the model's expiry
-    or the data's end. The best single member is chosen on the hygiene window, or with ``train_until`` on
-    every bar opening before it."""
+    bars after its forecaster's data (from ``test_from``, an open time, if later) up to the model's expiry,
+    the data's end or ``test_until`` (a close time), whichever is first. The best single member is chosen on
+    the hygiene window, or with ``train_until`` on every bar opening before it."""
     model = forecast_model(config)
     bar_ns = tf_ns(config.timeframe)
     key = stored_key(md, config.venue, config.market, symbol, config.timeframe)
@@ -129,7 +132,7 @@ def compare_symbol(config: SystemConfig, symbol: str, md: MarketData, n_trials: 
     if cov.last is None:
         raise ModelRefused(f"{symbol}: no {config.timeframe} candles stored")
     start = max(-(-model.trained_until // bar_ns) * bar_ns, test_from or 0)
-    end = min(model.valid_until, cov.last + tf_ns(key.timeframe)) // bar_ns * bar_ns
+    end = min(model.valid_until, cov.last + tf_ns(key.timeframe), test_until or math.inf) // bar_ns * bar_ns
     if end - start < 50 * bar_ns:
         raise ModelRefused(f"{symbol}: only {(end - start) // bar_ns} bars between the model's data "
                            f"({day(model.trained_until)}) and {day(end)}: too few to compare (compare a version "
@@ -195,3 +198,61 @@ def fold_configs(config: SystemConfig, md: MarketData, home: Path, folds: int
                                "forecaster": {"id": model.model_id, "version": model.version}})
         out.append((fold.train_end - step, fold.test_start - step, pinned))
     return out
+
+
+def validate_composite(config: SystemConfig, md: MarketData, rules: ValidationRules, n_trials: int,
+                       test_from: int, test_until: int) -> tuple[Verdict, Leg]:
+    """The lifecycle's validation of a composite, on its test window's bars (``test_from``, an open time, to
+    ``test_until``, a close time) after its forecaster's data: the hard filters and the holdout return reject; not beating its best single member or the
+    equal-weight blend (the forecaster adds nothing), a deflated Sharpe below ``min_dsr`` over every trial
+    that built it, PBO above ``max_pbo`` or too few related symbols profitable make it marginal. No
+    walk-forward here: that retrains the forecaster per fold (``tradebus forecast compare --folds N``)."""
+    r = compare_symbol(config, config.symbol, md, n_trials, test_from=test_from, test_until=test_until)
+    m = r.composite.metrics
+    sharpe = lambda leg: float(leg.metrics.get("sharpe") or 0.0)  # noqa: E731
+    details: dict = {"test": brief(m), "test_window": r.window, "blend": brief(r.equal_weight.metrics),
+                     "best_single": {"member": r.best_single.name, **brief(r.best_single.metrics)},
+                     "walk_forward": "not run: tradebus forecast compare --folds N retrains the forecaster per fold"}
+
+    def verdict(status: str, reasons: list[str]) -> tuple[Verdict, Leg]:
+        return Verdict(status, reasons, details, m["return_pct"], r.window), r.composite
+
+    why = disqualifications(m, rules.disqualify)
+    if why:
+        return verdict("rejected", [f"disqualified: {'; '.join(why)}"])
+    if m["return_pct"] < rules.min_test_return:
+        return verdict("rejected", [f"out of sample {m['return_pct']:+.2%} on {r.window} < {rules.min_test_return:+.0%}"])
+    marginal = [f"Sharpe {sharpe(r.composite):.2f} not above {leg.name}'s {sharpe(leg):.2f}: the forecaster adds "
+                "nothing over it" for leg in (r.best_single, r.equal_weight) if not sharpe(r.composite) > sharpe(leg)]
+    window = span_window(int(r.composite.times[0]) - tf_ns(config.timeframe), int(r.composite.times[-1]))
+    related = rules.related_symbols if rules.related_symbols is not None else _model_symbols(config)
+    results: dict[str, float | None] = {}
+    for symbol in (s for s in related if s != config.symbol):
+        other = parse_config({**config.model_dump(mode="json"), "symbol": symbol})
+        try:
+            results[symbol] = float(run_replay(other, window, md).metrics["return_pct"])
+        except (ValueError, MissingDataError) as exc:  # ModelRefused is a ValueError
+            results[symbol] = None
+            details.setdefault("multi_asset_missing", []).append(f"{symbol}: {exc}")
+    ran = [v for v in results.values() if v is not None]
+    positive = sum(v > 0 for v in ran) / len(ran) if ran else math.nan
+    details["multi_asset"] = {"results": results, "positive_rate": positive}
+    if ran and positive < rules.min_positive_rate:
+        marginal.append(f"multi-asset: profitable on {positive:.0%} of {len(ran)} related symbols "
+                        f"< {rules.min_positive_rate:.0%}")
+    details["dsr"] = {"value": r.dsr, "trials": n_trials}
+    if not r.dsr >= rules.min_dsr:
+        marginal.append(f"deflated Sharpe {r.dsr:.3f} < {rules.min_dsr:g} over {n_trials} trials")
+    if r.pbo is not None:
+        details["pbo"] = {"value": r.pbo}
+        if r.pbo > rules.max_pbo:
+            marginal.append(f"PBO {r.pbo:.2f} > {rules.max_pbo:g} choosing among the composite, its members and "
+                            "the blend")
+    return verdict("marginal" if marginal else "passed", marginal)
+
+
+def _model_symbols(config: SystemConfig) -> list[str]:
+    """The symbols the composite's forecaster was trained on (its related set)."""
+    model = forecast_model(config)
+    return list(models.get(settings.data_home(), model.model_id, model.version).manifest.get("spec", {})
+                .get("symbols") or [])
