@@ -8,7 +8,9 @@ with the same ids (derived from the system's last move and the rule).
 
 A system is taken as far as its evidence allows in one run: a new candidate is checked (hygiene), run on
 its hygiene window, validated (holdout, walk-forward, multi-asset, deflated Sharpe with every trial of its
-job counted, PBO), compared with what trades already, and put on demo in one pass. From demo on, only a
+job counted, PBO; a forecast-driven composite, which the kernel cannot run, on the event-driven replay and
+against its own pool members and their blend), compared with what trades already, and put on demo in one
+pass. From demo on, only a
 person moves it up (``tradebus lifecycle approve``); the rules only move it down.
 """
 
@@ -23,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import norm
+from tradebus import settings
 from tradebus.bus import events as ev
 from tradebus.components import lifecycle as lc
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.lifecycle import LifecycleRules
 from tradebus.configs.schema import ConfigError, SystemConfig, parse_config
-from tradebus import settings
 from tradebus.engine.market import MissingDataError, load_market
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine.wiring import model_refuses
@@ -148,7 +150,6 @@ class Sources:
             return sim.run_kernel(config, m) if config.strategy_def().compiled else run_replay(config, window,
                                                                                                    self.md, market=m)
         return mem.remember(("run", config.config_hash(), window), go)
-
 
 
 def _runnable(config: SystemConfig, src: Sources) -> str:

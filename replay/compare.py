@@ -203,10 +203,11 @@ def fold_configs(config: SystemConfig, md: MarketData, home: Path, folds: int
 def validate_composite(config: SystemConfig, md: MarketData, rules: ValidationRules, n_trials: int,
                        test_from: int, test_until: int) -> tuple[Verdict, Leg]:
     """The lifecycle's validation of a composite, on its test window's bars (``test_from``, an open time, to
-    ``test_until``, a close time) after its forecaster's data: the hard filters and the holdout return reject; not beating its best single member or the
-    equal-weight blend (the forecaster adds nothing), a deflated Sharpe below ``min_dsr`` over every trial
-    that built it, PBO above ``max_pbo`` or too few related symbols profitable make it marginal. No
-    walk-forward here: that retrains the forecaster per fold (``tradebus forecast compare --folds N``)."""
+    ``test_until``, a close time) after its forecaster's data. The hard filters and the holdout return
+    reject; not beating its best single member or the equal-weight blend (the forecaster adds nothing), a
+    deflated Sharpe below ``min_dsr`` over every trial that built it, PBO above ``max_pbo`` or too few
+    related symbols profitable make it marginal. No walk-forward here: that retrains the forecaster per fold
+    (``tradebus forecast compare --folds N``)."""
     r = compare_symbol(config, config.symbol, md, n_trials, test_from=test_from, test_until=test_until)
     m = r.composite.metrics
     sharpe = lambda leg: float(leg.metrics.get("sharpe") or 0.0)  # noqa: E731
@@ -221,7 +222,8 @@ def validate_composite(config: SystemConfig, md: MarketData, rules: ValidationRu
     if why:
         return verdict("rejected", [f"disqualified: {'; '.join(why)}"])
     if m["return_pct"] < rules.min_test_return:
-        return verdict("rejected", [f"out of sample {m['return_pct']:+.2%} on {r.window} < {rules.min_test_return:+.0%}"])
+        return verdict("rejected", [f"out of sample {m['return_pct']:+.2%} on {r.window} "
+                                    f"< {rules.min_test_return:+.0%}"])
     marginal = [f"Sharpe {sharpe(r.composite):.2f} not above {leg.name}'s {sharpe(leg):.2f}: the forecaster adds "
                 "nothing over it" for leg in (r.best_single, r.equal_weight) if not sharpe(r.composite) > sharpe(leg)]
     window = span_window(int(r.composite.times[0]) - tf_ns(config.timeframe), int(r.composite.times[-1]))
