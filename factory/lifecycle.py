@@ -182,11 +182,6 @@ def _experiment(config: SystemConfig, exp_id: str, src: Sources) -> Experiment:
 
 def _test_decision(system: str, config: SystemConfig, exp_id: str, trading: dict[str, SystemConfig], src: Sources,
                    rules: LifecycleRules) -> lc.Decision:
-    exp = _experiment(config, exp_id, src)
-    job = exp["job_id"]
-    if job not in src._selection:
-        src._selection[job] = selection_stats(src.tracker, job) if src.tracker is not None and job else SelectionStats(1, 0.0)
-    sel = src._selection[job]
     mem = src.mem(config)
     if config.pool is not None:  # a composite: against its members and their blend, past its forecaster's data
         m = load_market(config, "test", mem)
@@ -194,6 +189,12 @@ def _test_decision(system: str, config: SystemConfig, exp_id: str, trading: dict
                                           count_trials(settings.data_home(), config, record=False), m.start, m.end)
         times, equity, test_sharpe = leg.times, leg.equity, float(leg.metrics["sharpe"])
     else:
+        exp = _experiment(config, exp_id, src)
+        job = exp["job_id"]
+        if job not in src._selection:
+            src._selection[job] = (selection_stats(src.tracker, job) if src.tracker is not None and job
+                                   else SelectionStats(1, 0.0))
+        sel = src._selection[job]
         if job and src.tracker is not None:
             verdict = validate_and_record(src.tracker, exp, mem, rules.validation, sel)
         else:

@@ -38,7 +38,7 @@ from tradebus.factory.sweep import DataIds, run_trial
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine import metrics
 from tradebus.engine.metrics import YEAR_NS, from_stats
-from tradebus.engine.market import base_key, load_market
+from tradebus.engine.market import MissingDataError, base_key, load_market
 
 class Disqualify(BaseModel):
     """Hard filters on the whole-history run (the defaults below)."""
@@ -222,20 +222,8 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
     related = rules.related_symbols
     if related is None:
         related = sorted({k.symbol for k in mem.series if k.venue == config.venue and k.market == config.market})
-    results = {}
-    for symbol in (s for s in related if s != config.symbol):
-        other = config.model_copy(update={"symbol": symbol})
-        try:
-            results[symbol] = run_trial(other, span_window(*history(other, mem)), mem)[0]["return_pct"]
-        except ValueError as exc:
-            results[symbol] = None
-            details.setdefault("multi_asset_missing", []).append(f"{symbol}: {exc}")
-    ran = [r for r in results.values() if r is not None]
-    positive = sum(r > 0 for r in ran) / len(ran) if ran else math.nan
-    details["multi_asset"] = {"results": results, "positive_rate": positive}
-    if ran and positive < rules.min_positive_rate:
-        marginal.append(f"multi-asset: profitable on {positive:.0%} of {len(ran)} related symbols "
-                        f"< {rules.min_positive_rate:.0%}")
+    marginal += multi_asset(config, related, lambda other: run_trial(other, span_window(*history(other, mem)),
+                                                                     mem)[0]["return_pct"], rules, details)
 
     sr, skew, kurt = overfit.moments(metrics.bar_returns(k_train.curve[:, 2], config.initial_capital))
     sr_var = sel.sharpe_variance / periods  # the job's spread, on this trial's per-bar scale
@@ -252,6 +240,26 @@ def validate(exp: Experiment, mem: MemoryMarket, rules: ValidationRules, sel: Se
         if pbo.pbo > rules.max_pbo:
             marginal.append(f"PBO {pbo.pbo:.2f} > {rules.max_pbo:g} for the job's selection on {config.symbol}")
     return verdict("marginal" if marginal else "passed", marginal)
+
+
+def multi_asset(config: SystemConfig, related: list[str], return_of: Callable[[SystemConfig], float],
+                rules: ValidationRules, details: dict[str, Any]) -> list[str]:
+    """The system on each related symbol (``return_of`` runs it): the results go into ``details``; the reason
+    it is marginal, if too few are profitable. A symbol that cannot be run is listed, not counted."""
+    results: dict[str, float | None] = {}
+    for symbol in (s for s in related if s != config.symbol):
+        try:
+            results[symbol] = float(return_of(config.model_copy(update={"symbol": symbol})))
+        except (ValueError, MissingDataError) as exc:  # no candles there, a model that refuses the symbol
+            results[symbol] = None
+            details.setdefault("multi_asset_missing", []).append(f"{symbol}: {exc}")
+    ran = [r for r in results.values() if r is not None]
+    positive = sum(r > 0 for r in ran) / len(ran) if ran else math.nan
+    details["multi_asset"] = {"results": results, "positive_rate": positive}
+    if ran and positive < rules.min_positive_rate:
+        return [f"multi-asset: profitable on {positive:.0%} of {len(ran)} related symbols "
+                f"< {rules.min_positive_rate:.0%}"]
+    return []
 
 
 def validate_and_record(tracker: Tracker, exp: Experiment, mem: MemoryMarket, rules: ValidationRules,

@@ -31,12 +31,13 @@ from tradebus import settings
 from tradebus.components.timeframes import tf_ns
 from tradebus.configs.schema import SystemConfig, parse_config
 from tradebus.engine import models
-from tradebus.engine.market import MissingDataError, day, resolve_window, stored_key
+from tradebus.engine.market import day, resolve_window, stored_key
 from tradebus.engine.marketdata import MarketData
 from tradebus.engine.metrics import bar_returns, summarize, sum_accounts
 from tradebus.engine.wiring import ModelRefused, forecast_model
 from tradebus.factory import overfit
-from tradebus.factory.validation import ValidationRules, Verdict, brief, disqualifications, span_window
+from tradebus.factory.validation import (ValidationRules, Verdict, brief, disqualifications, multi_asset,
+                                        span_window)
 from tradebus.replay.backtest import run_replay
 
 BLOCKS = 16
@@ -228,20 +229,8 @@ def validate_composite(config: SystemConfig, md: MarketData, rules: ValidationRu
                 "nothing over it" for leg in (r.best_single, r.equal_weight) if not sharpe(r.composite) > sharpe(leg)]
     window = span_window(int(r.composite.times[0]) - tf_ns(config.timeframe), int(r.composite.times[-1]))
     related = rules.related_symbols if rules.related_symbols is not None else _model_symbols(config)
-    results: dict[str, float | None] = {}
-    for symbol in (s for s in related if s != config.symbol):
-        other = parse_config({**config.model_dump(mode="json"), "symbol": symbol})
-        try:
-            results[symbol] = float(run_replay(other, window, md).metrics["return_pct"])
-        except (ValueError, MissingDataError) as exc:  # ModelRefused is a ValueError
-            results[symbol] = None
-            details.setdefault("multi_asset_missing", []).append(f"{symbol}: {exc}")
-    ran = [v for v in results.values() if v is not None]
-    positive = sum(v > 0 for v in ran) / len(ran) if ran else math.nan
-    details["multi_asset"] = {"results": results, "positive_rate": positive}
-    if ran and positive < rules.min_positive_rate:
-        marginal.append(f"multi-asset: profitable on {positive:.0%} of {len(ran)} related symbols "
-                        f"< {rules.min_positive_rate:.0%}")
+    marginal += multi_asset(config, related, lambda other: run_replay(other, window, md).metrics["return_pct"],
+                            rules, details)
     details["dsr"] = {"value": r.dsr, "trials": n_trials}
     if not r.dsr >= rules.min_dsr:
         marginal.append(f"deflated Sharpe {r.dsr:.3f} < {rules.min_dsr:g} over {n_trials} trials")

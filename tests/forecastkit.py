@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from tradebus.components.timeframes import HOUR
 from tradebus.configs.forecast import ModelSpec
 from tradebus.engine import models
 from tradebus.factory import datasets, forecasting
+from tradebus.replay.checks import random_walk
 
 INPUTS = ["ret_1", "ret_12", "rv_12", "rsi_14", "ema_50", "atr_14", "hour"]
 
@@ -33,3 +35,17 @@ def train_and_promote(home: Path, candles: dict[str, np.ndarray], s: ModelSpec |
     if models.promoted(home, s.model) != model.version:
         models.promote(home, s.model, model.version)
     return model.version
+
+
+def walk(n: int, seed: int = 1, step: int = HOUR) -> dict[str, np.ndarray]:
+    """Candles (hourly by default) of a seeded walk whose volatility clusters: a volatility forecast has
+    something to find."""
+    c = random_walk(n, step=step, seed=seed)
+    rng = np.random.default_rng(seed)
+    vol = 0.004 * np.exp(np.convolve(rng.normal(0, 0.6, n), np.ones(48) / 48, mode="same") * 4)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 1, n) * vol))
+    c["open"] = np.concatenate(([100.0], close[:-1]))
+    c["close"] = close
+    c["high"] = np.maximum(c["open"], close) * (1 + vol / 2)
+    c["low"] = np.minimum(c["open"], close) * (1 - vol / 2)
+    return c

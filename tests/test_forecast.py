@@ -17,27 +17,13 @@ from tradebus.configs.schema import ConfigError, parse_model
 from tradebus.engine import models
 from tradebus.factory import datasets, forecasting
 from tradebus.replay.checks import T0
-from tradebus.replay.checks import random_walk as synthetic
 
-from .forecastkit import INPUTS, spec, train_and_promote
+from .forecastkit import INPUTS, spec, train_and_promote, walk
 from .proc import run_tradebus
 
 
-def _walk(n: int, seed: int = 1, step: int = HOUR) -> dict[str, np.ndarray]:
-    c = synthetic(n, step=step, seed=seed)
-    # Volatility that clusters, so a volatility forecast has something to find.
-    rng = np.random.default_rng(seed)
-    vol = 0.004 * np.exp(np.convolve(rng.normal(0, 0.6, n), np.ones(48) / 48, mode="same") * 4)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 1, n) * vol))
-    c["open"] = np.concatenate(([100.0], close[:-1]))
-    c["close"] = close
-    c["high"] = np.maximum(c["open"], close) * (1 + vol / 2)
-    c["low"] = np.minimum(c["open"], close) * (1 - vol / 2)
-    return c
-
-
 def test_forward_targets_equal_a_duckdb_window_function_reference():
-    c = _walk(600)
+    c = walk(600)
     h = 12
 
     ret, vol, regime = forecast.forward_targets(c["close"], h, 0.05)
@@ -66,7 +52,7 @@ def test_forward_targets_equal_a_duckdb_window_function_reference():
 @pytest.mark.parametrize("cut", [900, 1500])
 def test_changing_bars_after_t_changes_no_input_at_or_before_t(cut):
     s = spec(timeframe="1h", inputs=[*INPUTS, "4h:ret_6", "4h:ema_20", "bb_20", "dc_48", "macd", "relvol_24", "di_14"])
-    base = _walk(2_000)
+    base = walk(2_000)
     future = {k: v.copy() for k, v in base.items()}
     rng = np.random.default_rng(cut)
     scale = rng.uniform(0.8, 1.25, len(base["close"]) - cut - 1)
@@ -115,7 +101,7 @@ def test_walk_forward_folds_are_purged_and_embargoed():
 
 def test_training_is_deterministic_and_the_registry_round_trips(tmp_path):
     s = spec(timeframe="1h")
-    cols = _walk(3_000)
+    cols = walk(3_000)
     table = datasets.symbol_table(s, "BTCUSDT", cols)
     rows = forecasting.Rows.of(table, s.inputs)
 
@@ -134,7 +120,7 @@ def test_training_is_deterministic_and_the_registry_round_trips(tmp_path):
 
 
 def test_promotions_stack_and_rollback_returns_to_the_one_before(tmp_path):
-    cols = _walk(2_500)
+    cols = walk(2_500)
     versions = [train_and_promote(tmp_path, cols, spec(timeframe="1h", lightgbm={"rounds": r, "min_data_in_leaf": 50}))
                 for r in (5, 6, 7)]
     assert len(set(versions)) == 3 and models.promoted(tmp_path, "test_fc") == versions[2]
@@ -154,7 +140,7 @@ def test_promotions_stack_and_rollback_returns_to_the_one_before(tmp_path):
 
 def test_a_model_refuses_bars_in_its_training_data_and_past_its_expiry(tmp_path):
     s = spec(timeframe="1h", valid_for_days=10)
-    cols = _walk(2_000)
+    cols = walk(2_000)
     train_and_promote(tmp_path, cols, s)
     m = models.load(tmp_path, s.model)
     last_close = int(cols["open_time"][-1]) + HOUR
@@ -170,7 +156,7 @@ def test_the_forecaster_scores_each_forecast_h_bars_later_with_the_targets_rule(
     from tradebus.engine.snapshot import MarketFeatures
 
     s = spec(timeframe="1h")
-    cols = _walk(2_600)
+    cols = walk(2_600)
     train_and_promote(tmp_path, {k: v[:2_000] for k, v in cols.items()}, s)
     model = models.load(tmp_path, s.model)
     own, higher = forecast.input_features(model.parsed_inputs())
@@ -207,7 +193,7 @@ def _import(home: Path, tmp_path: Path, symbols: list[str], n: int = 4_000) -> N
     import pyarrow.parquet as pq
 
     for i, sym in enumerate(symbols):
-        c = _walk(n, seed=i + 1)
+        c = walk(n, seed=i + 1)
         t = pa.table({"open_time": pa.array(c["open_time"], type=pa.timestamp("ns", tz="UTC")),
                       **{k: c[k] for k in ("open", "high", "low", "close", "volume")}})
         pq.write_table(t, tmp_path / f"{sym}.parquet")
@@ -283,7 +269,7 @@ def test_timeframes_of_the_model_must_match_the_system(tmp_path, monkeypatch):
     from tradebus.engine.wiring import ModelRefused, features_for
 
     monkeypatch.setenv("TRADEBUS_HOME", str(tmp_path))
-    train_and_promote(tmp_path, _walk(2_000), spec(timeframe="1h"))
+    train_and_promote(tmp_path, walk(2_000), spec(timeframe="1h"))
     config = parse_config({"system": "s", "symbol": "BTCUSDT", "timeframe": "5m", "forecaster": {"id": "test_fc"},
                            "windows": {"hygiene": {"preset": "first_70pct"}, "test": {"preset": "last_30pct"}},
                            "strategy": {"id": "sma_cross", "params": {"fast": 5, "slow": 20}}})
@@ -434,7 +420,7 @@ def test_no_forecast_or_policy_decision_looks_ahead(tmp_path):
 
     from .test_live_equals_replay import POLICY, POOL
 
-    cols = _walk(6_000)  # hourly from 2025-01-01
+    cols = walk(6_000)  # hourly from 2025-01-01
     train_and_promote(Path(os.environ["TRADEBUS_HOME"]), {k: v[:3_000] for k, v in cols.items()}, spec(timeframe="1h"))
     config = parse_config({
         "system": "c", "symbol": "BTCUSDT", "timeframe": "1h", "forecaster": {"id": "test_fc"}, "policy": POLICY,

@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-
 from tradebus.components.strategies import scaffold
-from tradebus.components.timeframes import HOUR
 from tradebus.configs.schema import load_config
 from tradebus.engine.marketdata import MarketData, SeriesKey
 from tradebus.replay.backtest import run_replay
-from tradebus.replay.checks import random_walk
 from tradebus.replay.compare import trials_log
 
-from .forecastkit import spec, train_and_promote
+from .forecastkit import spec, train_and_promote, walk
 from .proc import run_tradebus
 
 N = 4_000  # 2025-01-01 .. mid-June, hourly
@@ -42,22 +38,10 @@ validation:
 """
 
 
-def candles(seed: int) -> dict[str, np.ndarray]:
-    c = random_walk(N, step=HOUR, seed=seed)
-    rng = np.random.default_rng(seed)  # volatility that clusters, so regimes differ
-    vol = 0.004 * np.exp(np.convolve(rng.normal(0, 0.6, N), np.ones(48) / 48, mode="same") * 4)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 1, N) * vol))
-    c["open"] = np.concatenate(([100.0], close[:-1]))
-    c["close"] = close
-    c["high"] = np.maximum(c["open"], close) * (1 + vol / 2)
-    c["low"] = np.minimum(c["open"], close) * (1 - vol / 2)
-    return c
-
-
 def test_a_composite_is_validated_against_its_members_and_held_when_its_model_is_in_sample(tmp_path):
     home = tmp_path / "home"
     env = {"TRADEBUS_HOME": str(home)}
-    btc, eth = candles(1), candles(2)
+    btc, eth = walk(N, seed=1), walk(N, seed=2)
     with MarketData.open(home / "market.duckdb") as md:
         md.write(SeriesKey("bybit", "linear", "BTCUSDT", "1h"), btc)
         md.write(SeriesKey("bybit", "linear", "ETHUSDT", "1h"), eth)
@@ -111,12 +95,14 @@ def test_a_system_that_cannot_be_evaluated_is_its_own_row_and_the_run_exits_1(tm
     home = tmp_path / "home"
     env = {"TRADEBUS_HOME": str(home), "PYTHONPATH": str(tmp_path)}
     with MarketData.open(home / "market.duckdb") as md:
-        md.write(SeriesKey("bybit", "linear", "BTCUSDT", "1h"), candles(1))
+        md.write(SeriesKey("bybit", "linear", "BTCUSDT", "1h"), walk(N, seed=1))
     text = scaffold.files("buggy")["buggy.py"].replace("            return LONG", "            return LONG // 0")
     (tmp_path / "buggy.py").write_text(text)
     (tmp_path / "buggy_py.py").write_text(text.replace("compiled = True", "compiled = False"))
-    system = ("system: {name}\nsymbol: BTCUSDT\ntimeframe: 1h\nstrategy: {{id: '{sid}', params: {{fast: 10, slow: 40}}}}\n"
-              "windows: {{hygiene: {{start: 2025-01-05, end: 2025-03-31}}, test: {{start: 2025-04-01, end: 2025-06-10}}}}\n")
+    system = ("system: {name}\nsymbol: BTCUSDT\ntimeframe: 1h\n"
+              "strategy: {{id: '{sid}', params: {{fast: 10, slow: 40}}}}\n"
+              "windows: {{hygiene: {{start: 2025-01-05, end: 2025-03-31}}, "
+              "test: {{start: 2025-04-01, end: 2025-06-10}}}}\n")
     for name, sid in (("buggy_1h", "buggy:Buggy"), ("buggy_py_1h", "buggy_py:Buggy"), ("sma_1h", "sma_cross")):
         (tmp_path / f"{name}.yaml").write_text(system.format(name=name, sid=sid))
         assert run_tradebus("lifecycle", "add", str(tmp_path / f"{name}.yaml"), env=env).returncode == 0
